@@ -1,0 +1,103 @@
+"""The `tapcast` command: node, hub, demo. Each part is imported only when its command
+runs, so a Pi with only the `node` extra never needs Flask, and the hub never needs nfcpy."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from tapcast.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Tapcast: tap a phone on a hall display, get local content over BLE."""
+    _setup_logging(verbose)
+
+
+@main.group()
+def node() -> None:
+    """The Pi daemon behind a hall display."""
+
+
+@node.command("run")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="node.toml (see firmware_config/node.toml)")
+def node_run(config_path: Path) -> None:
+    """Serve taps: NFC authentication, BLE push, outbox to the hub."""
+    import asyncio
+
+    from tapcast import config as cfg
+    from node.daemon import NodeDaemon
+
+    try:
+        conf = cfg.load(cfg.NodeConfig, config_path)
+        daemon = NodeDaemon(conf, base_dir=config_path.parent)
+    except (ConfigError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        asyncio.run(daemon.run_forever())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.group()
+def hub() -> None:
+    """The hub: MQTT ingest, operator pages, JSON API."""
+
+
+@hub.command("serve")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="hub.toml; embedded defaults when omitted")
+def hub_serve(config_path: Path | None) -> None:
+    """Run the hub web server and MQTT ingest until Ctrl-C."""
+    from tapcast import config as cfg
+    from hub import serve
+
+    try:
+        conf = cfg.load(cfg.HubConfig, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    server = serve(conf)
+    click.echo(f"hub on {server.url} (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+
+
+@main.command()
+@click.option("--nodes", default=3, show_default=True, help="Simulated nodes (hall displays).")
+@click.option("--handsets", default=5, show_default=True, help="Simulated handsets tapping.")
+@click.option("--duration", default=30.0, show_default=True, help="Seconds to run (Ctrl-C stops early).")
+@click.option("--broker", default=None, help="mqtt://host:port of a real broker; embedded amqtt when omitted.")
+@click.option("--hub-port", default=8080, show_default=True, help="Hub web port (0 picks a free one).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True)
+@click.option("--seed", default=None, type=int, help="Random seed for reproducible tapping.")
+def demo(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
+         workdir: Path, seed: int | None) -> None:
+    """The whole system on one machine without radios: the virtual hall."""
+    from tapcast.hall.demo import run_demo
+
+    try:
+        summary = run_demo(nodes=nodes, handsets=handsets, duration=duration, broker=broker,
+                           hub_port=hub_port, workdir=workdir, seed=seed)
+    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(0 if summary.ok else 1)
+
+
+if __name__ == "__main__":
+    main()
