@@ -44,6 +44,13 @@ class NfcSection(msgspec.Struct, forbid_unknown_fields=True):
     # Seconds between polls. nfcpy's default is 0.5 s, far too slow for a 500 ms tap
     # budget; a PN532 polls 106A in a few ms, so 20-50 ms costs little power.
     poll_interval: float = 0.02
+    # udp driver only: nfcpy waits a hard-coded 1 s for a SENS_RES that on loopback
+    # arrives in microseconds; capped so a handset arriving just after a poll is not
+    # kept waiting a second. Ignored for usb:/tty: readers.
+    sens_res_timeout: float = 0.02
+    # Pause after a tap: a phone stays in the field about a second and shows a new
+    # random UID on every poll, so without a pause one tap authenticates many times.
+    hold_off: float = 0.5
 
 
 class BleSection(msgspec.Struct, forbid_unknown_fields=True):

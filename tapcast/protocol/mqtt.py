@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 
 PREFIX = "tapcast/v1"
-ID_RE = re.compile(r"^[a-zA-Z0-9_-]+$")
+ID_RE = re.compile(r"[a-zA-Z0-9_-]+")
 
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -70,7 +70,7 @@ class NodeState(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def _check_id(node_id: str) -> str:
-    if not ID_RE.match(node_id):
+    if not ID_RE.fullmatch(node_id):
         raise ValueError(f"invalid node id {node_id!r}: use letters, digits, '_' and '-'")
     return node_id
 
@@ -110,7 +110,7 @@ def parse_node_topic(topic: str) -> tuple[str, str]:
     parts = topic.split("/", 4)
     if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != PREFIX or parts[2] != "node":
         raise PayloadError(f"not a node topic: {topic!r}")
-    if not ID_RE.match(parts[3]):
+    if not ID_RE.fullmatch(parts[3]):
         raise PayloadError(f"invalid node id in topic {topic!r}")
     return parts[3], parts[4]
 
@@ -138,7 +138,7 @@ def decode_batch(payload: bytes, node_id: str | None = None) -> EventBatch:
     """Decode an event batch; when ``node_id`` (from the topic) is given, the batch
     must name the same node, so a node cannot file events under another's id."""
     batch: EventBatch = _decode(_batch_decoder, payload, "event batch")
-    if not ID_RE.match(batch.node_id):
+    if not ID_RE.fullmatch(batch.node_id):
         raise PayloadError(f"malformed event batch: invalid node_id {batch.node_id!r}")
     if node_id is not None and batch.node_id != node_id:
         raise PayloadError(
