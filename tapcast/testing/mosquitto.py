@@ -48,6 +48,7 @@ class Mosquitto:
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             "max_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
             "log_type error\nlog_type warning\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
         )

@@ -1,0 +1,258 @@
+"""The simulated handset radio: a bumble GATT peripheral speaking the Tapcast BLE protocol.
+
+It plays what the Android app does after a tap: advertise connectable for a short
+window only (so a phone is not connectable all day), accept the node's connection,
+reassemble, open and acknowledge what the node pushes, and answer over ``tx``
+notifications (request, offer response, ack, bye).
+
+bumble facts that matter here (bumble 0.0.236): a GATT write callback that raises
+anything but ``ATT_Error`` leaves a write-with-response client waiting 30 s, so every
+callback below catches everything and maps it to an ``ATT_Error``; the device must be
+created inside the running loop (see tapcast.hall.ble.VirtualRadio).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from bumble import att, gatt, hci
+from bumble.device import Connection, Device
+
+from tapcast.hall.ble import PUBLIC, RANDOM, VirtualRadio
+from tapcast.protocol.ble import (
+    INFO_UUID, RX_UUID, SERVICE_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, Delivered,
+    Endpoint, FrameError, Info, Message, QueryFrame, Reply,
+)
+
+log = logging.getLogger(__name__)
+
+#: ATT application error code (0x80-0x9F are application errors) for a bad frame.
+ATT_FRAME_ERROR = 0x80
+
+
+class BlePeripheral:
+    """One handset's BLE side on a :class:`VirtualRadio`.
+
+    Call :meth:`start` inside the running loop, then :meth:`open_window` after each tap.
+    Received messages land in :attr:`messages` (and ``on_message`` if given); frames
+    that were rejected land in :attr:`errors` as FrameError. ``on_frame(index, total)``
+    is called for each DATA frame received (diagnostics; tests use it to drop a link
+    mid-message).
+    """
+
+    def __init__(self, radio: VirtualRadio, *, name: str = "handset",
+                 address_type: int = RANDOM, window: float = 3.0,
+                 advertising_interval_ms: float = 20.0, ack_timeout: float = 2.0,
+                 on_message: Callable[[Message], None] | None = None,
+                 on_frame: Callable[[int, int], None] | None = None) -> None:
+        if address_type not in (PUBLIC, RANDOM):
+            raise ValueError(f"address_type must be 0 (public) or 1 (random), got {address_type!r}")
+        if window <= 0:
+            raise ValueError(f"window must be > 0 seconds, got {window}")
+        self.radio = radio
+        self.name = name
+        self.address_type = address_type
+        self.window = window
+        self.advertising_interval_ms = advertising_interval_ms
+        self.ack_timeout = ack_timeout
+        self.on_message = on_message
+        self.on_frame = on_frame
+        self.messages: asyncio.Queue[Message] = asyncio.Queue()
+        self.errors: asyncio.Queue[FrameError] = asyncio.Queue()
+        self.connected = asyncio.Event()
+        self.window_closed = asyncio.Event()
+        self._acks: asyncio.Queue[AckReceived] = asyncio.Queue()
+        self._device: Device | None = None
+        self._connection: Connection | None = None
+        self._endpoint: Endpoint | None = None
+        self._window_open_until = 0.0
+        self._window_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dead: set[Connection] = set()  # dropped links whose data is discarded
+        self._tx: gatt.Characteristic | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        device = await self.radio.add_device(self.name)
+        rx = gatt.Characteristic(
+            RX_UUID,
+            gatt.Characteristic.Properties.WRITE | gatt.Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
+            gatt.Characteristic.WRITEABLE,
+            gatt.CharacteristicValue(write=self._on_rx_write))
+        self._tx = gatt.Characteristic(
+            TX_UUID, gatt.Characteristic.Properties.NOTIFY, gatt.Characteristic.READABLE, b"")
+        info = gatt.Characteristic(
+            INFO_UUID, gatt.Characteristic.Properties.READ, gatt.Characteristic.READABLE,
+            Info().encode())
+        device.add_service(gatt.Service(SERVICE_UUID, [rx, self._tx, info]))
+        device.on("connection", self._on_connection)
+        self._device = device
+
+    async def close(self) -> None:
+        if self._window_task is not None:
+            self._window_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        device, self._device = self._device, None
+        if device is not None:
+            await self.radio.remove_device(device)
+
+    @property
+    def address(self) -> str:
+        """"AA:BB:CC:DD:EE:FF" of the address this handset advertises (type: address_type)."""
+        device = self._require_device()
+        if self.address_type == PUBLIC:
+            address = device.host.controller.public_address  # type: ignore[attr-defined]
+        else:
+            address = device.random_address
+        return address.to_string(with_type_qualifier=False)
+
+    def _require_device(self) -> Device:
+        if self._device is None:
+            raise RuntimeError("BlePeripheral.start() was not called (or close() was)")
+        return self._device
+
+    # --------------------------------------------------------------------- window
+    async def open_window(self, session_key: bytes) -> None:
+        """After a tap: take the new session key and advertise connectable for ``window``
+        seconds, at ``advertising_interval_ms``."""
+        device = self._require_device()
+        self._endpoint = Endpoint(session_key, "handset")
+        self._window_open_until = time.monotonic() + self.window
+        self.window_closed.clear()
+        if self._window_task is not None:
+            self._window_task.cancel()
+        self._window_task = asyncio.create_task(self._close_window_later())
+        await self._advertise(device)
+
+    @property
+    def window_open(self) -> bool:
+        return time.monotonic() < self._window_open_until
+
+    async def _advertise(self, device: Device) -> None:
+        if device.is_advertising or self._connection is not None:
+            return
+        await device.start_advertising(
+            own_address_type=(hci.OwnAddressType.PUBLIC if self.address_type == PUBLIC
+                              else hci.OwnAddressType.RANDOM),
+            advertising_interval_min=self.advertising_interval_ms,
+            advertising_interval_max=self.advertising_interval_ms)
+
+    async def _close_window_later(self) -> None:
+        await asyncio.sleep(self.window)
+        self._window_open_until = 0.0
+        if self._device is not None and self._device.is_advertising:
+            await self._device.stop_advertising()
+        log.debug("%s: window closed", self.name)
+        self.window_closed.set()
+
+    # ----------------------------------------------------------------- connection
+    def _on_connection(self, connection: Connection) -> None:
+        self._connection = connection
+        self.connected.set()
+        connection.on("disconnection", self._on_disconnection)
+
+    def _on_disconnection(self, reason: int) -> None:
+        self._dead.discard(self._connection)  # type: ignore[arg-type]
+        self._connection = None
+        self.connected.clear()
+        if self.window_open and self._device is not None:
+            self._spawn(self._advertise(self._device))  # let the node come back
+
+    def drop_link(self) -> asyncio.Task[None] | None:
+        """Break the link from this side, as when the customer walks out of range:
+        from this call on nothing more from the node is taken (frames in flight are
+        lost, as on air), and the disconnect runs in the returned task."""
+        connection = self._connection
+        if connection is None:
+            return None
+        self._dead.add(connection)
+        task = asyncio.ensure_future(connection.disconnect())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------- receive
+    async def _on_rx_write(self, connection: Connection, value: bytes) -> None:
+        # Never let anything but ATT_Error reach bumble (see module docstring).
+        if connection in self._dead:
+            return  # the link was dropped: this never arrived
+        try:
+            if self._endpoint is None:
+                raise FrameError("no session: open_window() was not called")
+            event = self._endpoint.handle(bytes(value))
+            if isinstance(event, Delivered):
+                self.messages.put_nowait(event.message)
+                if self.on_message is not None:
+                    self.on_message(event.message)
+                await self.send_frame(event.reply)
+            elif isinstance(event, Reply):
+                if self.on_frame is not None and value[:1] == b"\x01":
+                    self.on_frame(int.from_bytes(value[5:7], "big"), int.from_bytes(value[7:9], "big"))
+                if event.reply is not None:
+                    await self.send_frame(event.reply)
+            else:
+                self._acks.put_nowait(event)
+        except FrameError as exc:
+            log.warning("%s: rejected frame: %s", self.name, exc)
+            self.errors.put_nowait(exc)
+            if exc.reply is not None:
+                await self.send_frame(exc.reply)
+            raise att.ATT_Error(ATT_FRAME_ERROR, message=str(exc)) from None
+        except att.ATT_Error:
+            raise
+        except Exception as exc:
+            log.exception("%s: rx write failed", self.name)
+            raise att.ATT_Error(att.ATT_UNLIKELY_ERROR_ERROR, message=repr(exc)) from None
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Notify one raw frame on ``tx`` (send() frames messages; this is for acks,
+        diagnostics and tests that need a malformed frame on the air)."""
+        connection = self._connection
+        if connection is None or self._device is None or self._tx is None:
+            raise ConnectionError("not connected")
+        limit = connection.att_mtu - 3
+        if len(frame) > limit:
+            raise FrameError(f"notification of {len(frame)} bytes exceeds MTU-3 = {limit}")
+        await self._device.notify_subscriber(connection, self._tx, frame, force=True)
+
+    # ---------------------------------------------------------------------- send
+    async def send(self, message: Message) -> int:
+        """Seal, frame and notify ``message`` to the connected node; wait for its DONE
+        ack. Returns the message id. Raises ConnectionError when no node is connected
+        or the link drops (the handset does not resume; the node does), FrameError when
+        the node rejects the message, TimeoutError when no ack comes."""
+        connection = self._connection
+        if connection is None or self._endpoint is None:
+            raise ConnectionError(f"{self.name}: no node connected")
+        outgoing = self._endpoint.seal(message)
+        frames = outgoing.frames(connection.att_mtu - 3)
+        start = 0
+        for _attempt in range(3):
+            for frame in frames[start:]:
+                await self.send_frame(frame)
+            try:
+                ack = await self._wait_ack(outgoing.msg_id)
+            except TimeoutError:
+                await self.send_frame(QueryFrame(outgoing.msg_id).encode())
+                ack = await self._wait_ack(outgoing.msg_id)
+            if ack.status == AckStatus.DONE:
+                return outgoing.msg_id
+            if ack.status == AckStatus.REJECTED:
+                raise FrameError(f"node rejected message {outgoing.msg_id}")
+            start = ack.next_missing
+        raise TimeoutError(f"{self.name}: message {outgoing.msg_id} not completed after 3 rounds")
+
+    async def _wait_ack(self, msg_id: int) -> AckFrame:
+        async with asyncio.timeout(self.ack_timeout):
+            while True:
+                event = await self._acks.get()
+                if event.ack.msg_id == msg_id:
+                    return event.ack

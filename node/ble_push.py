@@ -1,0 +1,303 @@
+"""Node side of the BLE push, through bleak's public API only.
+
+The same code runs on a Pi (bleak's BlueZ backend: connecting to an address does a
+scan that stops at the first sighting of it) and in the virtual hall (bleak with the
+bumble backend from tapcast.hall.ble). No general scan: the address comes from the tap.
+
+A session: connect, subscribe to ``tx``, read ``info``; then ``send`` seals a message,
+writes its frames (write-without-response, each at most MTU-3) and waits for the
+handset's DONE ack. If the link drops, it reconnects to the same address (the handset
+keeps advertising while its window is open), asks which frames arrived (QUERY) and
+resumes from the first missing one.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bleak import BleakClient
+from bleak.backends.client import BaseBleakClient
+from bleak.exc import BleakError
+
+from tapcast.config import BleSection
+from tapcast.protocol.ble import (
+    INFO_UUID, RX_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, ContentItem, Bye, Delivered,
+    Endpoint, FrameError, Info, Message, QueryFrame, Reply,
+)
+
+log = logging.getLogger(__name__)
+
+
+class PushError(Exception):
+    """The push could not be completed (link gone for good, no ack); says why."""
+
+
+class PushSession:
+    """An open BLE session with one handset. Create with :func:`open_session`."""
+
+    def __init__(self, client: BleakClient, endpoint: Endpoint, *, ack_timeout: float,
+                 max_reconnects: int,
+                 on_first_content: Callable[[float], None] | None) -> None:
+        self.client = client
+        self.endpoint = endpoint
+        self.ack_timeout = ack_timeout
+        self.max_reconnects = max_reconnects
+        self.on_first_content = on_first_content
+        #: time.perf_counter() when the first frame of the first ContentItem was written
+        #: (benchmarks: tap -> first content byte).
+        self.first_content_at: float | None = None
+        self.info: Info | None = None
+        self.errors: list[FrameError] = []  # frames from the handset that were rejected
+        self.reconnects = 0
+        self._incoming: asyncio.Queue[Message] = asyncio.Queue()
+        self._acks: asyncio.Queue[AckFrame] = asyncio.Queue()
+        self._link_lost = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._send_lock = asyncio.Lock()  # one message in flight per direction (protocol rule)
+
+    # ------------------------------------------------------------------- link
+    async def _setup(self) -> None:
+        """After each (re)connect: notifications on, limits read."""
+        self._link_lost.clear()
+        await self.client.start_notify(TX_UUID, self._on_notify)
+        self.info = Info.decode(bytes(await self.client.read_gatt_char(INFO_UUID)))
+
+    def _on_disconnect(self, client: BleakClient) -> None:
+        self._link_lost.set()
+
+    async def _reconnect(self) -> None:
+        if self.reconnects >= self.max_reconnects:
+            raise PushError(f"link to {self.client.address} lost {self.reconnects} times; giving up")
+        self.reconnects += 1
+        log.info("reconnecting to %s (attempt %d)", self.client.address, self.reconnects)
+        try:
+            await self.client.connect()
+            await self._setup()
+        except (BleakError, TimeoutError, asyncio.TimeoutError) as exc:
+            raise PushError(f"reconnect to {self.client.address} failed: {exc}") from exc
+
+    @property
+    def frame_size(self) -> int:
+        """Largest frame this link carries: MTU-3 as bleak reports it for ``rx``."""
+        char = self.client.services.get_characteristic(RX_UUID)
+        if char is None:
+            raise PushError("handset has no Tapcast rx characteristic")
+        return char.max_write_without_response_size
+
+    # ------------------------------------------------------------- notifications
+    def _on_notify(self, _char: Any, data: bytearray) -> None:
+        try:
+            event = self.endpoint.handle(bytes(data))
+        except FrameError as exc:
+            log.warning("rejected frame from handset: %s", exc)
+            self.errors.append(exc)
+            if exc.reply is not None:
+                self._spawn(self._write_control(exc.reply))
+            return
+        if isinstance(event, AckReceived):
+            self._acks.put_nowait(event.ack)
+        elif isinstance(event, Delivered):
+            self._incoming.put_nowait(event.message)
+            self._spawn(self._write_control(event.reply))
+        elif isinstance(event, Reply) and event.reply is not None:
+            self._spawn(self._write_control(event.reply))
+
+    async def _write_control(self, frame: bytes) -> None:
+        try:
+            await self.client.write_gatt_char(RX_UUID, frame, response=False)
+        except BleakError as exc:  # link gone; the peer will QUERY again
+            log.info("could not send control frame: %s", exc)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------- API
+    async def send(self, message: Message) -> int:
+        """Push one message and wait until the handset has opened it. Returns its id.
+        Raises FrameError if the handset rejects it, PushError if the link cannot be
+        kept up or no ack comes."""
+        async with self._send_lock:
+            return await self._send(message)
+
+    async def _send(self, message: Message) -> int:
+        if self._closed:
+            raise PushError("session is closed")
+        if not self.client.is_connected:  # dropped while idle
+            await self._reconnect()
+        outgoing = self.endpoint.seal(message)
+        frame_size = self.frame_size
+        frames = outgoing.frames(frame_size)
+        start = 0
+        rounds = 0
+        while True:
+            rounds += 1
+            if rounds > 2 * (self.max_reconnects + 2):
+                raise PushError(f"message {outgoing.msg_id}: no DONE ack after {rounds - 1} rounds")
+            if not self.client.is_connected:
+                await self._reconnect()
+                if self.frame_size < frame_size:
+                    raise PushError(f"MTU shrank after reconnect ({self.frame_size} < {frame_size});"
+                                    " cannot resume")
+                resume = await self._query(outgoing.msg_id)
+                if resume is None:
+                    continue
+                if resume == -1:
+                    return outgoing.msg_id
+                start = resume
+            try:
+                for index in range(start, len(frames)):
+                    await self.client.write_gatt_char(RX_UUID, frames[index], response=False)
+                    if self.first_content_at is None and isinstance(message, ContentItem):
+                        self.first_content_at = time.perf_counter()
+                        if self.on_first_content is not None:
+                            self.on_first_content(self.first_content_at)
+            except BleakError as exc:
+                log.info("write failed mid-message %d: %s", outgoing.msg_id, exc)
+                start = 0
+                continue
+            ack = await self._await_ack(outgoing.msg_id)
+            if ack is None:  # link lost or silence: reconnect / query
+                if self.client.is_connected:
+                    resume = await self._query(outgoing.msg_id)
+                    if resume == -1:
+                        return outgoing.msg_id
+                    start = 0 if resume is None else resume
+                continue  # not connected: the top of the loop reconnects and queries
+            if ack.status == AckStatus.DONE:
+                return outgoing.msg_id
+            if ack.status == AckStatus.REJECTED:
+                raise FrameError(f"handset rejected message {outgoing.msg_id} (could not open it)")
+            start = ack.next_missing
+
+    async def _query(self, msg_id: int) -> int | None:
+        """Ask where to resume: the first missing frame, -1 if already done, None if
+        the link dropped again."""
+        try:
+            await self.client.write_gatt_char(RX_UUID, QueryFrame(msg_id).encode(), response=True)
+        except BleakError as exc:
+            log.info("query failed: %s", exc)
+            return None
+        ack = await self._await_ack(msg_id)
+        if ack is None:
+            return None
+        if ack.status == AckStatus.DONE:
+            return -1
+        if ack.status == AckStatus.REJECTED:
+            raise FrameError(f"handset rejected message {msg_id} (could not open it)")
+        return ack.next_missing
+
+    async def _await_ack(self, msg_id: int) -> AckFrame | None:
+        lost = asyncio.ensure_future(self._link_lost.wait())
+        try:
+            async with asyncio.timeout(self.ack_timeout):
+                while True:
+                    get = asyncio.ensure_future(self._acks.get())
+                    done, _ = await asyncio.wait({get, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    if get not in done:
+                        get.cancel()
+                        return None
+                    ack = get.result()
+                    if ack.msg_id == msg_id:
+                        return ack
+        except TimeoutError:
+            log.info("no ack for message %d within %.1f s", msg_id, self.ack_timeout)
+            return None
+        finally:
+            lost.cancel()
+
+    async def receive(self) -> Message:
+        """The next message the handset sent (request, offer_response, ack, bye)."""
+        return await self._incoming.get()
+
+    async def close(self, reason: str = "") -> None:
+        """Say bye (best effort) and disconnect."""
+        if self._closed:
+            return
+        try:
+            if self.client.is_connected:
+                await self.send(Bye(reason))
+        except (PushError, FrameError, BleakError) as exc:
+            log.info("bye not delivered: %s", exc)
+        finally:
+            self._closed = True
+            for task in list(self._tasks):
+                task.cancel()
+            await self.client.disconnect()
+
+
+async def open_session(address: str, address_type: int, session_key: bytes, *,
+                       backend: type[BaseBleakClient] | None = None,
+                       backend_kwargs: dict[str, Any] | None = None,
+                       connect_timeout: float = 5.0, ack_timeout: float = 2.0,
+                       max_reconnects: int = 3,
+                       on_first_content: Callable[[float], None] | None = None) -> PushSession:
+    """Connect to the handset at ``address`` (learned from the tap) and open a session.
+
+    ``backend=None`` is bleak's platform backend (BlueZ on a Pi); there the address
+    type is learned from the advertisement. A custom backend (the virtual radio's
+    BumbleBleakClient) gets ``address_type`` and ``backend_kwargs`` as keyword args.
+    Raises TimeoutError if the handset does not come up within ``connect_timeout``.
+    """
+    kwargs: dict[str, Any] = {}
+    if backend is not None:
+        kwargs = {"address_type": address_type, **(backend_kwargs or {})}
+    session: PushSession | None = None
+
+    def on_disconnect(client: BleakClient) -> None:
+        if session is not None:
+            session._on_disconnect(client)
+
+    client = BleakClient(address, on_disconnect, timeout=connect_timeout,
+                         backend=backend, **kwargs)
+    session = PushSession(client, Endpoint(session_key, "node"), ack_timeout=ack_timeout,
+                          max_reconnects=max_reconnects, on_first_content=on_first_content)
+    await client.connect()
+    try:
+        await session._setup()
+    except BaseException:
+        await client.disconnect()
+        raise
+    return session
+
+
+class BlePush:
+    """Opens push sessions with one configured backend, so the daemon and the demo
+    pick the radio from config ``[ble]`` and the rest of the node does not care."""
+
+    def __init__(self, *, backend: type[BaseBleakClient] | None = None,
+                 backend_kwargs: dict[str, Any] | None = None, connect_timeout: float = 5.0,
+                 ack_timeout: float = 2.0, max_reconnects: int = 3) -> None:
+        self.backend = backend
+        self.backend_kwargs = dict(backend_kwargs or {})
+        self.connect_timeout = connect_timeout
+        self.ack_timeout = ack_timeout
+        self.max_reconnects = max_reconnects
+
+    @classmethod
+    def from_config(cls, ble: BleSection, *, radio: Any = None) -> BlePush:
+        """``backend = "bluez"``: bleak's platform backend. ``"virtual"``: the bumble
+        backend on ``radio`` (a tapcast.hall.ble.VirtualRadio; bumble is imported only
+        then, so a Pi needs no bumble)."""
+        if ble.backend == "bluez":
+            return cls(connect_timeout=ble.connect_timeout)
+        if ble.backend == "virtual":
+            if radio is None:
+                raise ValueError("ble.backend = 'virtual' needs the hall's VirtualRadio (radio=...)")
+            from tapcast.hall.ble import BumbleBleakClient
+            return cls(backend=BumbleBleakClient, backend_kwargs={"radio": radio},
+                       connect_timeout=ble.connect_timeout)
+        raise ValueError(f"unknown ble.backend {ble.backend!r}: use 'bluez' or 'virtual'")
+
+    async def open(self, address: str, address_type: int, session_key: bytes, *,
+                   on_first_content: Callable[[float], None] | None = None) -> PushSession:
+        return await open_session(
+            address, address_type, session_key, backend=self.backend,
+            backend_kwargs=self.backend_kwargs, connect_timeout=self.connect_timeout,
+            ack_timeout=self.ack_timeout, max_reconnects=self.max_reconnects,
+            on_first_content=on_first_content)

@@ -1,0 +1,459 @@
+"""BLE push wire format: GATT layout, messages, sealing and framing (bytes in docs/protocol-ble.md).
+
+Pure code, no radio: the node (through bleak) and the handset (a bumble peripheral in
+the virtual hall, Android on a phone) both drive an :class:`Endpoint`.
+
+Why this shape:
+- ATT writes and notifications carry at most MTU-3 bytes, and the MTU is negotiated
+  per link (23 at worst), so every sealed message is split into frames with a 9-byte
+  header and reassembled on the other side.
+- BLE pairing is not used; the NFC tap already gave both sides a 32-byte session key.
+  Each direction gets its own ChaCha20-Poly1305 key (HKDF), and the message id is the
+  per-direction counter that forms the nonce, so a key/nonce pair is never reused and
+  a replayed message id is refused.
+- Links drop (the customer walks away mid-push). The receiver keeps the frames it has,
+  and answers a QUERY with the first missing frame index, so the sender resumes there.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Union
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------ GATT layout
+
+#: The one Tapcast service and its characteristics (128-bit, vendor range).
+SERVICE_UUID = "7a9ca500-0001-4c4e-8a5e-7a9ca57b1e00"
+RX_UUID = "7a9ca500-0002-4c4e-8a5e-7a9ca57b1e00"  # write + write-without-response, node -> handset
+TX_UUID = "7a9ca500-0003-4c4e-8a5e-7a9ca57b1e00"  # notify, handset -> node
+INFO_UUID = "7a9ca500-0004-4c4e-8a5e-7a9ca57b1e00"  # read: protocol version and limits
+
+PROTOCOL_VERSION = 1
+#: Largest sealed message (ciphertext + 16-byte tag) either side accepts. Large media
+#: travels as a short-lived URL on the node's WLAN server instead (ContentItem.media_url).
+MAX_MESSAGE_SIZE = 64 * 1024
+#: Smallest usable frame: ATT_MTU 23 minus the 3-byte ATT header.
+MIN_FRAME_SIZE = 20
+#: A DATA frame may start a message at most this many ids ahead of the last accepted
+#: one; anything further is not a message this session could have produced.
+MAX_ID_GAP = 1000
+
+INFO_FORMAT = struct.Struct(">BIH")  # version u8 | max_message_size u32 | max_frames u16
+
+
+class FrameError(ValueError):
+    """A frame or message is malformed, unauthentic or out of place. The message says
+    what; ``reply`` (if set) is the frame the receiver should send back (e.g. a
+    REJECTED ack) so the sender stops waiting."""
+
+    def __init__(self, message: str, reply: bytes | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Info:
+    """What the ``info`` characteristic reads: 7 bytes, big-endian."""
+
+    version: int = PROTOCOL_VERSION
+    max_message_size: int = MAX_MESSAGE_SIZE
+    max_frames: int = 0xFFFF
+
+    def encode(self) -> bytes:
+        return INFO_FORMAT.pack(self.version, self.max_message_size, self.max_frames)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Info:
+        if len(data) < INFO_FORMAT.size:
+            raise FrameError(f"info value is {len(data)} bytes, expected at least {INFO_FORMAT.size}")
+        version, size, frames = INFO_FORMAT.unpack_from(data)
+        return cls(version, size, frames)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+class CatalogueEntry(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    title: str
+    kind: str
+    price_cents: int = 0
+
+
+class Catalogue(msgspec.Struct, tag="catalogue", tag_field="t", forbid_unknown_fields=True):
+    """What this node offers; the customer may ask for any entry with a Request."""
+
+    items: list[CatalogueEntry]
+
+
+class ContentItem(msgspec.Struct, tag="item", tag_field="t", forbid_unknown_fields=True):
+    """One content item. ``sha256`` (hex) is of ``body`` (UTF-8), or of the file at
+    ``media_url`` when one is given (large media is fetched over WLAN, not BLE)."""
+
+    id: str
+    title: str
+    kind: str
+    body: str
+    sha256: str
+    media_url: str | None = None
+
+
+class Offer(msgspec.Struct, tag="offer", tag_field="t", forbid_unknown_fields=True):
+    offer_id: str
+    item_id: str
+    title: str
+    price_cents: int
+    currency: str = "EUR"
+    expires: float = 0.0  # unix time; 0 = no expiry
+
+
+class OfferResponse(msgspec.Struct, tag="offer_response", tag_field="t", forbid_unknown_fields=True):
+    """The customer's answer. ``signed`` is the exact byte string the handset signed
+    (offer id, amount, monotonic counter; format owned by the payment code) and
+    ``signature`` its Ed25519 signature; this layer carries them opaquely."""
+
+    offer_id: str
+    accept: bool
+    signed: bytes = b""
+    signature: bytes = b""
+
+
+class Receipt(msgspec.Struct, tag="receipt", tag_field="t", forbid_unknown_fields=True):
+    offer_id: str
+    item_id: str
+    amount_cents: int
+    journal_hash: str = ""  # hex hash of the node's journal entry for this charge
+
+
+class Ack(msgspec.Struct, tag="ack", tag_field="t", forbid_unknown_fields=True):
+    """Application-level answer to message ``ref`` (e.g. an item was opened). Transport
+    acknowledgements are ACK frames, not this."""
+
+    ref: int
+    ok: bool = True
+    reason: str = ""
+
+
+class Request(msgspec.Struct, tag="request", tag_field="t", forbid_unknown_fields=True):
+    """The customer asks for a catalogue item."""
+
+    item_id: str
+
+
+class Bye(msgspec.Struct, tag="bye", tag_field="t", forbid_unknown_fields=True):
+    reason: str = ""
+
+
+Message = Union[Catalogue, ContentItem, Offer, OfferResponse, Receipt, Ack, Request, Bye]
+
+_msg_encoder = msgspec.msgpack.Encoder()
+_msg_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def encode_message(message: Message) -> bytes:
+    """msgpack map with the tag in key ``"t"`` (see docs/protocol-ble.md)."""
+    return _msg_encoder.encode(message)
+
+
+def decode_message(data: bytes) -> Message:
+    try:
+        return _msg_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FrameError(f"malformed message: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- sealing
+
+
+class Direction(enum.IntEnum):
+    NODE_TO_HANDSET = 0
+    HANDSET_TO_NODE = 1
+
+
+_HKDF_SALT = b"tapcast-ble-v1"
+_HKDF_INFO = {
+    Direction.NODE_TO_HANDSET: b"tapcast ble node->handset",
+    Direction.HANDSET_TO_NODE: b"tapcast ble handset->node",
+}
+_AAD_PREFIX = b"TCB1"
+
+
+def direction_key(session_key: bytes, direction: Direction) -> bytes:
+    """HKDF-SHA256(ikm=session_key, salt="tapcast-ble-v1", info=per direction), 32 bytes."""
+    if len(session_key) != 32:
+        raise ValueError(f"session_key must be 32 bytes, got {len(session_key)}")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT,
+                info=_HKDF_INFO[direction]).derive(session_key)
+
+
+def nonce(msg_id: int) -> bytes:
+    """12 bytes: four zero bytes, then the message id as u64 big-endian."""
+    return b"\x00" * 4 + msg_id.to_bytes(8, "big")
+
+
+def aad(direction: Direction, msg_id: int) -> bytes:
+    """"TCB1" | direction u8 | message id u32 big-endian: binds both to the ciphertext."""
+    return _AAD_PREFIX + bytes([direction]) + msg_id.to_bytes(4, "big")
+
+
+def seal(key: bytes, direction: Direction, msg_id: int, message: Message) -> bytes:
+    return ChaCha20Poly1305(key).encrypt(nonce(msg_id), encode_message(message), aad(direction, msg_id))
+
+
+def open_sealed(key: bytes, direction: Direction, msg_id: int, sealed: bytes) -> Message:
+    try:
+        plain = ChaCha20Poly1305(key).decrypt(nonce(msg_id), sealed, aad(direction, msg_id))
+    except InvalidTag:
+        raise FrameError(f"message {msg_id} failed authentication (wrong key or tampered)") from None
+    return decode_message(plain)
+
+
+# ---------------------------------------------------------------------------- framing
+
+
+class FrameType(enum.IntEnum):
+    DATA = 0x01  # type | msg_id u32 | index u16 | total u16 | chunk
+    ACK = 0x02  # type | msg_id u32 | next_missing u16 | status u8
+    QUERY = 0x03  # type | msg_id u32   ("which frames of this message do you have?")
+
+
+class AckStatus(enum.IntEnum):
+    PARTIAL = 0  # frames [0, next_missing) are held; send the rest
+    DONE = 1  # message reassembled, opened and delivered
+    REJECTED = 2  # message reassembled but failed to open; do not resend it
+
+
+DATA_HEADER = struct.Struct(">BIHH")
+ACK_FORMAT = struct.Struct(">BIHB")
+QUERY_FORMAT = struct.Struct(">BI")
+
+
+@dataclass(frozen=True)
+class DataFrame:
+    msg_id: int
+    index: int
+    total: int
+    chunk: bytes
+
+    def encode(self) -> bytes:
+        return DATA_HEADER.pack(FrameType.DATA, self.msg_id, self.index, self.total) + self.chunk
+
+
+@dataclass(frozen=True)
+class AckFrame:
+    msg_id: int
+    next_missing: int
+    status: AckStatus
+
+    def encode(self) -> bytes:
+        return ACK_FORMAT.pack(FrameType.ACK, self.msg_id, self.next_missing, self.status)
+
+
+@dataclass(frozen=True)
+class QueryFrame:
+    msg_id: int
+
+    def encode(self) -> bytes:
+        return QUERY_FORMAT.pack(FrameType.QUERY, self.msg_id)
+
+
+Frame = Union[DataFrame, AckFrame, QueryFrame]
+
+
+def parse_frame(data: bytes) -> Frame:
+    """Parse one ATT value into a frame; FrameError says what is wrong with it."""
+    data = bytes(data)
+    if not data:
+        raise FrameError("empty frame")
+    kind = data[0]
+    if kind == FrameType.DATA:
+        if len(data) < DATA_HEADER.size:
+            raise FrameError(f"truncated DATA header: {len(data)} bytes, need {DATA_HEADER.size}")
+        _, msg_id, index, total = DATA_HEADER.unpack_from(data)
+        if msg_id == 0:
+            raise FrameError("message id 0 is reserved")
+        if total == 0 or index >= total:
+            raise FrameError(f"frame index {index} out of range for total {total}")
+        if len(data) == DATA_HEADER.size:
+            raise FrameError(f"DATA frame {index}/{total} of message {msg_id} has no payload")
+        return DataFrame(msg_id, index, total, data[DATA_HEADER.size:])
+    if kind == FrameType.ACK:
+        if len(data) != ACK_FORMAT.size:
+            raise FrameError(f"ACK frame is {len(data)} bytes, expected {ACK_FORMAT.size}")
+        _, msg_id, next_missing, status = ACK_FORMAT.unpack(data)
+        try:
+            return AckFrame(msg_id, next_missing, AckStatus(status))
+        except ValueError:
+            raise FrameError(f"ACK frame has unknown status {status}") from None
+    if kind == FrameType.QUERY:
+        if len(data) != QUERY_FORMAT.size:
+            raise FrameError(f"QUERY frame is {len(data)} bytes, expected {QUERY_FORMAT.size}")
+        _, msg_id = QUERY_FORMAT.unpack(data)
+        return QueryFrame(msg_id)
+    raise FrameError(f"unknown frame type 0x{kind:02x}")
+
+
+def split(msg_id: int, sealed: bytes, frame_size: int) -> list[bytes]:
+    """Cut a sealed message into DATA frames of at most ``frame_size`` bytes (MTU-3)."""
+    if frame_size < MIN_FRAME_SIZE:
+        raise ValueError(f"frame_size {frame_size} is below the BLE minimum {MIN_FRAME_SIZE}")
+    if len(sealed) > MAX_MESSAGE_SIZE:
+        raise ValueError(f"sealed message is {len(sealed)} bytes; the limit is {MAX_MESSAGE_SIZE}"
+                         " (send large media as a media_url)")
+    room = frame_size - DATA_HEADER.size
+    chunks = [sealed[i:i + room] for i in range(0, len(sealed), room)] or [b""]
+    return [DataFrame(msg_id, i, len(chunks), c).encode() for i, c in enumerate(chunks)]
+
+
+@dataclass
+class _Partial:
+    msg_id: int
+    total: int
+    frames: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+    @property
+    def next_missing(self) -> int:
+        i = 0
+        while i in self.frames:
+            i += 1
+        return i
+
+
+# ------------------------------------------------------------------------- endpoint
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A sealed message waiting to be framed; frame with :meth:`frames`."""
+
+    msg_id: int
+    sealed: bytes
+
+    def frames(self, frame_size: int) -> list[bytes]:
+        return split(self.msg_id, self.sealed, frame_size)
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A complete, authentic, new message; send ``reply`` (a DONE ack) back."""
+
+    msg_id: int
+    message: Message
+    reply: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Nothing to deliver (yet), but send ``reply`` (an ACK) back, if not None."""
+
+    reply: bytes | None
+
+
+@dataclass(frozen=True)
+class AckReceived:
+    ack: AckFrame
+
+
+Event = Union[Delivered, Reply, AckReceived]
+
+
+class Endpoint:
+    """One side of a session: seals what it sends, reassembles and opens what it
+    receives, and answers QUERY frames. ``role`` is "node" or "handset".
+
+    Receiving rules (docs/protocol-ble.md, "Receiver"): a DATA frame for an id at or
+    below the last accepted one is a duplicate and is answered DONE without delivering
+    again; an id above it starts (or continues) the one message in progress, and a
+    newer id abandons an older unfinished one; a message that fails to open is dropped
+    without advancing the accepted id, so forged frames cannot block the real message.
+    """
+
+    def __init__(self, session_key: bytes, role: str) -> None:
+        if role not in ("node", "handset"):
+            raise ValueError(f"role must be 'node' or 'handset', not {role!r}")
+        self.role = role
+        if role == "node":
+            self.out_dir, self.in_dir = Direction.NODE_TO_HANDSET, Direction.HANDSET_TO_NODE
+        else:
+            self.out_dir, self.in_dir = Direction.HANDSET_TO_NODE, Direction.NODE_TO_HANDSET
+        self._out_key = direction_key(session_key, self.out_dir)
+        self._in_key = direction_key(session_key, self.in_dir)
+        self.last_sent = 0  # id of the last message sealed by this side
+        self.last_accepted = 0  # id of the last message received and delivered
+        self._partial: _Partial | None = None
+
+    # sending
+    def seal(self, message: Message) -> Outgoing:
+        self.last_sent += 1
+        return Outgoing(self.last_sent, seal(self._out_key, self.out_dir, self.last_sent, message))
+
+    # receiving
+    def handle(self, data: bytes) -> Event:
+        """Process one received frame. Raises FrameError (with ``reply`` set when the
+        peer must be told) for anything malformed, unauthentic or out of place."""
+        frame = parse_frame(data)
+        if isinstance(frame, AckFrame):
+            if frame.msg_id == 0 or frame.msg_id > self.last_sent:
+                raise FrameError(f"ACK for unknown message id {frame.msg_id} "
+                                 f"(last sent {self.last_sent})")
+            return AckReceived(frame)
+        if isinstance(frame, QueryFrame):
+            return Reply(self._status(frame.msg_id).encode())
+        return self._data(frame)
+
+    def _status(self, msg_id: int) -> AckFrame:
+        if 0 < msg_id <= self.last_accepted:
+            return AckFrame(msg_id, 0xFFFF, AckStatus.DONE)
+        if self._partial is not None and self._partial.msg_id == msg_id:
+            return AckFrame(msg_id, self._partial.next_missing, AckStatus.PARTIAL)
+        if self.last_accepted < msg_id <= self.last_accepted + MAX_ID_GAP:
+            return AckFrame(msg_id, 0, AckStatus.PARTIAL)  # nothing of it arrived yet
+        raise FrameError(f"QUERY for unknown message id {msg_id} (last accepted {self.last_accepted})")
+
+    def _data(self, frame: DataFrame) -> Event:
+        if frame.msg_id <= self.last_accepted:
+            return Reply(AckFrame(frame.msg_id, 0xFFFF, AckStatus.DONE).encode())
+        if frame.msg_id > self.last_accepted + MAX_ID_GAP:
+            raise FrameError(f"unknown message id {frame.msg_id}: last accepted is "
+                             f"{self.last_accepted}, at most {MAX_ID_GAP} ahead is allowed")
+        part = self._partial
+        if part is not None and frame.msg_id < part.msg_id:
+            raise FrameError(f"stale frame for abandoned message {frame.msg_id} "
+                             f"(message {part.msg_id} in progress)")
+        if part is None or frame.msg_id > part.msg_id:
+            if part is not None:
+                log.info("message %d abandoned at %d/%d frames for message %d",
+                         part.msg_id, len(part.frames), part.total, frame.msg_id)
+            part = self._partial = _Partial(frame.msg_id, frame.total)
+        if frame.total != part.total:
+            raise FrameError(f"frame {frame.index} of message {frame.msg_id} says total "
+                             f"{frame.total}, earlier frames said {part.total}")
+        if frame.index not in part.frames:  # a duplicate is ignored
+            if part.size + len(frame.chunk) > MAX_MESSAGE_SIZE:
+                self._partial = None
+                raise FrameError(f"message {frame.msg_id} exceeds {MAX_MESSAGE_SIZE} bytes")
+            part.frames[frame.index] = frame.chunk
+            part.size += len(frame.chunk)
+        if len(part.frames) < part.total:
+            if frame.index == part.total - 1:  # sender is done but there is a gap
+                return Reply(AckFrame(part.msg_id, part.next_missing, AckStatus.PARTIAL).encode())
+            return Reply(None)
+        self._partial = None
+        sealed = b"".join(part.frames[i] for i in range(part.total))
+        try:
+            message = open_sealed(self._in_key, self.in_dir, part.msg_id, sealed)
+        except FrameError as exc:
+            raise FrameError(str(exc), AckFrame(part.msg_id, 0, AckStatus.REJECTED).encode()) from None
+        self.last_accepted = part.msg_id
+        return Delivered(part.msg_id, message, AckFrame(part.msg_id, 0xFFFF, AckStatus.DONE).encode())

@@ -1,0 +1,309 @@
+"""BLE push end to end: node code on bleak's public API, bleak on the bumble backend,
+the handset a real bumble GATT peripheral, all on one LocalLink in one event loop."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from bleak.exc import BleakError, BleakGATTProtocolError
+
+from handset_app.ble_peripheral import ATT_FRAME_ERROR, BlePeripheral
+from node.ble_push import BlePush, PushError, PushSession, open_session
+from tapcast.config import BleSection
+from tapcast.hall.ble import PUBLIC, RANDOM, BumbleBleakClient, VirtualRadio
+from tapcast.protocol.ble import (
+    RX_UUID, AckFrame, AckStatus, Bye, ContentItem, DataFrame, Endpoint, FrameError,
+    OfferResponse, Request,
+)
+
+pytestmark = pytest.mark.timeout(20)
+
+
+def item(size: int) -> ContentItem:
+    body = ("Tapcast hall news. " * (size // 19 + 1))[:size]
+    return ContentItem(id="news-1", title="Hall news", kind="article", body=body,
+                       sha256=hashlib.sha256(body.encode()).hexdigest())
+
+
+@pytest.fixture
+async def radio() -> AsyncIterator[VirtualRadio]:
+    radio = VirtualRadio()
+    yield radio
+    await radio.close()
+
+
+@pytest.fixture
+def session_key() -> bytes:
+    return os.urandom(32)
+
+
+async def make_handset(radio: VirtualRadio, **kwargs: object) -> BlePeripheral:
+    handset = BlePeripheral(radio, **kwargs)  # type: ignore[arg-type]
+    await handset.start()
+    return handset
+
+
+@pytest.fixture
+async def handset(radio: VirtualRadio) -> AsyncIterator[BlePeripheral]:
+    handset = await make_handset(radio)
+    yield handset
+    await handset.close()
+
+
+async def connect(radio: VirtualRadio, handset: BlePeripheral, key: bytes,
+                  **kwargs: object) -> PushSession:
+    kwargs.setdefault("connect_timeout", 1.0)
+    return await open_session(handset.address, handset.address_type, key,
+                              backend=BumbleBleakClient, backend_kwargs={"radio": radio},
+                              **kwargs)  # type: ignore[arg-type]
+
+
+async def test_content_bigger_than_several_mtus_arrives_intact_and_opened(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    t0 = time.perf_counter()
+    session = await connect(radio, handset, session_key)
+    content = item(4000)
+    await session.send(content)
+    assert session.first_content_at is not None
+    print(f"\nconnect+setup {1000 * (session.first_content_at - t0):.1f} ms to first content "
+          f"write, {1000 * (time.perf_counter() - t0):.1f} ms to acked 4 kB item, "
+          f"MTU {session.client.mtu_size}")
+    assert 4000 > 5 * session.client.mtu_size
+    assert await handset.messages.get() == content
+    await session.close()
+
+
+async def test_link_negotiates_mtu_247(radio: VirtualRadio, handset: BlePeripheral,
+                                       session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    assert session.client.mtu_size == 247
+    assert session.frame_size == 244
+    await session.close()
+
+
+async def test_handset_request_reaches_the_node(radio: VirtualRadio, handset: BlePeripheral,
+                                                session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    await handset.send(Request(item_id="coupon-7"))
+    assert await session.receive() == Request(item_id="coupon-7")
+    await session.close()
+
+
+async def test_offer_response_larger_than_the_mtu_reaches_the_node(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    response = OfferResponse(offer_id="o-1", accept=True, signed=bytes(range(256)) * 3,
+                             signature=b"\x55" * 64)
+    await handset.send(response)
+    assert await session.receive() == response
+    await session.close()
+
+
+async def test_close_says_bye_to_the_handset(radio: VirtualRadio, handset: BlePeripheral,
+                                             session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    await session.close("done")
+    assert await handset.messages.get() == Bye("done")
+    assert not session.client.is_connected
+
+
+async def test_public_address_type_is_honoured(radio: VirtualRadio, session_key: bytes) -> None:
+    handset = await make_handset(radio, address_type=PUBLIC)
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    await session.send(item(600))
+    assert (await handset.messages.get()).body == item(600).body
+    await session.close()
+    await handset.close()
+
+
+async def test_wrong_address_type_finds_nobody(radio: VirtualRadio, handset: BlePeripheral,
+                                               session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    with pytest.raises(TimeoutError, match="no connection to"):
+        await open_session(handset.address, PUBLIC, session_key, backend=BumbleBleakClient,
+                           backend_kwargs={"radio": radio}, connect_timeout=0.2)
+
+
+def tampered_tag_frame(key: bytes) -> bytes:
+    frame = bytearray(Endpoint(key, "node").seal(Request(item_id="x")).frames(100)[0])
+    frame[-1] ^= 0x80
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("make_frame, reason", [
+    (tampered_tag_frame, "failed authentication"),
+    (lambda key: Endpoint(os.urandom(32), "node").seal(Request(item_id="x")).frames(100)[0],
+     "wrong key or tampered"),
+    (lambda key: bytes.fromhex("0100000001"), "truncated DATA header"),
+    (lambda key: DataFrame(9999, 0, 1, b"z" * 30).encode(), "unknown message id 9999"),
+], ids=["bad-tag", "wrong-key", "truncated-header", "unknown-message-id"])
+async def test_bad_frame_is_rejected_and_the_link_keeps_working(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes,
+        make_frame: Callable[[bytes], bytes], reason: str) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    with pytest.raises(BleakGATTProtocolError) as err:
+        await session.client.write_gatt_char(RX_UUID, make_frame(session_key), response=True)
+    assert err.value.args[0] == ATT_FRAME_ERROR
+    rejected = await handset.errors.get()
+    assert isinstance(rejected, FrameError) and reason in str(rejected)
+    await session.send(item(1000))
+    assert (await handset.messages.get()).body == item(1000).body
+    await session.close()
+
+
+async def test_node_gets_frame_error_when_handset_holds_another_key(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(os.urandom(32))
+    session = await connect(radio, handset, session_key)
+    with pytest.raises(FrameError, match="handset rejected message 1"):
+        await session.send(item(500))
+    assert "failed authentication" in str(await handset.errors.get())
+    await session.client.disconnect()
+
+
+async def test_bad_frame_from_the_handset_is_recorded_and_the_node_carries_on(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    await handset.send_frame(AckFrame(42, 0, AckStatus.DONE).encode())
+    await handset.send(Request(item_id="after"))
+    assert await session.receive() == Request(item_id="after")
+    assert [str(e) for e in session.errors] == ["ACK for unknown message id 42 (last sent 0)"]
+    await session.close()
+
+
+async def test_no_connection_after_the_window_closes(radio: VirtualRadio,
+                                                     session_key: bytes) -> None:
+    handset = await make_handset(radio, window=0.1)
+    await handset.open_window(session_key)
+    await handset.window_closed.wait()
+    with pytest.raises(TimeoutError, match="is it advertising"):
+        await connect(radio, handset, session_key, connect_timeout=0.3)
+    await handset.close()
+
+
+async def test_connection_within_the_window_stays_up_after_it_closes(
+        radio: VirtualRadio, session_key: bytes) -> None:
+    handset = await make_handset(radio, window=0.5)
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    await handset.window_closed.wait()
+    await session.send(Request(item_id="still-here"))
+    assert await handset.messages.get() == Request(item_id="still-here")
+    await session.close()
+    await handset.close()
+
+
+async def test_dropped_link_mid_message_is_resumed_from_the_first_missing_frame(
+        radio: VirtualRadio, session_key: bytes) -> None:
+    seen: list[int] = []
+    handset: BlePeripheral
+
+    def on_frame(index: int, total: int) -> None:
+        seen.append(index)
+        if index == 3 and seen.count(3) == 1:
+            handset.drop_link()
+
+    handset = await make_handset(radio, on_frame=on_frame)
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    content = item(4000)
+    await session.send(content)
+    assert await handset.messages.get() == content
+    assert session.reconnects == 1
+    resumed_at = seen[seen.index(3) + 1:]
+    # frame 3 arrived, then the link dropped: the node resumes at 4, not at 0
+    assert resumed_at[:1] == [4], f"frames seen: {seen}"
+    await session.close()
+    await handset.close()
+
+
+async def test_send_fails_with_push_error_when_the_link_drops_after_the_window(
+        radio: VirtualRadio, session_key: bytes) -> None:
+    handset = await make_handset(radio, window=0.5)
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key, connect_timeout=0.2)
+    await handset.window_closed.wait()
+    await handset.drop_link()
+    with pytest.raises(PushError, match="reconnect to .* failed: no connection"):
+        await session.send(Request(item_id="too-late"))
+    await handset.close()
+
+
+async def test_write_longer_than_mtu_minus_3_is_refused_by_the_backend(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    session = await connect(radio, handset, session_key)
+    with pytest.raises(BleakError, match="write of 245 bytes .* exceeds MTU-3 = 244"):
+        await session.client.write_gatt_char(RX_UUID, b"\x01" * 245, response=True)
+    await session.send(Request(item_id="ok"))  # the link is unaffected
+    await session.close()
+
+
+async def test_backend_without_a_radio_says_how_to_pass_one() -> None:
+    from bleak import BleakClient
+    with pytest.raises(BleakError, match="needs radio=VirtualRadio"):
+        BleakClient("C0:00:00:00:00:01", backend=BumbleBleakClient)
+
+
+def test_virtual_radio_outside_a_running_loop_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="inside the running event loop"):
+        VirtualRadio()
+
+
+async def test_random_is_the_default_address_type(handset: BlePeripheral) -> None:
+    assert handset.address_type == RANDOM
+    assert handset.address.startswith("C0:")
+
+
+async def test_bluetooth_4_0_link_without_data_length_extension_works_at_mtu_23(
+        session_key: bytes) -> None:
+    radio = VirtualRadio(data_length=27)
+    handset = await make_handset(radio)
+    await handset.open_window(session_key)
+    session = await open_session(handset.address, handset.address_type, session_key,
+                                 backend=BumbleBleakClient,
+                                 backend_kwargs={"radio": radio, "mtu": 23}, connect_timeout=1.0)
+    assert session.frame_size == 20
+    content = item(1000)  # about 90 frames of 11 payload bytes
+    await session.send(content)
+    assert await handset.messages.get() == content
+    await session.close()
+    await handset.close()
+    await radio.close()
+
+
+async def test_mtu_larger_than_one_link_packet_is_refused(radio: VirtualRadio) -> None:
+    from bleak import BleakClient
+    with pytest.raises(BleakError, match=r"mtu must be 23\.\.247 on this radio"):
+        BleakClient("C0:00:00:00:00:01", backend=BumbleBleakClient, radio=radio, mtu=517)
+
+
+async def test_ble_push_from_virtual_config_opens_sessions_on_the_radio(
+        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+    push = BlePush.from_config(BleSection(backend="virtual", connect_timeout=1.0), radio=radio)
+    await handset.open_window(session_key)
+    firsts: list[float] = []
+    session = await push.open(handset.address, handset.address_type, session_key,
+                              on_first_content=firsts.append)
+    await session.send(item(300))
+    assert firsts == [session.first_content_at]
+    await session.close()
+
+
+def test_ble_push_config_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="needs the hall's VirtualRadio"):
+        BlePush.from_config(BleSection(backend="virtual"))
+    with pytest.raises(ValueError, match="unknown ble.backend 'zigbee'"):
+        BlePush.from_config(BleSection(backend="zigbee"))
+    assert BlePush.from_config(BleSection(backend="bluez")).backend is None
