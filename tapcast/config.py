@@ -35,6 +35,11 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     zone: str = "default"
     data_dir: str = "var/node"
+    # Content library TOML (content/library.toml format) that seeds the local store at
+    # start. Until signed bundles come from the hub this is how content reaches a node.
+    library: str = ""
+    # Seconds a BLE session waits for the customer's next request before saying bye.
+    idle_timeout: float = 5.0
 
 
 class NfcSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,0 +1,111 @@
+"""A simulated handset: the card emulation and the BLE peripheral of one phone, driven
+the way a customer would: tap a display, read what arrives, maybe ask for one more item
+from the catalogue, say bye.
+
+The radios are the real stacks (nfcpy's udp driver, bumble on the hall's virtual radio);
+only the customer is scripted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tapcast.keys import HandsetCredentials
+from tapcast.protocol import ble
+from tapcast.protocol.nfc import HandsetCard
+
+from handset_app.ble_peripheral import BlePeripheral
+from handset_app.nfc_hce import emulate_card
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TapReport:
+    """One tap as the handset saw it. Times are time.monotonic()."""
+
+    started: float
+    authenticated: float | None = None  # CONFIRM accepted: the node knows us
+    first_item_at: float | None = None  # first ContentItem opened on the handset
+    node_id: str = ""
+    items: list[str] = field(default_factory=list)
+    catalogue: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.authenticated is not None and bool(self.items) and not self.error
+
+
+class SimulatedHandset:
+    def __init__(self, credentials: HandsetCredentials, radio: Any, *,
+                 consent: int = 0xFFFF, window: float = 3.0,
+                 rng: random.Random | None = None) -> None:
+        self.credentials = credentials
+        self.consent = consent
+        self.rng = rng or random.Random()
+        self.peripheral = BlePeripheral(radio, name=credentials.handset_id, window=window)
+
+    @property
+    def handset_id(self) -> str:
+        return self.credentials.handset_id
+
+    async def start(self) -> None:
+        await self.peripheral.start()
+
+    async def close(self) -> None:
+        await self.peripheral.close()
+
+    async def tap(self, nfc_device: str, *, nfc_timeout: float = 3.0,
+                  extra_requests: int = 1, message_timeout: float = 3.0) -> TapReport:
+        """Hold the phone to the display at ``nfc_device`` (e.g. "udp:127.0.0.1:PORT").
+
+        Returns when the node said bye, or on the first failure (report.error)."""
+        report = TapReport(started=time.monotonic())
+        card = HandsetCard(self.credentials, self.peripheral.address,
+                           ble_address_type=self.peripheral.address_type, consent=self.consent)
+        messages = self.peripheral.messages
+        while not messages.empty():  # leftovers from an earlier, broken session
+            messages.get_nowait()
+        session = await asyncio.to_thread(emulate_card, nfc_device, card, nfc_timeout)
+        if session is None:
+            report.error = f"nfc: {card.last_rejection or 'no reader answered'}"
+            return report
+        report.authenticated = time.monotonic()
+        report.node_id = session.node_id
+        await self.peripheral.open_window(session.session_key)
+        try:
+            await self._converse(report, extra_requests, message_timeout)
+        except (TimeoutError, ConnectionError, ble.FrameError) as exc:
+            report.error = f"ble: {type(exc).__name__}: {exc}"
+        return report
+
+    async def _converse(self, report: TapReport, extra_requests: int, timeout: float) -> None:
+        wanted: list[str] = []
+        while True:
+            message = await asyncio.wait_for(self.peripheral.messages.get(), timeout)
+            if isinstance(message, ble.ContentItem):
+                if report.first_item_at is None:
+                    report.first_item_at = time.monotonic()
+                report.items.append(message.id)
+                if message.id in wanted:
+                    wanted.remove(message.id)
+            elif isinstance(message, ble.Catalogue):
+                report.catalogue = [entry.id for entry in message.items]
+                choices = [i for i in report.catalogue if i not in report.items]
+                wanted = self.rng.sample(choices, min(extra_requests, len(choices)))
+                for item_id in wanted:
+                    await self.peripheral.send(ble.Request(item_id))
+            elif isinstance(message, ble.Bye):
+                return
+            if report.catalogue and not wanted:
+                await self.peripheral.send(ble.Bye("done"))
+                # the node answers with its own bye and disconnects
+                extra = await asyncio.wait_for(self.peripheral.messages.get(), timeout)
+                if not isinstance(extra, ble.Bye):
+                    log.debug("%s: after bye got %s", self.handset_id, type(extra).__name__)
+                return

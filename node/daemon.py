@@ -1,0 +1,225 @@
+"""The node daemon: one tap at a time from NFC, then a BLE session, events to the hub.
+
+asyncio on the loop; nfcpy's blocking reader in its own thread (node.nfc_reader) hands
+each tap over with call_soon_threadsafe. Every event goes to the durable outbox first
+(committed before anything else happens), and the uplink forwards it to the hub; so a
+node without its uplink still serves taps and loses nothing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tapcast import __version__
+from tapcast.config import NodeConfig
+from tapcast.keys import NodeCredentials, load_node_credentials
+from tapcast.protocol import ble
+from tapcast.protocol.mqtt import NodeState
+from tapcast.protocol.nfc import NodeAuth
+
+from node.nfc_reader import NfcReader, TapOutcome
+from node.outbox import Outbox
+from node.store import ContentStore, Item, load_library
+from node.uplink import Uplink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Counters:
+    taps: int = 0
+    authenticated: int = 0
+    rejected: int = 0
+    deliveries: int = 0
+    failures: int = 0
+
+
+@dataclass
+class TapRecord:
+    """What the node saw of one tap; the benchmarks and the demo read these."""
+
+    outcome: TapOutcome
+    first_content_at: float | None = None  # time.perf_counter() of the first content frame
+    delivered: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def item_message(item: Item) -> ble.ContentItem:
+    return ble.ContentItem(id=item.id, title=item.title, kind=item.kind, body=item.body,
+                           sha256=item.sha256, media_url=item.media_url)
+
+
+def catalogue_message(items: list[Item]) -> ble.Catalogue:
+    return ble.Catalogue(items=[ble.CatalogueEntry(id=i.id, title=i.title, kind=i.kind,
+                                                   price_cents=i.price_cents) for i in items])
+
+
+class NodeDaemon:
+    """One node. ``radio`` is the virtual hall's VirtualRadio when ``[ble] backend =
+    "virtual"``; on a Pi it is None and bleak uses BlueZ."""
+
+    def __init__(self, config: NodeConfig, *, base_dir: Path | str = ".",
+                 radio: Any = None, credentials: NodeCredentials | None = None,
+                 revoked: Container[str] = frozenset(),
+                 on_tap: Callable[[TapRecord], None] | None = None) -> None:
+        from node.ble_push import BlePush  # bleak is imported only when a node runs
+
+        self.config = config
+        base = Path(base_dir)
+        self.data_dir = base / config.node.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.credentials = credentials or load_node_credentials(config.keys, base)
+        if self.credentials.node_id != config.node.id:
+            raise ValueError(f"node certificate is for {self.credentials.node_id!r} but the "
+                             f"config says [node] id = {config.node.id!r}; re-provision the keys")
+        self.store = ContentStore(self.data_dir / "content.db")
+        if config.node.library:
+            library = Path(config.node.library)
+            self.store.replace_all(load_library(library if library.is_absolute() else base / library,
+                                                config.node.zone))
+        self.outbox = Outbox(self.data_dir / "outbox.db")
+        self.counters = Counters()
+        self.revoked: Container[str] = revoked
+        self.auth = NodeAuth(self.credentials, revoked=lambda: self.revoked)
+        self.push = BlePush.from_config(config.ble, radio=radio)
+        self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, zone=config.node.zone,
+                             version=__version__, state_provider=self.state)
+        self.on_tap = on_tap
+        self.reader: NfcReader | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started = time.monotonic()
+        self._stopped = asyncio.Event()
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node.id
+
+    def state(self) -> NodeState:
+        c = self.counters
+        return NodeState(node_id=self.node_id, ts=time.time(), version=__version__,
+                         zone=self.config.node.zone, uptime=time.monotonic() - self._started,
+                         outbox_depth=self.outbox.depth(), taps=c.taps,
+                         deliveries=c.deliveries, failures=c.failures)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self.uplink.start()
+        nfc = self.config.nfc
+        self.reader = NfcReader(nfc.device, nfc.poll_interval, self.auth.begin, loop,
+                                self._on_outcome, sens_res_timeout=nfc.sens_res_timeout,
+                                hold_off=nfc.hold_off)
+        # Opening a USB/serial reader can take a moment; keep the loop free meanwhile.
+        await asyncio.to_thread(self.reader.start)
+        log.info("node %s serving taps on %s", self.node_id, nfc.device)
+
+    async def stop(self) -> None:
+        if self.reader is not None:
+            await asyncio.to_thread(self.reader.stop)
+            self.reader = None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.uplink.stop()
+        self.outbox.close()
+        self._stopped.set()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            if not self._stopped.is_set():
+                await self.stop()
+
+    # ------------------------------------------------------------------- taps
+
+    def _record(self, *events: tuple[str, dict[str, Any]]) -> None:
+        self.outbox.add_many(events)
+        self.uplink.notify()
+
+    def _on_outcome(self, outcome: TapOutcome) -> None:
+        """Runs on the loop (the reader thread scheduled it)."""
+        task = asyncio.get_running_loop().create_task(self._serve_tap(outcome))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve_tap(self, outcome: TapOutcome) -> None:
+        record = TapRecord(outcome)
+        session = outcome.session
+        self.counters.taps += 1
+        auth: dict[str, Any] = {"ok": outcome.ok, "reason": outcome.reason,
+                                "ms": round(outcome.duration * 1000, 2)}
+        if outcome.error:
+            auth["detail"] = outcome.error
+        if session is not None:
+            auth["handset_id"] = session.handset_id
+        self._record(("tap", {"zone": self.config.node.zone}), ("auth", auth))
+        if session is None:
+            self.counters.rejected += 1
+            log.info("tap rejected: %s %s", outcome.reason, outcome.error)
+            self._done(record)
+            return
+        self.counters.authenticated += 1
+        try:
+            await self._push(session.handset_id, session.ble_address, session.ble_address_type,
+                             session.session_key, record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any BLE failure ends this tap, never the daemon
+            record.error = f"{type(exc).__name__}: {exc}"
+            self.counters.failures += 1
+            self._record(("delivery_failed", {"handset_id": session.handset_id,
+                                              "reason": record.error}))
+            log.warning("push to %s failed: %s", session.ble_address, record.error)
+        self._done(record)
+
+    def _done(self, record: TapRecord) -> None:
+        if self.on_tap is not None:
+            self.on_tap(record)
+
+    async def _push(self, handset_id: str, address: str, address_type: int,
+                    session_key: bytes, record: TapRecord) -> None:
+        """Featured item first (what the display shows: the customer sees it at once),
+        then the catalogue, then serve requests until bye or idle."""
+        push = await self.push.open(address, address_type, session_key)
+        try:
+            featured = self.store.featured()
+            if featured is not None:
+                await self._deliver(push, handset_id, featured, record)
+            await push.send(catalogue_message(self.store.items()))
+            while True:
+                try:
+                    message = await asyncio.wait_for(push.receive(),
+                                                     self.config.node.idle_timeout)
+                except TimeoutError:
+                    break
+                if isinstance(message, ble.Bye):
+                    break
+                if isinstance(message, ble.Request):
+                    item = self.store.get(message.item_id)
+                    self._record(("request", {"handset_id": handset_id,
+                                              "item_id": message.item_id,
+                                              "found": item is not None}))
+                    if item is None:
+                        await push.send(ble.Ack(ref=0, ok=False,
+                                                reason=f"no item {message.item_id!r} here"))
+                    else:
+                        await self._deliver(push, handset_id, item, record)
+        finally:
+            record.first_content_at = push.first_content_at
+            await push.close()
+
+    async def _deliver(self, push: Any, handset_id: str, item: Item, record: TapRecord) -> None:
+        message = item_message(item)
+        await push.send(message)
+        self.counters.deliveries += 1
+        record.delivered.append(item.id)
+        self._record(("delivery", {"handset_id": handset_id, "item_id": item.id,
+                                   "kind": item.kind, "bytes": len(message.body.encode())}))
