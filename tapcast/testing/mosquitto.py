@@ -6,6 +6,7 @@ Why not the system service: tests need their own broker they can stop and restar
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -51,6 +52,9 @@ class Mosquitto:
             "set_tcp_nodelay true\n"
             "log_type error\nlog_type warning\n"
             f"log_dest file {self.workdir}/mosquitto.log\n"
+            # Run as root, mosquitto 2 drops to the `mosquitto` user, cannot write the
+            # work dir and silently persists nothing (no restart test would mean it).
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
 
     @property
