@@ -1,0 +1,290 @@
+"""MQTT ingest: node status/state/event batches in, durable batched writes, acks out.
+
+Exactly-once storage on top of at-least-once delivery: a node keeps every event in its
+outbox until the hub acks it, and re-sends after a reconnect, so the hub sees
+duplicates; the database stores each (node_id, seq) once (hub.db) and the ack names
+the highest *contiguous* seq stored, so a lost batch in the middle is re-sent rather
+than skipped.
+
+Threads and why:
+* paho's network thread (``loop_start``) only decodes and validates (msgspec, a few
+  microseconds) and queues; it must stay fast, because the broker's delivery rate to
+  this client is the ceiling for the whole hub.
+* one writer thread takes everything queued (up to ``mqtt.batch_size`` events), writes
+  it in ONE transaction, then publishes one EventAck per node touched. Acks go out only
+  after the commit, so an ack always means "on disk". While a commit runs, the next
+  batch queues up, so batches grow with the load.
+
+The MQTT session is persistent (``clean_session=False`` with ``mqtt.client_id``):
+while the hub restarts the broker keeps queueing the QoS1 batches for it. Two hubs
+must therefore not share a client id (the broker would disconnect one for the other).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from tapcast.config import HubConfig
+from tapcast.mqttclient import make_client, parse_broker_url
+from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, EventAck, NodeState,
+                                   PayloadError, decode_batch, decode_state, decode_status,
+                                   encode, events_ack_topic, parse_node_topic)
+
+from hub.db import HubDB, RawBatch
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+# Messages queued for the writer before paho's thread waits for room. The writer drains
+# 100k+ events/s, so this only bites when the disk stalls; then the broker holds the
+# rest (and nodes re-send whatever is never acked).
+MAX_QUEUED = 10_000
+
+
+@dataclass
+class IngestCounters:
+    """What the ingest has seen since it started (exposed in /api/v1/stats)."""
+
+    messages: int = 0  # MQTT messages received on the hub subscriptions
+    received: int = 0  # events in well-formed batches (duplicates included)
+    stored: int = 0  # events written (first time seen)
+    duplicates: int = 0  # events already stored (re-sent by a node), dropped
+    malformed: int = 0  # messages dropped: bad topic, bad JSON, wrong schema, id mismatch
+    write_errors: int = 0  # transactions that failed (nothing acked; nodes re-send)
+    transactions: int = 0  # write transactions committed
+    acks_sent: int = 0  # EventAck messages published
+    connects: int = 0  # times connected and subscribed (2+ means it reconnected)
+
+    def snapshot(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class Ingest:
+    """Subscribe to every node's status/state/events, store them, ack the events.
+
+    ``start()`` connects in the background (and keeps reconnecting: paho's loop thread
+    retries and ``on_connect`` re-subscribes); ``stop()`` disconnects, writes what is
+    queued and joins the writer. Tests wait on ``wait_ready`` / ``wait_for`` instead of
+    sleeping."""
+
+    def __init__(self, config: HubConfig, db: HubDB) -> None:
+        self.config = config
+        self.db = db
+        self.counters = IngestCounters()
+        self._cond = threading.Condition()
+        self._ready = threading.Event()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._room = threading.Event()
+        self._stopping = False
+        self._writer: threading.Thread | None = None
+        broker = parse_broker_url(config.mqtt.broker)
+        self._broker = broker
+        self._client = make_client(
+            config.mqtt.client_id, clean_session=False,
+            username=config.mqtt.username or broker.username,
+            password=config.mqtt.password or broker.password)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+
+    # ------------------------------------------------------------- lifecycle
+
+    def start(self, wait: float | None = None) -> None:
+        """Start the writer and the MQTT loop. With ``wait``, block until subscribed
+        (TimeoutError after that many seconds); otherwise keep retrying in the background."""
+        if self._writer is not None:
+            raise RuntimeError("ingest already started")
+        self._writer = threading.Thread(target=self._write_loop, name="hub-ingest-writer",
+                                        daemon=True)
+        self._writer.start()
+        log.info("hub ingest connecting to %s as %r", self._broker, self.config.mqtt.client_id)
+        self._client.connect_async(self._broker.host, self._broker.port, keepalive=30)
+        self._client.loop_start()
+        if wait is not None and not self.wait_ready(wait):
+            raise TimeoutError(f"hub ingest not subscribed on {self._broker} within {wait}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Disconnect, store what is already queued, stop the writer."""
+        self._stopping = True
+        self._room.set()
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._ready.clear()
+        if self._writer is not None:
+            self._queue.put(_STOP)
+            self._writer.join(timeout)
+            if self._writer.is_alive():
+                log.error("hub ingest writer did not stop within %ss", timeout)
+            self._writer = None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once connected and subscribed (cleared while disconnected)."""
+        return self._ready.wait(timeout)
+
+    def wait_for(self, predicate: Callable[[IngestCounters], bool], timeout: float) -> bool:
+        """Block until ``predicate(counters)`` holds (checked after every write and every
+        dropped message); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self.counters), timeout)
+
+    def wait_stored(self, n: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``n`` events were stored since start."""
+        return self.wait_for(lambda c: c.stored >= n, timeout)
+
+    # ---------------------------------------------------------- paho callbacks
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the hub: %s", self._broker, reason_code)
+            return
+        log.info("hub ingest connected to %s (session present: %s)", self._broker,
+                 getattr(flags, "session_present", None))
+        # Always (re-)subscribe: after a broker restart without persistence the session
+        # is gone, and subscribing again is harmless when it is not.
+        client.subscribe([(topic, 1) for topic in HUB_SUBSCRIPTIONS])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: Any, properties: Any) -> None:
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("broker refused hub subscriptions: %s", failed)
+            return
+        with self._cond:
+            self.counters.connects += 1
+            self._cond.notify_all()
+        self._ready.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason_code: Any, properties: Any) -> None:
+        self._ready.clear()
+        if reason_code.is_failure:
+            log.warning("hub ingest lost the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """Runs on paho's network thread: validate and queue, nothing slow. Never raises
+        (an exception here would stop paho's loop)."""
+        counters = self.counters
+        counters.messages += 1
+        while self._queue.qsize() >= MAX_QUEUED and not self._stopping:
+            self._room.clear()  # backpressure: the writer sets it after each write
+            if self._queue.qsize() < MAX_QUEUED:
+                break
+            self._room.wait(1.0)
+        # A retained message is a replay of the past: it says nothing about liveness now.
+        heard = None if msg.retain else time.time()
+        try:
+            node_id, leaf = parse_node_topic(msg.topic)
+            if leaf == "events":
+                # Validate here; the writer hands the same JSON text to SQLite.
+                n = len(decode_batch(msg.payload, node_id).events)
+                counters.received += n
+                self._queue.put(("events", node_id, RawBatch(node_id, msg.payload.decode(), n),
+                                 heard))
+            elif leaf == "state":
+                state = decode_state(msg.payload)
+                if state.node_id != node_id:
+                    raise PayloadError(f"state names node {state.node_id!r} but was "
+                                       f"published under {node_id!r}")
+                self._queue.put(("state", node_id, state, heard))
+            elif leaf == "status":
+                self._queue.put(("status", node_id, decode_status(msg.payload), heard))
+            else:
+                raise PayloadError(f"the hub does not handle topic leaf {leaf!r}")
+        except PayloadError as exc:
+            self._dropped(msg, str(exc))
+        except Exception as exc:  # noqa: BLE001 - must not kill paho's loop
+            log.exception("unexpected error handling %s", msg.topic)
+            self._dropped(msg, f"unexpected {type(exc).__name__}: {exc}")
+
+    def _dropped(self, msg: mqtt.MQTTMessage, reason: str) -> None:
+        log.warning("dropped malformed message on %r (%d bytes): %s",
+                    msg.topic, len(msg.payload), reason)
+        with self._cond:
+            self.counters.malformed += 1
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------------ writer
+
+    def _write_loop(self) -> None:
+        batch_size = max(1, self.config.mqtt.batch_size)
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            items = [first]
+            n = first[2].events if first[0] == "events" else 1
+            while n < batch_size:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                items.append(item)
+                n += item[2].events if item[0] == "events" else 1
+            try:
+                self._write(items)
+            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                log.exception("hub ingest writer failed on a batch; continuing")
+            self._room.set()
+
+    def _write(self, items: list[tuple[str, str, Any, float | None]]) -> None:
+        batches: list[RawBatch] = []
+        states: dict[str, tuple[str, NodeState, float | None]] = {}
+        statuses: dict[str, tuple[str, str, float | None]] = {}
+        seen: dict[str, float] = {}
+        for what, node_id, body, heard in items:
+            if what == "events":
+                batches.append(body)
+            elif what == "state":
+                states[node_id] = (node_id, body, heard)  # the latest wins
+            else:
+                statuses[node_id] = (node_id, body, heard)
+            if heard is not None and not (what == "status" and body == "offline"):
+                seen[node_id] = max(seen.get(node_id, 0.0), heard)
+        try:
+            result = self.db.write(batches, states=states.values(),
+                                   statuses=statuses.values(), seen=seen)
+        except Exception:  # noqa: BLE001 - disk full, locked...: nodes re-send, we go on
+            if len(items) > 1:
+                # One bad message must not sink the others coalesced with it (and again
+                # on every re-send): store them one by one, so only the culprit fails.
+                log.warning("a batch of %d messages failed to store; retrying one by one",
+                            len(items), exc_info=True)
+                for item in items:
+                    self._write([item])
+                return
+            log.exception("hub could not store a message on %s (%d events); not acking it",
+                          items[0][1], sum(b.events for b in batches))
+            with self._cond:
+                self.counters.write_errors += 1
+                self._cond.notify_all()
+            return
+        acks = 0
+        for node_id, seq in result.acked.items():
+            if seq > 0:  # seq 0: nothing contiguous stored yet, nothing to delete
+                self._client.publish(events_ack_topic(node_id), encode(EventAck(seq=seq)),
+                                     qos=1)
+                acks += 1
+        with self._cond:
+            c = self.counters
+            c.stored += result.stored
+            c.duplicates += result.duplicates
+            c.transactions += 1
+            c.acks_sent += acks
+            self._cond.notify_all()
+        if result.duplicates:
+            log.debug("dropped %d duplicate events", result.duplicates)

@@ -1,0 +1,133 @@
+"""OpenAPI 3.1 description of /api/v1 (served at /api/v1/openapi.json).
+
+Kept next to the views and checked by tests (every route has a path here), so that the
+document and the code cannot drift apart unnoticed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from hub.api import DEFAULT_EVENTS_LIMIT, EVENT_KINDS
+from hub.db import MAX_EVENTS_LIMIT
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_COUNTS = {
+    "type": "object",
+    "properties": {
+        "total": {"type": "integer"},
+        "by_kind": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "auth_ok": {"type": "integer"},
+        "auth_rejected": {"type": "integer"},
+    },
+}
+
+_NODE_PROPS = {
+    "node_id": {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$"},
+    "status": {"enum": ["online", "offline"],
+               "description": "offline when the node said so or was not heard from for "
+                              "hub.stale_after seconds"},
+    "reported_status": {"type": ["string", "null"],
+                        "description": "last status message (retained / last will)"},
+    "last_seen": {"type": ["number", "null"], "description": "unix seconds"},
+    "zone": {"type": ["string", "null"]},
+    "version": {"type": ["string", "null"]},
+    "outbox_depth": {"type": ["integer", "null"],
+                     "description": "events queued on the node, from its last state"},
+    "acked_seq": {"type": "integer",
+                  "description": "highest contiguous event seq stored (sent as EventAck)"},
+    "events": {"$ref": "#/components/schemas/Counts"},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Tapcast hub API", "version": "1",
+                 "description": "Read-only operator API: nodes, events and counters."},
+        "paths": {
+            "/api/v1/nodes": {"get": {
+                "summary": "All nodes that have reported, by id",
+                "operationId": "listNodes",
+                "responses": {"200": _ok("NodeList")}}},
+            "/api/v1/nodes/{node_id}": {"get": {
+                "summary": "One node, with its last state snapshot",
+                "operationId": "getNode",
+                "parameters": [{"name": "node_id", "in": "path", "required": True,
+                                "schema": {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$"}}],
+                "responses": {"200": _ok("NodeDetail"),
+                              "400": _error("node_id is not a valid id"),
+                              "404": _error("no such node")}}},
+            "/api/v1/events": {"get": {
+                "summary": "Events, newest stored first, paginated by cursor",
+                "operationId": "listEvents",
+                "parameters": [
+                    _query("node_id", {"type": "string"}, "only this node"),
+                    _query("kind", {"enum": list(EVENT_KINDS)}, "only this kind"),
+                    _query("since_seq", {"type": "integer", "minimum": 0},
+                           "only seq > this (needs node_id)"),
+                    _query("since_ts", {"type": "number"},
+                           "only events whose ts (unix seconds) is after this"),
+                    _query("limit", {"type": "integer", "minimum": 1,
+                                     "maximum": MAX_EVENTS_LIMIT,
+                                     "default": DEFAULT_EVENTS_LIMIT}, "page size"),
+                    _query("cursor", {"type": "string"},
+                           "next_cursor from the previous page"),
+                ],
+                "responses": {"200": _ok("EventPage"),
+                              "400": _error("a parameter is wrong; the message says which")}}},
+            "/api/v1/stats": {"get": {
+                "summary": "Event counts per kind, node counts, ingest counters",
+                "operationId": "getStats",
+                "responses": {"200": _ok("Stats")}}},
+            "/api/v1/openapi.json": {"get": {
+                "summary": "This document",
+                "operationId": "getOpenApi",
+                "responses": {"200": {"description": "OpenAPI 3.1 document",
+                                      "content": {"application/json": {}}}}}},
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error"],
+                      "properties": {"error": {"type": "string"}}},
+            "Counts": _COUNTS,
+            "Node": {"type": "object", "properties": _NODE_PROPS,
+                     "required": list(_NODE_PROPS)},
+            "NodeDetail": {"allOf": [{"$ref": "#/components/schemas/Node"}, {
+                "type": "object",
+                "properties": {"state": {"type": ["object", "null"],
+                                         "description": "last NodeState (docs/mqtt.md)"}}}]},
+            "NodeList": {"type": "object", "properties": {
+                "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
+            "Event": {"type": "object", "properties": {
+                "node_id": {"type": "string"}, "seq": {"type": "integer"},
+                "id": {"type": "string"}, "kind": {"enum": list(EVENT_KINDS)},
+                "ts": {"type": "number"}, "data": {"type": "object"},
+                "received": {"type": "number", "description": "when the hub stored it"}}},
+            "EventPage": {"type": "object", "properties": {
+                "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                "next_cursor": {"type": ["string", "null"]},
+                "next": {"type": ["string", "null"], "description": "URL of the next page"}}},
+            "Stats": {"type": "object", "properties": {
+                "events": {"$ref": "#/components/schemas/Counts"},
+                "nodes": {"type": "object", "properties": {
+                    "total": {"type": "integer"}, "online": {"type": "integer"},
+                    "offline": {"type": "integer"}}},
+                "ingest": {"type": ["object", "null"],
+                           "additionalProperties": {"type": "integer"},
+                           "description": "null when the app runs without ingest"}}},
+        }},
+    }

@@ -1,0 +1,39 @@
+"""Operator page: nodes, counters, latest events.
+
+Rendered on the server first (usable without JavaScript, testable with the Flask test
+client), then refreshed by hub/static/hub.js polling the JSON API every few seconds.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, current_app, render_template
+from flask.typing import ResponseReturnValue
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("pages", __name__)
+
+LATEST_EVENTS = 20
+REFRESH_SECONDS = 3
+
+
+@bp.get("/")
+def index() -> ResponseReturnValue:
+    from hub import get_db
+
+    db = get_db()
+    stale_after = current_app.config["TAPCAST"].hub.stale_after
+    events, _ = db.list_events(limit=LATEST_EVENTS)
+    return render_template("index.html", nodes=db.list_nodes(stale_after=stale_after),
+                           totals=db.event_totals(), events=events, now=time.time(),
+                           refresh_ms=REFRESH_SECONDS * 1000, latest=LATEST_EVENTS)
+
+
+@bp.app_template_filter("clock")
+def clock(ts: float | None) -> str:
+    """Unix seconds as UTC hh:mm:ss (the JS shows the same format)."""
+    if ts is None:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))

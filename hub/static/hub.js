@@ -1,0 +1,99 @@
+// Tapcast hub operator page: refresh nodes, counts and latest events from /api/v1.
+// Same markup (ids, data-testid) as the server-rendered template, so tests can
+// address the page before and after a refresh.
+"use strict";
+(function () {
+  const body = document.body;
+  const refreshMs = Number(body.dataset.refreshMs) || 3000;
+  const latest = Number(body.dataset.latest) || 20;
+
+  function clock(ts) {
+    if (ts === null || ts === undefined) return "never";
+    return new Date(ts * 1000).toISOString().slice(0, 19).replace("T", " ");
+  }
+  function cell(tr, text, cls, testid) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    if (testid) td.dataset.testid = testid;
+    tr.appendChild(td);
+    return td;
+  }
+  function empty(tbody, cols, text) {
+    const tr = document.createElement("tr");
+    tr.className = "empty";
+    const td = cell(tr, text);
+    td.colSpan = cols;
+    tbody.appendChild(tr);
+  }
+  function renderNodes(nodes) {
+    const tbody = document.getElementById("nodes-body");
+    tbody.replaceChildren();
+    if (!nodes.length) return empty(tbody, 7, "No node has reported yet.");
+    for (const n of nodes) {
+      const tr = document.createElement("tr");
+      tr.dataset.testid = "node-row";
+      tr.dataset.nodeId = n.node_id;
+      cell(tr, n.node_id, "mono");
+      const badge = document.createElement("span");
+      badge.className = "badge " + n.status;
+      badge.dataset.testid = "node-status";
+      badge.textContent = n.status;
+      cell(tr, "").appendChild(badge);
+      cell(tr, clock(n.last_seen), null, "node-last-seen");
+      cell(tr, n.zone || "");
+      cell(tr, n.version || "");
+      cell(tr, n.outbox_depth === null ? "" : String(n.outbox_depth), null, "node-queue-depth");
+      cell(tr, String(n.events.total));
+      tbody.appendChild(tr);
+    }
+  }
+  function renderCounts(events) {
+    const byKind = events.by_kind;
+    document.getElementById("count-taps").textContent = byKind.tap || 0;
+    document.getElementById("count-auth-ok").textContent = events.auth_ok;
+    document.getElementById("count-auth-rejected").textContent = events.auth_rejected;
+    document.getElementById("count-deliveries").textContent = byKind.delivery || 0;
+    document.getElementById("count-delivery-failed").textContent = byKind.delivery_failed || 0;
+  }
+  function renderEvents(events) {
+    const tbody = document.getElementById("events-body");
+    tbody.replaceChildren();
+    if (!events.length) return empty(tbody, 5, "No events yet.");
+    for (const e of events) {
+      const tr = document.createElement("tr");
+      tr.dataset.testid = "event-row";
+      tr.dataset.kind = e.kind;
+      cell(tr, clock(e.ts));
+      cell(tr, e.node_id, "mono");
+      cell(tr, String(e.seq));
+      cell(tr, e.kind);
+      cell(tr, JSON.stringify(e.data), "mono details");
+      tbody.appendChild(tr);
+    }
+  }
+  async function getJson(url) {
+    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    if (!r.ok) throw new Error(url + ": HTTP " + r.status);
+    return r.json();
+  }
+  async function refresh() {
+    const err = document.getElementById("refresh-error");
+    try {
+      const [nodes, stats, events] = await Promise.all([
+        getJson("/api/v1/nodes"), getJson("/api/v1/stats"),
+        getJson("/api/v1/events?limit=" + latest)]);
+      renderNodes(nodes.nodes);
+      renderCounts(stats.events);
+      renderEvents(events.events);
+      document.getElementById("last-refresh").textContent = clock(Date.now() / 1000);
+      err.hidden = true;
+    } catch (e) {
+      err.textContent = "refresh failed: " + e.message;
+      err.hidden = false;
+    } finally {
+      setTimeout(refresh, refreshMs);
+    }
+  }
+  setTimeout(refresh, refreshMs);
+})();

@@ -1,0 +1,196 @@
+"""Hub storage: each (node_id, seq) stored once, contiguous acks, counts, event listing."""
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hub.db import HubDB, QueryError, RawBatch, open_db
+from tapcast.protocol.mqtt import Event, EventBatch, NodeState, encode
+
+
+def ev(seq: int, kind: str = "tap", ts: float | None = None, **data: object) -> Event:
+    return Event(id=f"e{seq}", seq=seq, kind=kind, ts=1000.0 + seq if ts is None else ts,
+                 data=data)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[HubDB]:
+    store = HubDB(tmp_path / "hub.db")
+    yield store
+    store.close()
+
+
+def test_database_is_in_wal_mode_so_pages_read_while_ingest_writes(db: HubDB) -> None:
+    assert db.db.journal_mode == "wal"
+
+
+def test_same_node_and_seq_is_stored_once(db: HubDB) -> None:
+    first = db.write_batch([("n1", ev(1)), ("n1", ev(2))])
+    again = db.write_batch([("n1", ev(2)), ("n1", ev(3))])
+    assert (first.stored, first.duplicates) == (2, 0)
+    assert (again.stored, again.duplicates) == (1, 1)
+    assert db.count_events() == 3
+
+
+def test_duplicate_inside_one_batch_is_stored_once(db: HubDB) -> None:
+    result = db.write_batch([("n1", ev(1)), ("n1", ev(1))])
+    assert (result.stored, result.duplicates) == (1, 1)
+
+
+def test_same_seq_on_two_nodes_is_two_events(db: HubDB) -> None:
+    assert db.write_batch([("a", ev(1)), ("b", ev(1))]).stored == 2
+
+
+def test_ack_is_highest_contiguous_seq_and_stops_at_a_gap(db: HubDB) -> None:
+    assert db.write_batch([("n1", ev(s)) for s in (1, 2, 3, 5, 6)]).acked == {"n1": 3}
+    assert db.acked_seq("n1") == 3
+
+
+def test_ack_jumps_over_stored_events_when_the_gap_is_filled(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2, 4, 5, 6)])
+    assert db.write_batch([("n1", ev(3))]).acked == {"n1": 6}
+
+
+def test_ack_is_zero_while_seq_one_is_missing(db: HubDB) -> None:
+    assert db.write_batch([("n1", ev(2))]).acked == {"n1": 0}
+
+
+def test_ack_does_not_move_past_a_permanent_gap_on_later_batches(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2, 4)])
+    assert db.write_batch([("n1", ev(s)) for s in (5, 6)]).acked == {"n1": 2}
+
+
+def test_ack_is_reported_for_every_node_in_the_batch(db: HubDB) -> None:
+    result = db.write_batch([("a", ev(1)), ("b", ev(1)), ("b", ev(2))])
+    assert result.acked == {"a": 1, "b": 2}
+
+
+def test_a_failed_batch_leaves_nothing_behind(db: HubDB) -> None:
+    good = RawBatch("n1", encode(EventBatch(node_id="n1", events=[ev(1), ev(2)])).decode(), 2)
+    no_kind = RawBatch("n2", '{"node_id": "n2", "events": [{"id": "x", "seq": 1, "ts": 1}]}', 1)
+    with pytest.raises(sqlite3.IntegrityError):
+        db.write([good, no_kind])
+    assert db.count_events() == 0
+    assert db.acked_seq("n1") == 0
+    assert db.list_nodes(stale_after=60) == []
+
+
+def test_events_are_stored_field_for_field(db: HubDB) -> None:
+    db.write_batch([("n1", Event(id="abc", seq=1, kind="auth", ts=12.5,
+                                 data={"ok": False, "reason": "expired"}))], received=99.0)
+    (event,), _ = db.list_events()
+    assert event == {"node_id": "n1", "seq": 1, "id": "abc", "kind": "auth", "ts": 12.5,
+                     "data": {"ok": False, "reason": "expired"}, "received": 99.0}
+
+
+def test_event_without_data_is_stored_with_an_empty_object(db: HubDB) -> None:
+    db.write([RawBatch("n1", '{"node_id": "n1", "events": '
+                             '[{"id": "a", "seq": 1, "kind": "tap", "ts": 1}]}', 1)])
+    assert db.list_events()[0][0]["data"] == {}
+
+
+def test_auth_counts_as_ok_only_for_json_true(db: HubDB) -> None:
+    db.write_batch([("n1", ev(1, "auth", ok=1)), ("n1", ev(2, "auth", ok="yes")),
+                    ("n1", ev(3, "auth", ok=True))])
+    assert (db.event_totals()["auth_ok"], db.event_totals()["auth_rejected"]) == (1, 2)
+
+
+def test_counts_per_kind_and_auth_verdicts_count_only_stored_rows(db: HubDB) -> None:
+    batch = [("n1", ev(1, "tap")), ("n1", ev(2, "auth", ok=True)),
+             ("n1", ev(3, "auth", ok=False, reason="expired")), ("n1", ev(4, "delivery"))]
+    db.write_batch(batch)
+    db.write_batch(batch)  # re-sent: must not count twice
+    assert db.event_totals() == {"total": 4, "by_kind": {"auth": 2, "delivery": 1, "tap": 1},
+                                 "auth_ok": 1, "auth_rejected": 1}
+
+
+def test_node_is_online_only_while_heard_recently_and_not_reported_offline(db: HubDB) -> None:
+    db.write_batch([], statuses=[("n1", "online", 100.0)], seen={"n1": 100.0})
+    assert db.get_node("n1", stale_after=30, now=120.0)["status"] == "online"
+    assert db.get_node("n1", stale_after=30, now=200.0)["status"] == "offline"
+    db.write_batch([], statuses=[("n1", "offline", 121.0)])
+    assert db.get_node("n1", stale_after=30, now=122.0)["status"] == "offline"
+
+
+def test_state_sets_zone_version_and_queue_depth(db: HubDB) -> None:
+    state = NodeState(node_id="n1", ts=50.0, version="2.0", zone="hall", uptime=1.0,
+                      outbox_depth=12)
+    db.write_batch([], states=[("n1", state, 60.0)])
+    node = db.get_node("n1", stale_after=30, now=70.0)
+    assert node is not None
+    assert (node["zone"], node["version"], node["outbox_depth"], node["last_seen"]) == \
+        ("hall", "2.0", 12, 60.0)
+
+
+def test_unknown_node_is_none(db: HubDB) -> None:
+    assert db.get_node("nope", stale_after=30) is None
+
+
+def test_events_list_newest_first_with_filters(db: HubDB) -> None:
+    db.write_batch([("a", ev(1, "tap")), ("a", ev(2, "auth", ok=True)), ("b", ev(1, "tap"))])
+    events, _ = db.list_events()
+    assert [(e["node_id"], e["seq"]) for e in events] == [("b", 1), ("a", 2), ("a", 1)]
+    assert [e["seq"] for e in db.list_events(node_id="a", kind="tap")[0]] == [1]
+    assert [e["seq"] for e in db.list_events(node_id="a", since_seq=1)[0]] == [2]
+    assert [e["node_id"] for e in db.list_events(since_ts=1001.5)[0]] == ["a"]
+    assert db.list_events(kind="auth")[0][0]["data"] == {"ok": True}
+
+
+def test_events_pages_cover_everything_once(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in range(1, 8)])
+    seen, cursor = [], None
+    while True:
+        page, cursor = db.list_events(limit=3, cursor=cursor)
+        seen += [e["seq"] for e in page]
+        if cursor is None:
+            break
+    assert seen == [7, 6, 5, 4, 3, 2, 1]
+
+
+def test_one_nodes_pages_follow_its_seq_order(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (3, 4)] + [("n2", ev(1))])
+    db.write_batch([("n1", ev(s)) for s in (1, 2)])  # arrived late: older seqs
+    first, cursor = db.list_events(node_id="n1", limit=3)
+    rest, end = db.list_events(node_id="n1", limit=3, cursor=cursor)
+    assert [e["seq"] for e in first + rest] == [4, 3, 2, 1] and end is None
+
+
+def test_cursor_from_another_listing_is_refused(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2, 3)])
+    _, cursor = db.list_events(limit=1)
+    with pytest.raises(QueryError, match="different filters"):
+        db.list_events(node_id="n1", cursor=cursor)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"limit": 0}, "limit must be between"),
+    ({"limit": 10_000}, "limit must be between"),
+    ({"since_seq": 3}, "since_seq needs node_id"),
+    ({"cursor": "%%%"}, "not one this API returned"),
+])
+def test_bad_listing_arguments_raise_query_error(db: HubDB, kwargs: dict, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        db.list_events(**kwargs)
+
+
+def test_postgresql_url_is_refused_with_a_clear_message() -> None:
+    with pytest.raises(NotImplementedError, match="PostgreSQL storage is not built"):
+        open_db("postgresql://hub@db/tapcast")
+
+
+def test_memory_database_is_refused_because_threads_share_the_file() -> None:
+    with pytest.raises(ValueError, match="must be a file"):
+        HubDB(":memory:")
+
+
+def test_reopening_keeps_data(tmp_path: Path) -> None:
+    first = HubDB(tmp_path / "hub.db")
+    first.write_batch([("n1", ev(1))])
+    first.close()
+    again = HubDB(tmp_path / "hub.db")
+    assert again.count_events() == 1 and again.acked_seq("n1") == 1
+    again.close()
+    assert sqlite3.connect(tmp_path / "hub.db").execute("PRAGMA user_version").fetchone() == (1,)
