@@ -72,10 +72,13 @@ def hub_serve(config_path: Path | None) -> None:
         conf = cfg.load(cfg.HubConfig, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    server = serve(conf)
-    click.echo(f"hub on {server.url} (Ctrl-C stops)")
     try:
-        server.serve_forever()
+        server = serve(conf)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on {conf.hub.host}:{conf.hub.port}: {exc}") from None
+    click.echo(f"hub on {server.url}, MQTT ingest from {conf.mqtt.broker} (Ctrl-C stops)")
+    try:
+        server.wait()
     except KeyboardInterrupt:
         pass
     finally:

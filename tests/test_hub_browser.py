@@ -1,0 +1,70 @@
+"""What an operator sees: the hub page in headless Chromium (Debian's /usr/bin/chromium,
+driven by Playwright), updating itself while a virtual hall is tapped."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from hub import HubServer, serve
+from tapcast import config as cfg
+from tapcast.hall.hall import VirtualHall
+from tapcast.testing.mosquitto import Mosquitto
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Without the networking flags Chromium keeps dialling out, and this machine has no network.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+@pytest.fixture
+def hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
+    conf = cfg.load(cfg.HubConfig, data={
+        "hub": {"database": str(tmp_path / "hub.db"), "port": 0},
+        "mqtt": {"broker": mosquitto.url}}, environ={})
+    server = serve(conf, wait_ingest=10.0)
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+async def page(tmp_path: Path) -> AsyncIterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: run `make test` (it installs it)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield await browser.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_operator_page_shows_taps_and_node_going_offline(
+        page, hub: HubServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    hall = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, hold_off=0.0)
+    await hall.start()
+    try:
+        await page.goto(hub.url + "/")
+        row = page.locator('[data-testid="node-row"][data-node-id="node-1"]')
+        await expect(row.locator('[data-testid="node-status"]')).to_have_text("online",
+                                                                              timeout=10_000)
+        for _ in range(2):
+            report = await hall.tap(hall.handsets[0], hall.nodes[0])
+            assert report.ok, report.error
+        await expect(page.get_by_test_id("count-taps")).to_have_text("2", timeout=10_000)
+        await expect(page.get_by_test_id("count-auth-ok")).to_have_text("2")
+        await expect(page.get_by_test_id("count-deliveries")).to_have_text("4")
+        await expect(page.locator('[data-testid="event-row"][data-kind="delivery"]')).to_have_count(4)
+        await page.screenshot(path=str(tmp_path / "hub-online.png"), full_page=True)
+    finally:
+        await hall.stop()
+    await expect(row.locator('[data-testid="node-status"]')).to_have_text("offline",
+                                                                          timeout=10_000)
