@@ -44,15 +44,78 @@ def node_run(config_path: Path) -> None:
     from tapcast import config as cfg
     from node.daemon import NodeDaemon
 
+    from tapcast.keys import KeyFileError
+
     try:
         conf = cfg.load(cfg.NodeConfig, config_path)
         daemon = NodeDaemon(conf, base_dir=config_path.parent)
+    except KeyFileError as exc:
+        raise click.ClickException(
+            f"{exc}\nProvision this node's keys with: tapcast keys node --hub-dir HUB_KEYS "
+            f"--out {config_path.parent} --id {conf.node.id} --zone {conf.node.zone}") from None
     except (ConfigError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     try:
         asyncio.run(daemon.run_forever())
     except KeyboardInterrupt:
         pass
+
+
+@main.group()
+def keys() -> None:
+    """The hub's signing authority and the certificates it issues."""
+
+
+@keys.command("init-hub")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
+def keys_init_hub(directory: Path) -> None:
+    """Create the hub authority (hub.key, hub.pub). Keep hub.key offline."""
+    from tapcast.keys import HubAuthority
+
+    if (directory / "hub.key").exists():
+        raise click.ClickException(f"{directory / 'hub.key'} exists; refusing to replace it")
+    HubAuthority.generate().save(directory)
+    click.echo(f"hub authority written to {directory}")
+
+
+@keys.command("node")
+@click.option("--hub-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="folder of the node's node.toml")
+@click.option("--id", "node_id", required=True)
+@click.option("--zone", required=True)
+@click.option("--days", default=365, show_default=True, help="certificate lifetime")
+def keys_node(hub_dir: Path, out: Path, node_id: str, zone: str, days: int) -> None:
+    """Generate a node key and a hub-signed node certificate."""
+    import time
+
+    from tapcast.keys import HubAuthority, KeyFileError, write_node_credentials
+
+    try:
+        write_node_credentials(out, HubAuthority.load(hub_dir), node_id, zone,
+                               time.time() + days * 86400)
+    except (KeyFileError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"node {node_id} ({zone}) credentials written to {out}")
+
+
+@keys.command("handset")
+@click.option("--hub-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--id", "handset_id", required=True, help="pseudonymous handset id")
+@click.option("--days", default=365, show_default=True, help="certificate lifetime")
+def keys_handset(hub_dir: Path, out: Path, handset_id: str, days: int) -> None:
+    """Generate a handset key and a hub-signed handset certificate."""
+    import time
+
+    from tapcast.keys import HubAuthority, KeyFileError, write_handset_credentials
+
+    try:
+        write_handset_credentials(out, HubAuthority.load(hub_dir), handset_id,
+                                  time.time() + days * 86400)
+    except (KeyFileError, OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"handset {handset_id} credentials written to {out}")
 
 
 @main.group()

@@ -25,6 +25,7 @@ def test_node_run_without_key_files_says_what_is_missing(tmp_path: Path) -> None
     result = CliRunner().invoke(main, ["node", "run", "--config", str(conf)])
     assert result.exit_code == 1
     assert "node.key" in result.output
+    assert "tapcast keys node" in result.output
 
 
 @pytest.mark.slow
@@ -39,3 +40,18 @@ def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
     assert "hub: http://127.0.0.1:" in proc.stdout
     taps = int(proc.stdout.split("taps")[-1].split()[0])
     assert taps >= 4
+
+
+def test_keys_commands_provision_a_node_that_loads(tmp_path: Path) -> None:
+    from tapcast.config import KeysSection
+    from tapcast.keys import load_node_credentials
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["keys", "init-hub", "--dir", str(tmp_path / "hub")]).exit_code == 0
+    result = runner.invoke(main, ["keys", "node", "--hub-dir", str(tmp_path / "hub"),
+                                  "--out", str(tmp_path / "n1"), "--id", "n1", "--zone", "lobby"])
+    assert result.exit_code == 0, result.output
+    creds = load_node_credentials(KeysSection(), tmp_path / "n1")
+    assert (creds.node_id, creds.zone) == ("n1", "lobby")
+    again = runner.invoke(main, ["keys", "init-hub", "--dir", str(tmp_path / "hub")])
+    assert again.exit_code == 1 and "refusing" in again.output
