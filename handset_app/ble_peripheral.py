@@ -91,10 +91,12 @@ class BlePeripheral:
         self._device = device
 
     async def close(self) -> None:
-        if self._window_task is not None:
-            self._window_task.cancel()
-        for task in list(self._tasks):
+        tasks = list(self._tasks) + ([self._window_task] if self._window_task else [])
+        for task in tasks:
             task.cancel()
+        # Wait for them: a task cancelled inside bumble's stop_advertising leaves the
+        # advertising set half-removed, and removing the device then races with it.
+        await asyncio.gather(*tasks, return_exceptions=True)
         device, self._device = self._device, None
         if device is not None:
             await self.radio.remove_device(device)

@@ -106,6 +106,11 @@ def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
     (workdir / "hub").mkdir(exist_ok=True)
     try:
         hub = serve(hub_conf, wait_ingest=10.0)
+    except OSError as exc:
+        if embedded:
+            embedded.stop()
+        raise OSError(f"cannot serve the hub on port {hub_port} ({exc.strerror}): "
+                      "pass --hub-port 0 to take any free port") from None
     except BaseException:
         if embedded:
             embedded.stop()
