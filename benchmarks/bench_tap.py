@@ -178,7 +178,7 @@ async def measure(taps: int) -> list[Result]:
                               {"floor": "bare nfcpy exchange + bare bumble connect+write"}))
     results.append(Result("floor: bare bumble connect + write p50", "ms",
                           percentile(ble, 50) * ms))
-    results.append(Result(f"nfc poll interval (config default)", "ms", poll * ms))
+    results.append(Result("nfc poll interval (config default)", "ms", poll * ms))
     return results
 
 

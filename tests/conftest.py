@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from hub import HubServer, serve
+from tapcast import config as cfg
 from tapcast.testing.mosquitto import Mosquitto
 
 
@@ -15,3 +17,14 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def running_hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
+    """The hub (web + MQTT ingest into a fresh SQLite file) on a free port."""
+    conf = cfg.load(cfg.HubConfig, data={
+        "hub": {"database": str(tmp_path / "hub.db"), "port": 0},
+        "mqtt": {"broker": mosquitto.url}}, environ={})
+    server = serve(conf, wait_ingest=10.0)
+    yield server
+    server.shutdown()

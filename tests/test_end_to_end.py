@@ -6,15 +6,14 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
 
 from handset_app.sim import SimulatedHandset
-from hub import HubServer, get_db, get_ingest, serve
-from tapcast import config as cfg
+from hub import HubServer, get_db, get_ingest
 from tapcast.hall.hall import VirtualHall
 from tapcast.keys import HubAuthority, make_handset_credentials
 from tapcast.mqttclient import make_client
@@ -25,30 +24,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
-    conf = cfg.load(cfg.HubConfig, data={
-        "hub": {"database": str(tmp_path / "hub.db"), "port": 0},
-        "mqtt": {"broker": mosquitto.url}}, environ={})
-    server = serve(conf, wait_ingest=10.0)
-    yield server
-    server.shutdown()
-
-
-@pytest.fixture
-async def hall(mosquitto: Mosquitto, hub: HubServer, tmp_path: Path) -> AsyncIterator[VirtualHall]:
+async def hall(mosquitto: Mosquitto, running_hub: HubServer, tmp_path: Path) -> AsyncIterator[VirtualHall]:
     h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=2, handsets=2, seed=7, hold_off=0.0)
     await h.start()
     yield h
     await h.stop()
 
 
-def hub_events(hub: HubServer) -> list[dict]:
-    return [dict(row) for row in get_db(hub.app).db.query(
+def hub_events(running_hub: HubServer) -> list[dict]:
+    return [dict(row) for row in get_db(running_hub.app).db.query(
         "select node_id, seq, kind, data from events order by node_id, seq")]
 
 
 async def test_taps_deliver_content_and_every_event_reaches_the_hub_once(
-        hall: VirtualHall, hub: HubServer) -> None:
+        hall: VirtualHall, running_hub: HubServer) -> None:
     reports = []
     for round_ in range(3):
         for handset in hall.handsets:
@@ -61,7 +50,7 @@ async def test_taps_deliver_content_and_every_event_reaches_the_hub_once(
         assert report.items[1] in report.catalogue
     assert await hall.drain(10.0)
 
-    events = hub_events(hub)
+    events = hub_events(running_hub)
     per_node: dict[str, list[int]] = {}
     for event in events:
         per_node.setdefault(event["node_id"], []).append(event["seq"])
@@ -87,7 +76,7 @@ async def test_taps_deliver_content_and_every_event_reaches_the_hub_once(
         hub_public_key=hall.authority.public_key_bytes), "unknown_issuer"),
 ])
 async def test_bad_certificate_is_refused_and_reported_to_the_hub(
-        hall: VirtualHall, hub: HubServer, make_bad, reason: str) -> None:
+        hall: VirtualHall, running_hub: HubServer, make_bad, reason: str) -> None:
     stranger = SimulatedHandset(make_bad(hall), hall.radio)
     await stranger.start()
     try:
@@ -97,12 +86,12 @@ async def test_bad_certificate_is_refused_and_reported_to_the_hub(
     assert report.authenticated is None
     assert report.items == []
     assert await hall.drain(10.0)
-    auths = [json.loads(e["data"]) for e in hub_events(hub) if e["kind"] == "auth"]
+    auths = [json.loads(e["data"]) for e in hub_events(running_hub) if e["kind"] == "auth"]
     assert [(a["ok"], a["reason"]) for a in auths] == [(False, reason)]
 
 
 async def test_malformed_mqtt_payload_is_counted_and_ingest_keeps_storing(
-        hall: VirtualHall, hub: HubServer, mosquitto: Mosquitto) -> None:
+        hall: VirtualHall, running_hub: HubServer, mosquitto: Mosquitto) -> None:
     rogue = make_client("rogue")
     rogue.connect("127.0.0.1", mosquitto.port)
     rogue.loop_start()
@@ -113,17 +102,17 @@ async def test_malformed_mqtt_payload_is_counted_and_ingest_keeps_storing(
     finally:
         rogue.loop_stop()
         rogue.disconnect()
-    ingest = get_ingest(hub.app)
+    ingest = get_ingest(running_hub.app)
     assert ingest is not None
     assert await asyncio.to_thread(ingest.wait_for, lambda c: c.malformed >= 3, 10.0)
     report = await hall.tap(hall.handsets[0], hall.nodes[0])
     assert report.ok, report.error
     assert await hall.drain(10.0)
-    assert [e["kind"] for e in hub_events(hub)].count("tap") == 1
+    assert [e["kind"] for e in hub_events(running_hub)].count("tap") == 1
 
 
 async def test_broker_restart_mid_run_loses_no_event_and_duplicates_none(
-        hall: VirtualHall, hub: HubServer, mosquitto: Mosquitto) -> None:
+        hall: VirtualHall, running_hub: HubServer, mosquitto: Mosquitto) -> None:
     async def tap_all(rounds: int) -> None:
         for _ in range(rounds):
             for i, handset in enumerate(hall.handsets):
@@ -139,7 +128,7 @@ async def test_broker_restart_mid_run_loses_no_event_and_duplicates_none(
     assert await hall.drain(30.0)
 
     recorded = {n.node_id: n.daemon.outbox.last_seq() for n in hall.nodes}
-    events = hub_events(hub)
+    events = hub_events(running_hub)
     keys = [(e["node_id"], e["seq"]) for e in events]
     assert len(keys) == len(set(keys))
     assert sorted(keys) == sorted((node_id, seq) for node_id, last in recorded.items()

@@ -2,13 +2,12 @@
 driven by Playwright), updating itself while a virtual hall is tapped."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hub import HubServer, serve
-from tapcast import config as cfg
+from hub import HubServer
 from tapcast.hall.hall import VirtualHall
 from tapcast.testing.mosquitto import Mosquitto
 
@@ -19,16 +18,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-
-
-@pytest.fixture
-def hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
-    conf = cfg.load(cfg.HubConfig, data={
-        "hub": {"database": str(tmp_path / "hub.db"), "port": 0},
-        "mqtt": {"broker": mosquitto.url}}, environ={})
-    server = serve(conf, wait_ingest=10.0)
-    yield server
-    server.shutdown()
 
 
 @pytest.fixture
@@ -46,13 +35,13 @@ async def page(tmp_path: Path) -> AsyncIterator[object]:
 
 
 async def test_operator_page_shows_taps_and_node_going_offline(
-        page, hub: HubServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
+        page, running_hub: HubServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
     hall = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, hold_off=0.0)
     await hall.start()
     try:
-        await page.goto(hub.url + "/")
+        await page.goto(running_hub.url + "/")
         row = page.locator('[data-testid="node-row"][data-node-id="node-1"]')
         await expect(row.locator('[data-testid="node-status"]')).to_have_text("online",
                                                                               timeout=10_000)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
