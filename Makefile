@@ -10,8 +10,9 @@ APT     = $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteract
 .PHONY: demo test bench system-deps clean
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON): apt-get install python3.11 python3.11-venv"; exit 1; }
-	$(PYTHON) -m venv $(VENV)
+	@command -v $(PYTHON) >/dev/null || { $(APT) update -q && $(APT) install -y -q python3.11 python3.11-venv; }
+	@# Debian ships venv's ensurepip separately (python3.11-venv)
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); $(APT) update -q && $(APT) install -y -q python3.11-venv && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
