@@ -457,13 +457,7 @@ class NodeHandshake:
 
     def check_select(self, response: bytes) -> NodeVerdict | None:
         """None if the handset runs our application, else a verdict."""
-        try:
-            _, sw = split_response(response)
-        except ProtocolError as exc:
-            return NodeVerdict("protocol_error", detail=str(exc))
-        if sw != SW.OK:
-            return NodeVerdict("protocol_error", detail=f"SELECT answered {sw:04X}")
-        return None
+        return _expect_ok(response, "SELECT")
 
     def check_answer(self, response: bytes, now: float | None = None) -> NodeVerdict:
         """Verify the handset's response to HELLO (status word included)."""
@@ -527,13 +521,18 @@ class NodeHandshake:
 
     def check_confirm(self, response: bytes) -> NodeVerdict | None:
         """None if the handset accepted the confirm, else a verdict."""
-        try:
-            _, sw = split_response(response)
-        except ProtocolError as exc:
-            return NodeVerdict("protocol_error", detail=str(exc))
-        if sw != SW.OK:
-            return NodeVerdict("protocol_error", detail=f"CONFIRM answered {sw:04X}")
-        return None
+        return _expect_ok(response, "CONFIRM")
+
+
+def _expect_ok(response: bytes, command: str) -> NodeVerdict | None:
+    """None for a bare 90 00 answer, else a protocol_error verdict saying what came."""
+    try:
+        _, sw = split_response(response)
+    except ProtocolError as exc:
+        return NodeVerdict("protocol_error", detail=str(exc))
+    if sw != SW.OK:
+        return NodeVerdict("protocol_error", detail=f"{command} answered {sw:04X}")
+    return None
 
 
 # ------------------------------------------------------------------ handset side
