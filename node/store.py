@@ -62,7 +62,7 @@ class ContentStore:
     def __init__(self, path: Path | str) -> None:
         self.db = sqlite_utils.Database(path)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db["items"].create(
+        self.db.table("items").create(
             {"id": str, "title": str, "kind": str, "body": str, "price_cents": int,
              "media_url": str, "featured": int},
             pk="id", if_not_exists=True)
@@ -71,14 +71,14 @@ class ContentStore:
         """Swap the whole set in one transaction: a tap sees the old set or the new one."""
         with self.db.conn:
             self.db.execute("DELETE FROM items")
-            self.db["items"].insert_all(
+            self.db.table("items").insert_all(
                 ({**item.__dict__, "featured": int(item.featured)} for item in items))
 
     def items(self) -> list[Item]:
-        return [self._item(row) for row in self.db["items"].rows_where(order_by="featured desc, id")]
+        return [self._item(row) for row in self.db.table("items").rows_where(order_by="featured desc, id")]
 
     def get(self, item_id: str) -> Item | None:
-        rows = list(self.db["items"].rows_where("id = ?", [item_id]))
+        rows = list(self.db.table("items").rows_where("id = ?", [item_id]))
         return self._item(rows[0]) if rows else None
 
     def featured(self) -> Item | None:

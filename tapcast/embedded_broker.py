@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ class EmbeddedBroker:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="amqtt-broker",
                                         daemon=True)
-        self._broker = None
+        self._broker: Any = None  # amqtt.broker.Broker, imported lazily
 
     @property
     def url(self) -> str:
@@ -40,8 +41,9 @@ class EmbeddedBroker:
                 "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
                             {"allow_anonymous": True}},
             }
-            self._broker = Broker(config)
-            await self._broker.start()
+            broker = Broker(config)
+            await broker.start()
+            self._broker = broker
 
         self._thread.start()
         asyncio.run_coroutine_threadsafe(_start(), self._loop).result(timeout)

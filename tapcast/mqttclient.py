@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -44,7 +45,7 @@ def parse_broker_url(url: str) -> BrokerUrl:
     )
 
 
-def _nodelay(client: mqtt.Client, userdata: object, sock: socket.socket) -> None:
+def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:  # not a TCP socket (e.g. websockets over a proxy)

@@ -127,14 +127,14 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-def _decode(decoder: msgspec.json.Decoder, payload: bytes, what: str) -> Any:
+def _decode(decoder: msgspec.json.Decoder, payload: bytes | bytearray, what: str) -> Any:
     try:
         return decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PayloadError(f"malformed {what}: {exc}") from None
 
 
-def decode_batch(payload: bytes, node_id: str | None = None) -> EventBatch:
+def decode_batch(payload: bytes | bytearray, node_id: str | None = None) -> EventBatch:
     """Decode an event batch; when ``node_id`` (from the topic) is given, the batch
     must name the same node, so a node cannot file events under another's id."""
     batch: EventBatch = _decode(_batch_decoder, payload, "event batch")
@@ -149,15 +149,15 @@ def decode_batch(payload: bytes, node_id: str | None = None) -> EventBatch:
     return batch
 
 
-def decode_ack(payload: bytes) -> EventAck:
+def decode_ack(payload: bytes | bytearray) -> EventAck:
     return _decode(_ack_decoder, payload, "event ack")
 
 
-def decode_state(payload: bytes) -> NodeState:
+def decode_state(payload: bytes | bytearray) -> NodeState:
     return _decode(_state_decoder, payload, "node state")
 
 
-def decode_status(payload: bytes) -> str:
+def decode_status(payload: bytes | bytearray) -> str:
     if payload not in (ONLINE, OFFLINE):
         raise PayloadError(f"malformed status: expected 'online' or 'offline', got {payload[:40]!r}")
-    return payload.decode()
+    return bytes(payload).decode()
