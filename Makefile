@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh Debian machine with Python 3.11:
-#   make demo   the whole system on embedded defaults (virtual hall, embedded broker)
+#   make demo   the whole system on embedded defaults (virtual hall, embedded broker);
+#               pass options as ARGS="--duration 10 --nodes 5"
 #   make test   the test suite (installs Debian's mosquitto and chromium when missing)
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -28,7 +29,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(BIN)/tapcast demo
+	$(BIN)/tapcast demo $(ARGS)
 
 test: $(STAMP) system-deps
 	$(BIN)/pytest -q
