@@ -6,8 +6,8 @@ machine, so numbers from a loaded laptop and a quiet CI box can be compared.
 from __future__ import annotations
 
 import json
-import math
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,13 +17,11 @@ from typing import Any
 RESULTS_DIR = Path("var/benchmarks")
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); values need not be sorted."""
-    if not values:
-        raise ValueError("no samples")
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q / 100 * len(ordered)))
-    return ordered[rank - 1]
+def percentile(values: list[float], q: int) -> float:
+    """The q-th percentile (1..99), interpolated as the demo's summary does."""
+    if len(values) < 2:
+        raise ValueError(f"need at least 2 samples for a percentile, got {len(values)}")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from bumble.device import Connection, Device
 from tapcast.hall.ble import PUBLIC, RANDOM, VirtualRadio
 from tapcast.protocol.ble import (
     INFO_UUID, RX_UUID, SERVICE_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, Delivered,
-    Endpoint, FrameError, Info, Message, QueryFrame, Reply,
+    DataFrame, Endpoint, FrameError, Info, Message, QueryFrame, Reply, parse_frame,
 )
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,12 @@ class BlePeripheral:
         """After a tap: take the new session key and advertise connectable for ``window``
         seconds, at ``advertising_interval_ms``."""
         device = self._require_device()
+        # A link left from the previous tap belongs to a dead session (other key): drop
+        # it, or this handset would never advertise for the new one.
+        self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
+        stale = self.drop_link()
+        if stale is not None:
+            await stale
         self._endpoint = Endpoint(session_key, "handset")
         self._window_open_until = time.monotonic() + self.window
         self.window_closed.clear()
@@ -196,8 +202,10 @@ class BlePeripheral:
                     self.on_message(event.message)
                 await self.send_frame(event.reply)
             elif isinstance(event, Reply):
-                if self.on_frame is not None and value[:1] == b"\x01":
-                    self.on_frame(int.from_bytes(value[5:7], "big"), int.from_bytes(value[7:9], "big"))
+                if self.on_frame is not None:
+                    frame = parse_frame(value)  # parsed fine a moment ago in handle()
+                    if isinstance(frame, DataFrame):
+                        self.on_frame(frame.index, frame.total)
                 if event.reply is not None:
                     await self.send_frame(event.reply)
             else:

@@ -61,10 +61,13 @@ class SimulatedHandset:
         await self.peripheral.close()
 
     async def tap(self, nfc_device: str, *, nfc_timeout: float = 3.0,
-                  extra_requests: int = 1, message_timeout: float = 3.0) -> TapReport:
+                  extra_requests: int = 1, ask_for: list[str] | None = None,
+                  message_timeout: float = 3.0) -> TapReport:
         """Hold the phone to the display at ``nfc_device`` (e.g. "udp:127.0.0.1:PORT").
 
-        Returns when the node said bye, or on the first failure (report.error)."""
+        After the catalogue arrives the customer asks for ``extra_requests`` items picked
+        at random from it, or for exactly the ids in ``ask_for``. Returns when the node
+        said bye, or on the first failure (report.error)."""
         report = TapReport(started=time.monotonic())
         card = HandsetCard(self.credentials, self.peripheral.address,
                            ble_address_type=self.peripheral.address_type, consent=self.consent)
@@ -79,12 +82,13 @@ class SimulatedHandset:
         report.node_id = session.node_id
         await self.peripheral.open_window(session.session_key)
         try:
-            await self._converse(report, extra_requests, message_timeout)
+            await self._converse(report, extra_requests, ask_for, message_timeout)
         except (TimeoutError, ConnectionError, ble.FrameError) as exc:
             report.error = f"ble: {type(exc).__name__}: {exc}"
         return report
 
-    async def _converse(self, report: TapReport, extra_requests: int, timeout: float) -> None:
+    async def _converse(self, report: TapReport, extra_requests: int,
+                        ask_for: list[str] | None, timeout: float) -> None:
         wanted: list[str] = []
         while True:
             message = await asyncio.wait_for(self.peripheral.messages.get(), timeout)
@@ -96,10 +100,16 @@ class SimulatedHandset:
                     wanted.remove(message.id)
             elif isinstance(message, ble.Catalogue):
                 report.catalogue = [entry.id for entry in message.items]
-                choices = [i for i in report.catalogue if i not in report.items]
-                wanted = self.rng.sample(choices, min(extra_requests, len(choices)))
+                if ask_for is not None:
+                    wanted = list(ask_for)
+                else:
+                    choices = [i for i in report.catalogue if i not in report.items]
+                    wanted = self.rng.sample(choices, min(extra_requests, len(choices)))
                 for item_id in wanted:
                     await self.peripheral.send(ble.Request(item_id))
+            elif isinstance(message, ble.Ack) and not message.ok:
+                report.error = f"node refused a request: {message.reason}"
+                wanted.clear()  # answered, if not as hoped; say bye below
             elif isinstance(message, ble.Bye):
                 return
             if report.catalogue and not wanted:

@@ -326,8 +326,7 @@ class HubDB:
         counts: dict[str, dict[str, Any]] = {}
         for nid, kind, n, ok in db.execute(
                 f"SELECT node_id, kind, n, ok FROM event_counts {where}", params):
-            c = counts.setdefault(nid, {"total": 0, "by_kind": {},
-                                        "auth_ok": 0, "auth_rejected": 0})
+            c = counts.setdefault(nid, _no_counts())
             c["total"] += n
             c["by_kind"][kind] = n
             if kind == "auth":
@@ -346,8 +345,7 @@ class HubDB:
                 "version": row["version"],
                 "outbox_depth": state["outbox_depth"] if state else None,
                 "acked_seq": row["acked_seq"],
-                "events": counts.get(row["node_id"], {"total": 0, "by_kind": {},
-                                                      "auth_ok": 0, "auth_rejected": 0}),
+                "events": counts.get(row["node_id"]) or _no_counts(),
                 "state": state,
             })
         return out
@@ -400,6 +398,10 @@ class HubDB:
             del row["_pos"]
             row["data"] = msgspec.json.decode(row["data"])
         return rows, next_cursor
+
+
+def _no_counts() -> dict[str, Any]:
+    return {"total": 0, "by_kind": {}, "auth_ok": 0, "auth_rejected": 0}
 
 
 def encode_cursor(order: str, position: int) -> str:

@@ -1,4 +1,4 @@
-"""BLE push wire format: test vectors (also in docs/protocol-ble.md) and the receiver rules."""
+"""BLE push wire format: test vectors (also in docs/protocol.md, BLE part) and the receiver rules."""
 from __future__ import annotations
 
 import hashlib

@@ -147,3 +147,15 @@ def test_paho_client_helper_sets_tcp_nodelay(mosquitto: Mosquitto) -> None:
     finally:
         client.disconnect()
     assert isinstance(client, paho.Client)
+
+
+async def test_request_for_an_item_the_node_lacks_gets_a_clear_refusal(
+        hall: VirtualHall, running_hub: HubServer) -> None:
+    report = await hall.tap(hall.handsets[0], hall.nodes[0], ask_for=["no-such-item"])
+    assert report.items == ["welcome"]
+    assert "no item 'no-such-item' here" in report.error
+    assert await hall.drain(10.0)
+    requests = [json.loads(e["data"]) for e in hub_events(running_hub) if e["kind"] == "request"]
+    assert [(r["item_id"], r["found"]) for r in requests] == [("no-such-item", False)]
+    again = await hall.tap(hall.handsets[0], hall.nodes[0])  # the node still serves
+    assert again.ok, again.error

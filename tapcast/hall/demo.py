@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ class Summary:
         self.items += len(report.items)
         if report.error:
             self.failures += 1
-            key = report.error.split(":")[0] + ": " + report.error.split(":")[-1].strip()[:60]
+            key = report.error[:80]
             self.errors[key] = self.errors.get(key, 0) + 1
 
     def live_line(self, elapsed: float, total: float) -> str:
@@ -65,10 +66,9 @@ class Summary:
 
     def render(self) -> str:
         def pct(values: list[float], q: int) -> str:
-            if not values:
-                return "-"
-            ordered = sorted(values)
-            return f"{ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]:.0f} ms"
+            if len(values) < 2:
+                return f"{values[0]:.0f} ms" if values else "-"
+            return f"{statistics.quantiles(values, n=100, method='inclusive')[q - 1]:.0f} ms"
 
         lines = [
             f"Demo summary ({self.duration:.1f} s)",

@@ -1,4 +1,4 @@
-"""BLE push wire format: GATT layout, messages, sealing and framing (bytes in docs/protocol-ble.md).
+"""BLE push wire format: GATT layout, messages, sealing and framing (bytes in docs/protocol.md, BLE part).
 
 Pure code, no radio: the node (through bleak) and the handset (a bumble peripheral in
 the virtual hall, Android on a phone) both drive an :class:`Endpoint`.
@@ -161,7 +161,7 @@ _msg_decoder = msgspec.msgpack.Decoder(Message)
 
 
 def encode_message(message: Message) -> bytes:
-    """msgpack map with the tag in key ``"t"`` (see docs/protocol-ble.md)."""
+    """msgpack map with the tag in key ``"t"`` (see docs/protocol.md, BLE part)."""
     return _msg_encoder.encode(message)
 
 
@@ -372,7 +372,7 @@ class Endpoint:
     """One side of a session: seals what it sends, reassembles and opens what it
     receives, and answers QUERY frames. ``role`` is "node" or "handset".
 
-    Receiving rules (docs/protocol-ble.md, "Receiver"): a DATA frame for an id at or
+    Receiving rules (docs/protocol.md, BLE "Receiver"): a DATA frame for an id at or
     below the last accepted one is a duplicate and is answered DONE without delivering
     again; an id above it starts (or continues) the one message in progress, and a
     newer id abandons an older unfinished one; a message that fails to open is dropped
