@@ -76,7 +76,8 @@ class SimulatedHandset:
             messages.get_nowait()
         session = await asyncio.to_thread(emulate_card, nfc_device, card, nfc_timeout)
         if session is None:
-            report.error = f"nfc: {card.last_rejection or 'no reader answered'}"
+            report.error = (f"nfc: refused the node: {card.last_rejection}" if card.last_rejection
+                            else "nfc: no session (no reader answered, or the node refused us)")
             return report
         report.authenticated = time.monotonic()
         report.node_id = session.node_id

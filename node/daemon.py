@@ -130,6 +130,11 @@ class NodeDaemon:
         self.outbox.close()
         self._stopped.set()
 
+    async def wait_idle(self) -> None:
+        """Until every tap handed over so far is served and its events are recorded."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def run_forever(self) -> None:
         await self.start()
         try:

@@ -194,16 +194,18 @@ class NfcReader:
             verdict = NodeVerdict("protocol_error")
             error = f"{type(exc).__name__}: {exc}"
         finished = time.monotonic()
-        self._deselect(tag)
         outcome = TapOutcome(started, finished, verdict.reason,
                              verdict.session if verdict.ok else None,
                              error or verdict.detail, authenticated)
-        log.info("tap: %s in %.1f ms%s", outcome.reason, outcome.duration * 1e3,
-                 f" ({outcome.error})" if outcome.error else "")
+        # Hand the outcome over before DESELECT: the node starts its BLE connect while
+        # the card is released, and the tap is on the loop before the handset is done.
         try:
             self.loop.call_soon_threadsafe(self.on_outcome, outcome)
         except RuntimeError:  # loop closed: the node is shutting down
             log.debug("nfc reader: loop closed, outcome dropped")
+        self._deselect(tag)
+        log.info("tap: %s in %.1f ms%s", outcome.reason, outcome.duration * 1e3,
+                 f" ({outcome.error})" if outcome.error else "")
         if self.hold_off > 0:
             self._stop.wait(self.hold_off)
 

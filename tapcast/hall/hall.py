@@ -108,10 +108,14 @@ class VirtualHall:
             return await handset.tap(node.nfc_device, **kwargs)
 
     async def drain(self, timeout: float) -> bool:
-        """Wait until every node's outbox is acked by the hub; False on timeout."""
+        """Wait until every node has finished the taps it saw and the hub acked its
+        whole outbox; False on timeout."""
+        async def settle(node: HallNode) -> None:
+            await node.daemon.wait_idle()
+            await node.daemon.uplink.wait_drained()
+
         try:
-            await asyncio.wait_for(asyncio.gather(
-                *(n.daemon.uplink.wait_drained() for n in self.nodes)), timeout)
+            await asyncio.wait_for(asyncio.gather(*(settle(n) for n in self.nodes)), timeout)
             return True
         except TimeoutError:
             return False
