@@ -72,6 +72,7 @@ class BlePeripheral:
         self._tasks: set[asyncio.Task[None]] = set()
         self._dead: set[Connection] = set()  # dropped links whose data is discarded
         self._tx: gatt.Characteristic | None = None
+        self._adv_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -97,6 +98,7 @@ class BlePeripheral:
         # Wait for them: a task cancelled inside bumble's stop_advertising leaves the
         # advertising set half-removed, and removing the device then races with it.
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self._stop_advertising_locked()  # after any shielded start still running
         device, self._device = self._device, None
         if device is not None:
             await self.radio.remove_device(device)
@@ -139,20 +141,33 @@ class BlePeripheral:
     def window_open(self) -> bool:
         return time.monotonic() < self._window_open_until
 
+    # bumble 0.0.236 keeps one legacy advertising set and removes it in two steps (HCI
+    # command, then its own bookkeeping); two start/stop calls interleaving, or one
+    # cancelled between the steps, leave it half-removed and the next call raises
+    # KeyError. So every start/stop holds _adv_lock and runs shielded from cancellation.
+
     async def _advertise(self, device: Device) -> None:
-        if device.is_advertising or self._connection is not None:
-            return
-        await device.start_advertising(
-            own_address_type=(hci.OwnAddressType.PUBLIC if self.address_type == PUBLIC
-                              else hci.OwnAddressType.RANDOM),
-            advertising_interval_min=self.advertising_interval_ms,
-            advertising_interval_max=self.advertising_interval_ms)
+        await asyncio.shield(self._advertise_locked(device))
+
+    async def _advertise_locked(self, device: Device) -> None:
+        async with self._adv_lock:
+            if device.is_advertising or self._connection is not None:
+                return
+            await device.start_advertising(
+                own_address_type=(hci.OwnAddressType.PUBLIC if self.address_type == PUBLIC
+                                  else hci.OwnAddressType.RANDOM),
+                advertising_interval_min=self.advertising_interval_ms,
+                advertising_interval_max=self.advertising_interval_ms)
+
+    async def _stop_advertising_locked(self) -> None:
+        async with self._adv_lock:
+            if self._device is not None and self._device.is_advertising:
+                await self._device.stop_advertising()
 
     async def _close_window_later(self) -> None:
         await asyncio.sleep(self.window)
         self._window_open_until = 0.0
-        if self._device is not None and self._device.is_advertising:
-            await self._device.stop_advertising()
+        await asyncio.shield(self._stop_advertising_locked())
         log.debug("%s: window closed", self.name)
         self.window_closed.set()
 

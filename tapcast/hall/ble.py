@@ -127,10 +127,7 @@ class VirtualRadio:
             except Exception as exc:  # already gone: nothing to tear down
                 log.debug("disconnect on removal: %s", exc)
         if device.is_advertising:
-            try:
-                await device.stop_advertising()
-            except KeyError as exc:  # bumble 0.0.236: set already removed by a racing stop
-                log.debug("stop advertising on removal: set %s already gone", exc)
+            await device.stop_advertising()
         await device.power_off()
         if controller in self.link.controllers:
             self.link.remove_controller(controller)
