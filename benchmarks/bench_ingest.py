@@ -23,7 +23,7 @@ from benchmarks.common import Progress, Result
 from tapcast import config as cfg
 from tapcast.mqttclient import make_client, parse_broker_url
 from tapcast.protocol import mqtt as m
-from tapcast.testing.mosquitto import Mosquitto
+from hall.testing.mosquitto import Mosquitto
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,11 @@ def raw_rate(url: str, batches: list[tuple[str, bytes]], batch: int, total: int)
 
 
 def hub_rate(url: str, batches: list[tuple[str, bytes]], total: int, workdir: Path) -> tuple[float, dict]:
+    from hub.config import HubConfig
     from hub.db import open_db
     from hub.ingest import Ingest
 
-    conf = cfg.load(cfg.HubConfig, data={"hub": {"database": str(workdir / "hub.db")},
+    conf = cfg.load(HubConfig, data={"hub": {"database": str(workdir / "hub.db")},
                                          "mqtt": {"broker": url, "client_id": "bench-hub"}},
                     environ={})
     db = open_db(conf.hub.database)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Progress, Result, percentile
-from tapcast.testing.mosquitto import Mosquitto, free_port
+from hall.testing.mosquitto import Mosquitto, free_port
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ async def ble_floor(connects: int) -> list[float]:
     from bumble import gatt
     from bumble.device import Peer
 
-    from tapcast.hall.ble import VirtualRadio
+    from hall.air import VirtualRadio
 
     radio = VirtualRadio()
     peripheral = await radio.add_device("floor-peripheral")
@@ -137,7 +137,7 @@ async def ble_floor(connects: int) -> list[float]:
 
 
 async def tapcast_taps(taps: int, workdir: Path, broker_url: str) -> tuple[list[float], list[float]]:
-    from tapcast.hall.hall import VirtualHall
+    from hall.virtual import VirtualHall
 
     records: asyncio.Queue = asyncio.Queue()
     hall = VirtualHall(workdir, broker_url, nodes=1, handsets=1, seed=1, hold_off=0.0,
@@ -164,7 +164,7 @@ async def tapcast_taps(taps: int, workdir: Path, broker_url: str) -> tuple[list[
 
 
 async def measure(taps: int) -> list[Result]:
-    from tapcast.config import NfcSection
+    from node.config import NfcSection
 
     poll = NfcSection().poll_interval
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "mq") as broker:

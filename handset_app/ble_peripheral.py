@@ -8,7 +8,7 @@ notifications (request, offer response, ack, bye).
 bumble facts that matter here (bumble 0.0.236): a GATT write callback that raises
 anything but ``ATT_Error`` leaves a write-with-response client waiting 30 s, so every
 callback below catches everything and maps it to an ``ATT_Error``; the device must be
-created inside the running loop (see tapcast.hall.ble.VirtualRadio).
+created inside the running loop (tapcast.radio.bumble.HciAdapter opens it there).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from bumble import att, gatt, hci
 from bumble.device import Connection, Device
 
-from tapcast.hall.ble import PUBLIC, RANDOM, VirtualRadio
+from tapcast.radio.bumble import PUBLIC, RANDOM, HciAdapter
 from tapcast.protocol.ble import (
     INFO_UUID, RX_UUID, SERVICE_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, Delivered,
     DataFrame, Endpoint, FrameError, Info, Message, QueryFrame, Reply, parse_frame,
@@ -33,7 +33,7 @@ ATT_FRAME_ERROR = 0x80
 
 
 class BlePeripheral:
-    """One handset's BLE side on a :class:`VirtualRadio`.
+    """One handset's BLE side on a bumble :class:`HciAdapter` (which it owns and closes).
 
     Call :meth:`start` inside the running loop, then :meth:`open_window` after each tap.
     Received messages land in :attr:`messages` (and ``on_message`` if given); frames
@@ -42,7 +42,7 @@ class BlePeripheral:
     mid-message).
     """
 
-    def __init__(self, radio: VirtualRadio, *, name: str = "handset",
+    def __init__(self, adapter: HciAdapter, *, name: str = "handset",
                  address_type: int = RANDOM, window: float = 3.0,
                  advertising_interval_ms: float = 20.0, ack_timeout: float = 2.0,
                  on_message: Callable[[Message], None] | None = None,
@@ -51,7 +51,7 @@ class BlePeripheral:
             raise ValueError(f"address_type must be 0 (public) or 1 (random), got {address_type!r}")
         if window <= 0:
             raise ValueError(f"window must be > 0 seconds, got {window}")
-        self.radio = radio
+        self.adapter = adapter
         self.name = name
         self.address_type = address_type
         self.window = window
@@ -76,7 +76,7 @@ class BlePeripheral:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        device = await self.radio.add_device(self.name)
+        device = await self.adapter.device()
         rx = gatt.Characteristic(
             RX_UUID,
             gatt.Characteristic.Properties.WRITE | gatt.Characteristic.Properties.WRITE_WITHOUT_RESPONSE,
@@ -99,16 +99,15 @@ class BlePeripheral:
         # advertising set half-removed, and removing the device then races with it.
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._stop_advertising_locked()  # after any shielded start still running
-        device, self._device = self._device, None
-        if device is not None:
-            await self.radio.remove_device(device)
+        self._device = None
+        await self.adapter.close()
 
     @property
     def address(self) -> str:
         """"AA:BB:CC:DD:EE:FF" of the address this handset advertises (type: address_type)."""
         device = self._require_device()
         if self.address_type == PUBLIC:
-            address = device.host.controller.public_address  # type: ignore[attr-defined]
+            address = device.public_address
         else:
             address = device.random_address
         return address.to_string(with_type_qualifier=False)

@@ -42,13 +42,13 @@ class TapReport:
 
 
 class SimulatedHandset:
-    def __init__(self, credentials: HandsetCredentials, radio: Any, *,
+    def __init__(self, credentials: HandsetCredentials, adapter: Any, *,
                  consent: int = 0xFFFF, window: float = 3.0,
                  rng: random.Random | None = None) -> None:
         self.credentials = credentials
         self.consent = consent
         self.rng = rng or random.Random()
-        self.peripheral = BlePeripheral(radio, name=credentials.handset_id, window=window)
+        self.peripheral = BlePeripheral(adapter, name=credentials.handset_id, window=window)
 
     @property
     def handset_id(self) -> str:

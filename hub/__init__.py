@@ -16,7 +16,9 @@ import click
 from flask import Flask, current_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tapcast.config import HubConfig, load
+from tapcast.config import load
+
+from hub.config import HubConfig
 
 from hub.db import HubDB, open_db
 from hub.ingest import Ingest

@@ -31,7 +31,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from tapcast.config import HubConfig
+from hub.config import HubConfig
 from tapcast.mqttclient import make_client, parse_broker_url
 from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, EventAck, NodeState,
                                    PayloadError, decode_batch, decode_state, decode_status,

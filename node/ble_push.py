@@ -2,7 +2,7 @@
 
 The same code runs on a Pi (bleak's BlueZ backend: connecting to an address does a
 scan that stops at the first sighting of it) and in the virtual hall (bleak with the
-bumble backend from tapcast.hall.ble). No general scan: the address comes from the tap.
+bumble backend from tapcast.radio.bumble, on a controller of the hall's virtual air). No general scan: the address comes from the tap.
 
 A session: connect, subscribe to ``tx``, read ``info``; then ``send`` seals a message,
 writes its frames (write-without-response, each at most MTU-3) and waits for the
@@ -22,7 +22,8 @@ from bleak import BleakClient
 from bleak.backends.client import BaseBleakClient
 from bleak.exc import BleakError
 
-from tapcast.config import BleSection
+from node.config import BleSection
+from tapcast.radio import parse_ble_adapter
 from tapcast.protocol.ble import (
     INFO_UUID, RX_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, ContentItem, Bye, Delivered,
     Endpoint, FrameError, Info, Message, QueryFrame, Reply,
@@ -240,13 +241,14 @@ async def open_session(address: str, address_type: int, session_key: bytes, *,
     """Connect to the handset at ``address`` (learned from the tap) and open a session.
 
     ``backend=None`` is bleak's platform backend (BlueZ on a Pi); there the address
-    type is learned from the advertisement. A custom backend (the virtual radio's
-    BumbleBleakClient) gets ``address_type`` and ``backend_kwargs`` as keyword args.
+    type is learned from the advertisement and ``backend_kwargs`` may name the HCI
+    adapter. A custom backend (BumbleBleakClient) gets ``address_type`` and
+    ``backend_kwargs`` as keyword args.
     Raises TimeoutError if the handset does not come up within ``connect_timeout``.
     """
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(backend_kwargs or {})
     if backend is not None:
-        kwargs = {"address_type": address_type, **(backend_kwargs or {})}
+        kwargs["address_type"] = address_type
     session: PushSession | None = None
 
     def on_disconnect(client: BleakClient) -> None:
@@ -267,32 +269,47 @@ async def open_session(address: str, address_type: int, session_key: bytes, *,
 
 
 class BlePush:
-    """Opens push sessions with one configured backend, so the daemon and the demo
-    pick the radio from config ``[ble]`` and the rest of the node does not care."""
+    """Opens push sessions on one configured adapter, so the daemon picks the radio from
+    config ``[ble] adapter`` and the rest of the node does not care."""
 
     def __init__(self, *, backend: type[BaseBleakClient] | None = None,
                  backend_kwargs: dict[str, Any] | None = None, connect_timeout: float = 5.0,
-                 ack_timeout: float = 2.0, max_reconnects: int = 3) -> None:
+                 ack_timeout: float = 2.0, max_reconnects: int = 3,
+                 adapter: Any = None) -> None:
         self.backend = backend
         self.backend_kwargs = dict(backend_kwargs or {})
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
         self.max_reconnects = max_reconnects
+        self.adapter = adapter  # an HciAdapter this BlePush owns and closes, if any
 
     @classmethod
-    def from_config(cls, ble: BleSection, *, radio: Any = None) -> BlePush:
-        """``backend = "bluez"``: bleak's platform backend. ``"virtual"``: the bumble
-        backend on ``radio`` (a tapcast.hall.ble.VirtualRadio; bumble is imported only
-        then, so a Pi needs no bumble)."""
-        if ble.backend == "bluez":
-            return cls(connect_timeout=ble.connect_timeout)
-        if ble.backend == "virtual":
-            if radio is None:
-                raise ValueError("ble.backend = 'virtual' needs the hall's VirtualRadio (radio=...)")
-            from tapcast.hall.ble import BumbleBleakClient
-            return cls(backend=BumbleBleakClient, backend_kwargs={"radio": radio},
-                       connect_timeout=ble.connect_timeout)
-        raise ValueError(f"unknown ble.backend {ble.backend!r}: use 'bluez' or 'virtual'")
+    def from_config(cls, ble: BleSection) -> BlePush:
+        """``adapter = "bluez[:hciN]"``: bleak's platform backend. ``"bumble:<transport>"``:
+        the bumble-based bleak backend on that HCI transport (bumble is imported only
+        then, so a Pi on BlueZ needs no bumble). ValueError names a bad string."""
+        spec = parse_ble_adapter(ble.adapter)
+        if spec.kind == "bluez":
+            kwargs = {"bluez": {"adapter": spec.target}} if spec.target else {}
+            return cls(backend_kwargs=kwargs, connect_timeout=ble.connect_timeout)
+        try:
+            from tapcast.radio.bumble import BumbleBleakClient, HciAdapter
+        except ImportError as exc:
+            raise ValueError(f"[ble] adapter = {ble.adapter!r} needs bumble ({exc.name} is not "
+                             "installed): pip install 'tapcast[sim]'") from None
+        adapter = HciAdapter(spec.target, name="tapcast-node")
+        return cls(backend=BumbleBleakClient, backend_kwargs={"hci_adapter": adapter},
+                   connect_timeout=ble.connect_timeout, adapter=adapter)
+
+    async def start(self) -> None:
+        """Open the adapter now (not at the first tap), so a missing radio is reported
+        at start-up. Raises ConnectionError."""
+        if self.adapter is not None:
+            await self.adapter.device()
+
+    async def close(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.close()
 
     async def open(self, address: str, address_type: int, session_key: bytes, *,
                    on_first_content: Callable[[float], None] | None = None) -> PushSession:

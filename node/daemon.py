@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from tapcast import __version__
-from tapcast.config import NodeConfig
 from tapcast.keys import NodeCredentials, load_node_credentials
 from tapcast.protocol import ble
 from tapcast.protocol.mqtt import NodeState
 from tapcast.protocol.nfc import NodeAuth
 
+from node.config import NodeConfig
 from node.nfc_reader import NfcReader, TapOutcome
 from node.outbox import Outbox
 from node.store import ContentStore, Item, load_library
@@ -60,11 +60,12 @@ def catalogue_message(items: list[Item]) -> ble.Catalogue:
 
 
 class NodeDaemon:
-    """One node. ``radio`` is the virtual hall's VirtualRadio when ``[ble] backend =
-    "virtual"``; on a Pi it is None and bleak uses BlueZ."""
+    """One node: the radios are named in its config (``[nfc] device``, ``[ble] adapter``),
+    so the same daemon runs on a Pi and as a process of the virtual hall. ``push`` may
+    be given to use an already-open BLE adapter (tests)."""
 
     def __init__(self, config: NodeConfig, *, base_dir: Path | str = ".",
-                 radio: Any = None, credentials: NodeCredentials | None = None,
+                 push: Any = None, credentials: NodeCredentials | None = None,
                  revoked: Container[str] = frozenset(),
                  on_tap: Callable[[TapRecord], None] | None = None) -> None:
         from node.ble_push import BlePush  # bleak is imported only when a node runs
@@ -86,7 +87,7 @@ class NodeDaemon:
         self.counters = Counters()
         self.revoked: Container[str] = revoked
         self.auth = NodeAuth(self.credentials, revoked=lambda: self.revoked)
-        self.push = BlePush.from_config(config.ble, radio=radio)
+        self.push = push if push is not None else BlePush.from_config(config.ble)
         self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, zone=config.node.zone,
                              version=__version__, state_provider=self.state)
         self.on_tap = on_tap
@@ -110,6 +111,7 @@ class NodeDaemon:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        await self.push.start()
         await self.uplink.start()
         nfc = self.config.nfc
         self.reader = NfcReader(nfc.device, nfc.poll_interval, self.auth.begin, loop,
@@ -127,6 +129,7 @@ class NodeDaemon:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.uplink.stop()
+        await self.push.close()
         self.outbox.close()
         self._stopped.set()
 

@@ -30,7 +30,7 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from node.outbox import Outbox
-from tapcast.config import MqttSection
+from node.config import MqttSection
 from tapcast.mqttclient import make_client, parse_broker_url
 from tapcast.protocol.mqtt import (OFFLINE, ONLINE, EventBatch, NodeState, PayloadError,
                                    decode_ack, encode, events_ack_topic, events_topic,

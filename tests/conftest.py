@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from hub import HubServer, serve
+from hub.config import HubConfig
 from tapcast import config as cfg
-from tapcast.testing.mosquitto import Mosquitto
+from hall.testing.mosquitto import Mosquitto
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 @pytest.fixture
 def running_hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
     """The hub (web + MQTT ingest into a fresh SQLite file) on a free port."""
-    conf = cfg.load(cfg.HubConfig, data={
+    conf = cfg.load(HubConfig, data={
         "hub": {"database": str(tmp_path / "hub.db"), "port": 0},
         "mqtt": {"broker": mosquitto.url}}, environ={})
     server = serve(conf, wait_ingest=10.0)

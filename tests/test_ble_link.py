@@ -1,5 +1,6 @@
 """BLE push end to end: node code on bleak's public API, bleak on the bumble backend,
-the handset a real bumble GATT peripheral, all on one LocalLink in one event loop."""
+the handset a real bumble GATT peripheral, both on controllers of one virtual air in one
+event loop (tests/test_ble_air.py puts them in separate processes)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,9 @@ from bleak.exc import BleakError, BleakGATTProtocolError
 
 from handset_app.ble_peripheral import ATT_FRAME_ERROR, BlePeripheral
 from node.ble_push import BlePush, PushError, PushSession, open_session
-from tapcast.config import BleSection
-from tapcast.hall.ble import PUBLIC, RANDOM, BumbleBleakClient, VirtualRadio
+from node.config import BleSection
+from hall.air import VirtualAir
+from tapcast.radio.bumble import PUBLIC, RANDOM, BumbleBleakClient, HciAdapter
 from tapcast.protocol.ble import (
     RX_UUID, AckFrame, AckStatus, Bye, ContentItem, DataFrame, Endpoint, FrameError,
     OfferResponse, Request,
@@ -29,10 +31,18 @@ def item(size: int) -> ContentItem:
 
 
 @pytest.fixture
-async def radio() -> AsyncIterator[VirtualRadio]:
-    radio = VirtualRadio()
-    yield radio
-    await radio.close()
+async def air() -> AsyncIterator[VirtualAir]:
+    air = VirtualAir()
+    yield air
+    await air.close()
+
+
+@pytest.fixture
+async def radio(air: VirtualAir) -> AsyncIterator[HciAdapter]:
+    """The node's adapter: one central for the whole test, as on a Pi."""
+    adapter = air.local_adapter("node")
+    yield adapter
+    await adapter.close()
 
 
 @pytest.fixture
@@ -40,29 +50,29 @@ def session_key() -> bytes:
     return os.urandom(32)
 
 
-async def make_handset(radio: VirtualRadio, **kwargs: object) -> BlePeripheral:
-    handset = BlePeripheral(radio, **kwargs)  # type: ignore[arg-type]
+async def make_handset(air: VirtualAir, **kwargs: object) -> BlePeripheral:
+    handset = BlePeripheral(air.local_adapter("handset"), **kwargs)  # type: ignore[arg-type]
     await handset.start()
     return handset
 
 
 @pytest.fixture
-async def handset(radio: VirtualRadio) -> AsyncIterator[BlePeripheral]:
-    handset = await make_handset(radio)
+async def handset(air: VirtualAir) -> AsyncIterator[BlePeripheral]:
+    handset = await make_handset(air)
     yield handset
     await handset.close()
 
 
-async def connect(radio: VirtualRadio, handset: BlePeripheral, key: bytes,
+async def connect(radio: HciAdapter, handset: BlePeripheral, key: bytes,
                   **kwargs: object) -> PushSession:
     kwargs.setdefault("connect_timeout", 1.0)
     return await open_session(handset.address, handset.address_type, key,
-                              backend=BumbleBleakClient, backend_kwargs={"radio": radio},
+                              backend=BumbleBleakClient, backend_kwargs={"hci_adapter": radio},
                               **kwargs)  # type: ignore[arg-type]
 
 
 async def test_content_bigger_than_several_mtus_arrives_intact_and_opened(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
     t0 = time.perf_counter()
     session = await connect(radio, handset, session_key)
@@ -77,7 +87,7 @@ async def test_content_bigger_than_several_mtus_arrives_intact_and_opened(
     await session.close()
 
 
-async def test_link_negotiates_mtu_247(radio: VirtualRadio, handset: BlePeripheral,
+async def test_link_negotiates_mtu_247(air: VirtualAir, radio: HciAdapter, handset: BlePeripheral,
                                        session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
@@ -86,7 +96,7 @@ async def test_link_negotiates_mtu_247(radio: VirtualRadio, handset: BlePeripher
     await session.close()
 
 
-async def test_handset_request_reaches_the_node(radio: VirtualRadio, handset: BlePeripheral,
+async def test_handset_request_reaches_the_node(air: VirtualAir, radio: HciAdapter, handset: BlePeripheral,
                                                 session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
@@ -96,7 +106,7 @@ async def test_handset_request_reaches_the_node(radio: VirtualRadio, handset: Bl
 
 
 async def test_offer_response_larger_than_the_mtu_reaches_the_node(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
     response = OfferResponse(offer_id="o-1", accept=True, signed=bytes(range(256)) * 3,
@@ -106,7 +116,7 @@ async def test_offer_response_larger_than_the_mtu_reaches_the_node(
     await session.close()
 
 
-async def test_close_says_bye_to_the_handset(radio: VirtualRadio, handset: BlePeripheral,
+async def test_close_says_bye_to_the_handset(air: VirtualAir, radio: HciAdapter, handset: BlePeripheral,
                                              session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
@@ -115,8 +125,8 @@ async def test_close_says_bye_to_the_handset(radio: VirtualRadio, handset: BlePe
     assert not session.client.is_connected
 
 
-async def test_public_address_type_is_honoured(radio: VirtualRadio, session_key: bytes) -> None:
-    handset = await make_handset(radio, address_type=PUBLIC)
+async def test_public_address_type_is_honoured(air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
+    handset = await make_handset(air, address_type=PUBLIC)
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
     await session.send(item(600))
@@ -125,12 +135,12 @@ async def test_public_address_type_is_honoured(radio: VirtualRadio, session_key:
     await handset.close()
 
 
-async def test_wrong_address_type_finds_nobody(radio: VirtualRadio, handset: BlePeripheral,
+async def test_wrong_address_type_finds_nobody(air: VirtualAir, radio: HciAdapter, handset: BlePeripheral,
                                                session_key: bytes) -> None:
     await handset.open_window(session_key)
     with pytest.raises(TimeoutError, match="no connection to"):
         await open_session(handset.address, PUBLIC, session_key, backend=BumbleBleakClient,
-                           backend_kwargs={"radio": radio}, connect_timeout=0.2)
+                           backend_kwargs={"hci_adapter": radio}, connect_timeout=0.2)
 
 
 def tampered_tag_frame(key: bytes) -> bytes:
@@ -147,7 +157,7 @@ def tampered_tag_frame(key: bytes) -> bytes:
     (lambda key: DataFrame(9999, 0, 1, b"z" * 30).encode(), "unknown message id 9999"),
 ], ids=["bad-tag", "wrong-key", "truncated-header", "unknown-message-id"])
 async def test_bad_frame_is_rejected_and_the_link_keeps_working(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes,
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes,
         make_frame: Callable[[bytes], bytes], reason: str) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
@@ -162,7 +172,7 @@ async def test_bad_frame_is_rejected_and_the_link_keeps_working(
 
 
 async def test_node_gets_frame_error_when_handset_holds_another_key(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(os.urandom(32))
     session = await connect(radio, handset, session_key)
     with pytest.raises(FrameError, match="handset rejected message 1"):
@@ -172,7 +182,7 @@ async def test_node_gets_frame_error_when_handset_holds_another_key(
 
 
 async def test_bad_frame_from_the_handset_is_recorded_and_the_node_carries_on(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
     await handset.send_frame(AckFrame(42, 0, AckStatus.DONE).encode())
@@ -182,9 +192,9 @@ async def test_bad_frame_from_the_handset_is_recorded_and_the_node_carries_on(
     await session.close()
 
 
-async def test_no_connection_after_the_window_closes(radio: VirtualRadio,
+async def test_no_connection_after_the_window_closes(air: VirtualAir, radio: HciAdapter,
                                                      session_key: bytes) -> None:
-    handset = await make_handset(radio, window=0.1)
+    handset = await make_handset(air, window=0.1)
     await handset.open_window(session_key)
     await handset.window_closed.wait()
     with pytest.raises(TimeoutError, match="is it advertising"):
@@ -193,8 +203,8 @@ async def test_no_connection_after_the_window_closes(radio: VirtualRadio,
 
 
 async def test_connection_within_the_window_stays_up_after_it_closes(
-        radio: VirtualRadio, session_key: bytes) -> None:
-    handset = await make_handset(radio, window=0.5)
+        air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
+    handset = await make_handset(air, window=0.5)
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
     await handset.window_closed.wait()
@@ -205,7 +215,7 @@ async def test_connection_within_the_window_stays_up_after_it_closes(
 
 
 async def test_dropped_link_mid_message_is_resumed_from_the_first_missing_frame(
-        radio: VirtualRadio, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
     seen: list[int] = []
     handset: BlePeripheral
 
@@ -214,7 +224,7 @@ async def test_dropped_link_mid_message_is_resumed_from_the_first_missing_frame(
         if index == 3 and seen.count(3) == 1:
             handset.drop_link()
 
-    handset = await make_handset(radio, on_frame=on_frame)
+    handset = await make_handset(air, on_frame=on_frame)
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
     content = item(4000)
@@ -229,8 +239,8 @@ async def test_dropped_link_mid_message_is_resumed_from_the_first_missing_frame(
 
 
 async def test_send_fails_with_push_error_when_the_link_drops_after_the_window(
-        radio: VirtualRadio, session_key: bytes) -> None:
-    handset = await make_handset(radio, window=0.5)
+        air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
+    handset = await make_handset(air, window=0.5)
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key, connect_timeout=0.2)
     await handset.window_closed.wait()
@@ -241,7 +251,7 @@ async def test_send_fails_with_push_error_when_the_link_drops_after_the_window(
 
 
 async def test_write_longer_than_mtu_minus_3_is_refused_by_the_backend(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
     with pytest.raises(BleakError, match="write of 245 bytes .* exceeds MTU-3 = 244"):
@@ -250,30 +260,31 @@ async def test_write_longer_than_mtu_minus_3_is_refused_by_the_backend(
     await session.close()
 
 
-async def test_backend_without_a_radio_says_how_to_pass_one() -> None:
+async def test_backend_without_an_adapter_says_how_to_pass_one() -> None:
     from bleak import BleakClient
-    with pytest.raises(BleakError, match="needs radio=VirtualRadio"):
+    with pytest.raises(BleakError, match="needs hci_adapter=HciAdapter"):
         BleakClient("C0:00:00:00:00:01", backend=BumbleBleakClient)
 
 
-def test_virtual_radio_outside_a_running_loop_is_refused() -> None:
+def test_virtual_air_outside_a_running_loop_is_refused() -> None:
     with pytest.raises(RuntimeError, match="inside the running event loop"):
-        VirtualRadio()
+        VirtualAir()
 
 
-async def test_random_is_the_default_address_type(handset: BlePeripheral) -> None:
+async def test_random_static_is_the_default_address_type(handset: BlePeripheral) -> None:
     assert handset.address_type == RANDOM
-    assert handset.address.startswith("C0:")
+    assert int(handset.address[:2], 16) >= 0xC0  # random static: two top bits set
 
 
 async def test_bluetooth_4_0_link_without_data_length_extension_works_at_mtu_23(
         session_key: bytes) -> None:
-    radio = VirtualRadio(data_length=27)
-    handset = await make_handset(radio)
+    air = VirtualAir(data_length=27)
+    radio = air.local_adapter("node")
+    handset = await make_handset(air)
     await handset.open_window(session_key)
     session = await open_session(handset.address, handset.address_type, session_key,
                                  backend=BumbleBleakClient,
-                                 backend_kwargs={"radio": radio, "mtu": 23}, connect_timeout=1.0)
+                                 backend_kwargs={"hci_adapter": radio, "mtu": 23}, connect_timeout=1.0)
     assert session.frame_size == 20
     content = item(1000)  # about 90 frames of 11 payload bytes
     await session.send(content)
@@ -281,17 +292,31 @@ async def test_bluetooth_4_0_link_without_data_length_extension_works_at_mtu_23(
     await session.close()
     await handset.close()
     await radio.close()
+    await air.close()
 
 
-async def test_mtu_larger_than_one_link_packet_is_refused(radio: VirtualRadio) -> None:
+async def test_mtu_larger_than_one_link_packet_is_refused(radio: HciAdapter) -> None:
     from bleak import BleakClient
-    with pytest.raises(BleakError, match=r"mtu must be 23\.\.247 on this radio"):
-        BleakClient("C0:00:00:00:00:01", backend=BumbleBleakClient, radio=radio, mtu=517)
+    with pytest.raises(BleakError, match=r"mtu must be 23\.\.247"):
+        BleakClient("C0:00:00:00:00:01", backend=BumbleBleakClient, hci_adapter=radio, mtu=517)
 
 
-async def test_ble_push_from_virtual_config_opens_sessions_on_the_radio(
-        radio: VirtualRadio, handset: BlePeripheral, session_key: bytes) -> None:
-    push = BlePush.from_config(BleSection(backend="virtual", connect_timeout=1.0), radio=radio)
+async def test_mtu_larger_than_the_controllers_data_length_allows_is_refused_at_connect(
+        session_key: bytes) -> None:
+    air = VirtualAir(data_length=27)
+    radio = air.local_adapter("node")
+    with pytest.raises(BleakError, match="does not fit one link packet of 27 bytes"):
+        await open_session("C0:00:00:00:00:01", RANDOM, session_key, backend=BumbleBleakClient,
+                           backend_kwargs={"hci_adapter": radio}, connect_timeout=0.2)
+    await radio.close()
+    await air.close()
+
+
+async def test_ble_push_from_a_bumble_adapter_string_opens_sessions_on_the_air(
+        air: VirtualAir, handset: BlePeripheral, session_key: bytes) -> None:
+    adapter = await air.serve("node-1")
+    push = BlePush.from_config(BleSection(adapter=adapter, connect_timeout=1.0))
+    await push.start()
     await handset.open_window(session_key)
     firsts: list[float] = []
     session = await push.open(handset.address, handset.address_type, session_key,
@@ -299,11 +324,20 @@ async def test_ble_push_from_virtual_config_opens_sessions_on_the_radio(
     await session.send(item(300))
     assert firsts == [session.first_content_at]
     await session.close()
+    await push.close()
 
 
-def test_ble_push_config_errors_are_clear() -> None:
-    with pytest.raises(ValueError, match="needs the hall's VirtualRadio"):
-        BlePush.from_config(BleSection(backend="virtual"))
-    with pytest.raises(ValueError, match="unknown ble.backend 'zigbee'"):
-        BlePush.from_config(BleSection(backend="zigbee"))
-    assert BlePush.from_config(BleSection(backend="bluez")).backend is None
+def test_ble_push_adapter_string_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="'bumble:' needs a bumble transport"):
+        BlePush.from_config(BleSection(adapter="bumble"))
+    with pytest.raises(ValueError, match="BLE adapter 'zigbee': use 'bluez'"):
+        BlePush.from_config(BleSection(adapter="zigbee"))
+    assert BlePush.from_config(BleSection(adapter="bluez")).backend is None
+    assert BlePush.from_config(BleSection(adapter="bluez:hci1")).backend_kwargs == {"bluez": {"adapter": "hci1"}}
+
+
+async def test_ble_push_start_names_an_air_that_is_not_there() -> None:
+    from hall.testing.mosquitto import free_port
+    push = BlePush.from_config(BleSection(adapter=f"bumble:tcp-client:127.0.0.1:{free_port()}"))
+    with pytest.raises(ConnectionError, match="cannot open BLE transport"):
+        await push.start()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tapcast.cli import main
+from hall.cli import main
 
 
 def test_node_run_with_a_broken_config_says_which_file_and_key(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_node_run_without_key_files_says_what_is_missing(tmp_path: Path) -> None
 def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
     """Embedded amqtt broker, hub, 2 nodes, 2 handsets, as `make demo` runs it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "tapcast.cli", "demo", "--nodes", "2", "--handsets", "2",
+        [sys.executable, "-m", "hall.cli", "demo", "--nodes", "2", "--handsets", "2",
          "--duration", "4", "--hub-port", "0", "--workdir", str(tmp_path), "--seed", "3"],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from node.config import NodeConfig
 from tapcast import config as cfg
 
 
@@ -14,14 +15,14 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_node_config_fills_defaults_for_missing_sections(tmp_path: Path) -> None:
-    conf = cfg.load(cfg.NodeConfig, write(tmp_path, '[node]\nid = "n1"\n'), environ={})
+    conf = cfg.load(NodeConfig, write(tmp_path, '[node]\nid = "n1"\n'), environ={})
     assert conf.node.id == "n1"
     assert conf.nfc.poll_interval < 0.5  # nfcpy's 0.5 s default would eat the tap budget
     assert conf.mqtt.brokers == ["mqtt://127.0.0.1:1883"]
 
 
 def test_environment_overrides_a_key_with_a_toml_value(tmp_path: Path) -> None:
-    conf = cfg.load(cfg.NodeConfig, write(tmp_path, '[node]\nid = "n1"\n'),
+    conf = cfg.load(NodeConfig, write(tmp_path, '[node]\nid = "n1"\n'),
                     environ={"TAPCAST_MQTT__BROKERS": '["mqtt://a:1", "mqtt://b:2"]',
                              "TAPCAST_NODE__ZONE": "lobby"})
     assert conf.mqtt.brokers == ["mqtt://a:1", "mqtt://b:2"]
@@ -31,27 +32,27 @@ def test_environment_overrides_a_key_with_a_toml_value(tmp_path: Path) -> None:
 def test_unknown_key_is_rejected_naming_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, '[node]\nid = "n1"\npoll = 3\n')
     with pytest.raises(cfg.ConfigError, match=r"node\.toml.*poll"):
-        cfg.load(cfg.NodeConfig, path, environ={})
+        cfg.load(NodeConfig, path, environ={})
 
 
 def test_wrong_type_is_rejected_naming_the_key(tmp_path: Path) -> None:
     path = write(tmp_path, '[node]\nid = "n1"\n[nfc]\npoll_interval = "fast"\n')
     with pytest.raises(cfg.ConfigError, match=r"poll_interval"):
-        cfg.load(cfg.NodeConfig, path, environ={})
+        cfg.load(NodeConfig, path, environ={})
 
 
 def test_broken_toml_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(cfg.ConfigError, match="not valid TOML"):
-        cfg.load(cfg.NodeConfig, write(tmp_path, "[node\nid="), environ={})
+        cfg.load(NodeConfig, write(tmp_path, "[node\nid="), environ={})
 
 
 def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(cfg.ConfigError, match="no such config file"):
-        cfg.load(cfg.NodeConfig, tmp_path / "absent.toml", environ={})
+        cfg.load(NodeConfig, tmp_path / "absent.toml", environ={})
 
 
 def test_dump_round_trips_through_load(tmp_path: Path) -> None:
-    conf = cfg.load(cfg.NodeConfig, data={"node": {"id": "n2", "zone": "lobby"},
+    conf = cfg.load(NodeConfig, data={"node": {"id": "n2", "zone": "lobby"},
                                           "mqtt": {"brokers": ["mqtt://x:1"]}}, environ={})
-    again = cfg.load(cfg.NodeConfig, write(tmp_path, cfg.dump(conf)), environ={})
+    again = cfg.load(NodeConfig, write(tmp_path, cfg.dump(conf)), environ={})
     assert again == conf

@@ -14,11 +14,11 @@ import pytest
 
 from handset_app.sim import SimulatedHandset
 from hub import HubServer, get_db, get_ingest
-from tapcast.hall.hall import VirtualHall
+from hall.virtual import VirtualHall
 from tapcast.keys import HubAuthority, make_handset_credentials
 from tapcast.mqttclient import make_client
 from tapcast.protocol import mqtt as m
-from tapcast.testing.mosquitto import Mosquitto
+from hall.testing.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ async def test_taps_deliver_content_and_every_event_reaches_the_hub_once(
 ])
 async def test_bad_certificate_is_refused_and_reported_to_the_hub(
         hall: VirtualHall, running_hub: HubServer, make_bad, reason: str) -> None:
-    stranger = SimulatedHandset(make_bad(hall), hall.radio)
+    stranger = SimulatedHandset(make_bad(hall), hall.air.local_adapter("stranger"))
     await stranger.start()
     try:
         report = await hall.tap(stranger, hall.nodes[0], nfc_timeout=2.0)

@@ -10,7 +10,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from hub import create_app, get_db
-from tapcast.config import HubConfig, load
+from hub.config import HubConfig
+from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
 
 

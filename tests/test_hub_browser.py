@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from hub import HubServer
-from tapcast.hall.hall import VirtualHall
-from tapcast.testing.mosquitto import Mosquitto
+from hall.virtual import VirtualHall
+from hall.testing.mosquitto import Mosquitto
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

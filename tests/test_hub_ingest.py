@@ -12,11 +12,12 @@ import pytest
 
 from hub.db import HubDB
 from hub.ingest import Ingest
-from tapcast.config import HubConfig, load
+from hub.config import HubConfig
+from tapcast.config import load
 from tapcast.mqttclient import make_client, parse_broker_url
 from tapcast.protocol.mqtt import (Event, EventBatch, NodeState, decode_ack, encode,
                                    events_topic, state_topic, status_topic)
-from tapcast.testing.mosquitto import Mosquitto
+from hall.testing.mosquitto import Mosquitto
 
 TIMEOUT = 10.0
 

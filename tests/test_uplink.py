@@ -17,12 +17,12 @@ import pytest
 
 from node.outbox import Outbox
 from node.uplink import Uplink
-from tapcast.config import MqttSection
+from node.config import MqttSection
 from tapcast.mqttclient import make_client, parse_broker_url
 from tapcast.protocol.mqtt import (PREFIX, EventAck, NodeState, decode_ack, decode_batch,
                                    decode_state,
                                    encode, events_ack_topic, parse_node_topic)
-from tapcast.testing.mosquitto import Mosquitto, free_port
+from hall.testing.mosquitto import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(ack_timeout=0.5, backoff_min=0.05, backoff_max=0.4, connect_timeout=2.0)
@@ -260,7 +260,7 @@ async def test_the_will_publishes_offline_when_the_node_dies_uncleanly(
         "import asyncio, sys\n"
         "from node.outbox import Outbox\n"
         "from node.uplink import Uplink\n"
-        "from tapcast.config import MqttSection\n"
+        "from node.config import MqttSection\n"
         "async def main():\n"
         "    up = Uplink('doomed', MqttSection(brokers=[sys.argv[1]]), Outbox(sys.argv[2]))\n"
         "    await up.start()\n"

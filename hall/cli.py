@@ -41,13 +41,14 @@ def node_run(config_path: Path) -> None:
     """Serve taps: NFC authentication, BLE push, outbox to the hub."""
     import asyncio
 
-    from tapcast import config as cfg
+    from node.config import NodeConfig
     from node.daemon import NodeDaemon
+    from tapcast import config as cfg
 
     from tapcast.keys import KeyFileError
 
     try:
-        conf = cfg.load(cfg.NodeConfig, config_path)
+        conf = cfg.load(NodeConfig, config_path)
         daemon = NodeDaemon(conf, base_dir=config_path.parent)
     except KeyFileError as exc:
         raise click.ClickException(
@@ -128,11 +129,12 @@ def hub() -> None:
               help="hub.toml; embedded defaults when omitted")
 def hub_serve(config_path: Path | None) -> None:
     """Run the hub web server and MQTT ingest until Ctrl-C."""
-    from tapcast import config as cfg
     from hub import serve
+    from hub.config import HubConfig
+    from tapcast import config as cfg
 
     try:
-        conf = cfg.load(cfg.HubConfig, config_path)
+        conf = cfg.load(HubConfig, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     try:
@@ -159,7 +161,7 @@ def hub_serve(config_path: Path | None) -> None:
 def demo(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
          workdir: Path, seed: int | None) -> None:
     """The whole system on one machine without radios: the virtual hall."""
-    from tapcast.hall.demo import run_demo
+    from hall.demo import run_demo
 
     try:
         summary = run_demo(nodes=nodes, handsets=handsets, duration=duration, broker=broker,

@@ -1,36 +1,33 @@
-"""The virtual BLE radio: bumble virtual controllers on one LocalLink, and a bleak
-client backend on top of them, so node code written against ``BleakClient`` runs
-unchanged in the virtual hall (and on BlueZ on a Pi).
+"""BLE over bumble: one bumble host per HCI transport, and a bleak client backend on it,
+so node code written against ``BleakClient`` runs unchanged in the virtual hall (and on
+BlueZ on a Pi).
 
 Facts about bumble 0.0.236 that shaped this module (pinned in pyproject):
-- Controllers, hosts and the link must be created inside the running event loop
-  (they schedule with ``asyncio.get_running_loop()``), so a :class:`VirtualRadio` is
-  created by whoever owns the hall, inside that loop. No module-level state.
+- A host (a bumble ``Device``) must be created inside the running event loop, and one
+  process keeps one Device per transport (:class:`HciAdapter`): a transport is one
+  controller, as a USB dongle is.
 - A central's connection completes on the peripheral's next advertising event, so
   connect time is about the peripheral's advertising interval.
-- ``Device.connect(timeout=...)`` hangs on the virtual controller when nobody
-  advertises; we pass ``timeout=None`` and wrap it in ``asyncio.wait_for``.
-- ``LocalLink.send_acl_data`` sends LE data from the sender controller's *random*
-  address, so a peripheral advertising its *public* address never gets its replies
-  through (the central drops them: "no connection for ..."). :class:`_LeLink` sends
-  from the connection's own address instead, so address type 0 (public) works too.
-- The virtual controller does not implement LE Set Data Length; the LE ACL buffer
-  size it reports is what the host fragments to. We report 251 bytes (the LE Data
-  Length Extension maximum) instead of the default 27.
-- The virtual controller forwards every ACL fragment as a *first* fragment ("TODO:
-  should fragment" upstream), so an L2CAP PDU longer than one link packet arrives
-  broken. The ATT MTU must therefore fit one packet: MTU <= data length - 4 (L2CAP
-  header) = 247, which is also what phones with Data Length Extension use. The
-  client requests 247 by default and refuses a larger request on this radio.
-- bumble's GATT client turns a write longer than MTU-3 into a prepared (long) write
-  and the server does not refuse it; BlueZ/Android behave differently, so this
-  backend refuses such writes itself.
+- ``Device.connect(timeout=...)`` cancels with LE Create Connection Cancel and then
+  waits for the controller's failed Connection Complete. The virtual hall's controllers
+  answer it (hall.air); so the timeout goes to bumble, never ``asyncio.wait_for``
+  around it (that leaves a pending connect and the next one is refused).
+- Nothing in bumble has a timeout by default: power-on is bounded here, and a lost
+  transport (the air process died) marks the adapter closed; the next use reopens it.
+- The virtual controller forwards every ACL fragment as a *first* fragment, so an L2CAP
+  PDU longer than one link packet arrives broken: the ATT MTU must fit one link packet,
+  MTU <= LE data length - 4 (L2CAP header) = 247 at the 251-byte maximum, which is also
+  what phones with Data Length Extension use. The client requests 247 by default and
+  refuses a larger request than the controller's data length allows.
+- bumble's GATT client turns a write longer than MTU-3 into a prepared (long) write and
+  the server does not refuse it; BlueZ/Android behave differently, so this backend
+  refuses such writes itself.
 """
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -41,100 +38,130 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError, BleakGATTProtocolError
 from bumble import att, core, gatt, hci
-from bumble.controller import Controller
 from bumble.device import Connection, Device
-from bumble.host import Host
-from bumble.link import LocalLink
 
 log = logging.getLogger(__name__)
 
-#: LE ACL payload the virtual controllers report (Data Length Extension maximum).
-LE_DATA_LENGTH = 251
 #: ATT MTU the client asks for: one 251-byte link packet minus the 4-byte L2CAP header.
-DEFAULT_MTU = LE_DATA_LENGTH - 4
+DEFAULT_MTU = 247
+#: Seconds power-on (HCI Reset and set-up) may take before the transport counts as dead.
+POWER_ON_TIMEOUT = 5.0
 
 PUBLIC = hci.Address.PUBLIC_DEVICE_ADDRESS  # 0
 RANDOM = hci.Address.RANDOM_DEVICE_ADDRESS  # 1
 
 
-class _LeLink(LocalLink):
-    """LocalLink whose LE data carries the connection's own address as source (see
-    the module docstring: upstream uses the controller's random address always)."""
-
-    def send_acl_data(self, sender_controller: Controller, destination_address: hci.Address,
-                      transport: core.PhysicalTransport, data: bytes) -> None:
-        if transport == core.PhysicalTransport.LE:
-            connection = sender_controller.le_connections.get(destination_address)
-            destination = self.find_le_controller(destination_address)
-            if connection is not None and destination is not None:
-                source = connection.self_address
-                asyncio.get_running_loop().call_soon(
-                    destination.on_link_acl_data, source, transport, data)
-                return
-        super().send_acl_data(sender_controller, destination_address, transport, data)
+def random_static_address() -> str:
+    """A fresh random static address (two top bits set), as a phone or a Pi picks one."""
+    raw = bytearray(os.urandom(6))
+    raw[0] |= 0xC0
+    return ":".join(f"{b:02X}" for b in raw)
 
 
-class VirtualRadio:
-    """One shared radio medium (a LocalLink) and the bumble devices on it.
+class HciAdapter:
+    """One bumble host on one HCI transport: this process's Bluetooth adapter.
 
-    Create it inside the running event loop and close it when the hall stops. Every
-    device gets its own controller; random static addresses are handed out in order
-    (C0:00:00:00:00:01, ...) unless given."""
+    ``transport`` is a bumble transport spec ("tcp-client:127.0.0.1:7001", "usb:0") or,
+    in one process with the virtual air, a ``(source, sink)`` pair (a controller is
+    both). The host is opened on first use, inside the running loop, and powered on
+    within ``power_on_timeout``. If the transport is lost (the air process died, the
+    dongle was pulled) the adapter forgets the host and the next :meth:`device` call
+    opens it again."""
 
-    def __init__(self, *, data_length: int = LE_DATA_LENGTH) -> None:
+    def __init__(self, transport: str | tuple[Any, Any], *, name: str = "tapcast",
+                 address: str | None = None,
+                 power_on_timeout: float = POWER_ON_TIMEOUT) -> None:
+        self.transport = transport
+        self.name = name
+        self.address = address or random_static_address()
+        self.power_on_timeout = power_on_timeout
+        self._device: Device | None = None
+        self._transport: Any = None
+        self._lock: asyncio.Lock | None = None
+        self.transport_losses = 0
+
+    def __repr__(self) -> str:
+        where = self.transport if isinstance(self.transport, str) else "in-process controller"
+        return f"HciAdapter({where}, {self.address})"
+
+    @property
+    def is_open(self) -> bool:
+        return self._device is not None
+
+    async def device(self) -> Device:
+        """The powered-on bumble Device on this transport (opened on first use).
+        Raises ConnectionError when the transport cannot be opened or powered on."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._device is None:
+                self._device = await self._open()
+            return self._device
+
+    async def _open(self) -> Device:
+        if isinstance(self.transport, str):
+            from bumble.transport import open_transport
+
+            try:
+                transport = await asyncio.wait_for(open_transport(self.transport),
+                                                   self.power_on_timeout)
+            except (OSError, TimeoutError, core.BaseBumbleError) as exc:
+                raise ConnectionError(f"cannot open BLE transport {self.transport!r}: {exc}"
+                                      " (is the virtual air / the adapter there?)") from None
+            source, sink = transport.source, transport.sink
+        else:
+            transport = None
+            source, sink = self.transport
+        device = Device.with_hci(self.name, hci.Address(self.address, RANDOM), source, sink)
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError("create VirtualRadio inside the running event loop: bumble's "
-                               "controllers schedule on it") from None
-        if not 27 <= data_length <= 251:
-            raise ValueError(f"data_length must be 27..251 (LE Data Length), got {data_length}")
-        self.link = _LeLink()
-        self.data_length = data_length
-        self._serial = itertools.count(1)
-        self._devices: dict[Device, Controller] = {}
-
-    def next_random_address(self) -> str:
-        n = next(self._serial)
-        return "C0:00:00:" + ":".join(f"{b:02X}" for b in n.to_bytes(3, "big"))
-
-    async def add_device(self, name: str, *, random_address: str | None = None,
-                         public_address: str | None = None) -> Device:
-        """A powered-on bumble Device with its own controller on this radio."""
-        n = next(self._serial)
-        controller = Controller(
-            name, link=self.link,
-            public_address=public_address or "00:1B:DC:" + ":".join(
-                f"{b:02X}" for b in n.to_bytes(3, "big")))
-        # Before power-on: the host reads these with LE Read Buffer Size.
-        controller.le_acl_data_packet_length = self.data_length
-        controller.supported_max_tx_octets = self.data_length
-        controller.supported_max_rx_octets = self.data_length
-        controller.suggested_max_tx_octets = self.data_length
-        address = hci.Address(random_address or self.next_random_address(), RANDOM)
-        device = Device(name=name, address=address, host=Host(controller, controller))
-        await device.power_on()
-        self._devices[device] = controller
+            await asyncio.wait_for(device.power_on(), self.power_on_timeout)
+        except (TimeoutError, core.BaseBumbleError, hci.HCI_Error) as exc:
+            if transport is not None:
+                await transport.close()
+            raise ConnectionError(f"BLE adapter {self!r} did not power on within "
+                                  f"{self.power_on_timeout} s: {exc!r}") from None
+        self._transport = transport
+        terminated = getattr(source, "terminated", None)
+        if isinstance(terminated, asyncio.Future):
+            terminated.add_done_callback(lambda _f, d=device: self._on_transport_lost(d))
+        log.debug("%r powered on", self)
         return device
 
-    async def remove_device(self, device: Device) -> None:
-        controller = self._devices.pop(device, None)
-        if controller is None:
-            return
-        for connection in list(device.connections.values()):
-            try:
-                await connection.disconnect()
-            except Exception as exc:  # already gone: nothing to tear down
-                log.debug("disconnect on removal: %s", exc)
-        if device.is_advertising:
-            await device.stop_advertising()
-        await device.power_off()
-        if controller in self.link.controllers:
-            self.link.remove_controller(controller)
+    def _on_transport_lost(self, device: Device) -> None:
+        if self._device is device:
+            log.warning("%r: HCI transport lost; reopening on next use", self)
+            self.transport_losses += 1
+            self._device = None
+            self._transport = None
+
+    @property
+    def data_length(self) -> int:
+        """LE ACL payload per link packet, as the controller reported it (27 before
+        power-on, the Bluetooth minimum)."""
+        device = self._device
+        queue = device.host.le_acl_packet_queue if device is not None else None
+        return queue.max_packet_size if queue is not None else 27
 
     async def close(self) -> None:
-        for device in list(self._devices):
-            await self.remove_device(device)
+        """Disconnect, stop advertising and release the transport (bounded: a dead
+        air must not hang shutdown)."""
+        device, self._device = self._device, None
+        transport, self._transport = self._transport, None
+        if device is not None:
+            try:
+                async with asyncio.timeout(2.0):
+                    for connection in list(device.connections.values()):
+                        try:
+                            await connection.disconnect()
+                        except Exception as exc:  # already gone
+                            log.debug("disconnect on close: %s", exc)
+                    if device.is_advertising:
+                        await device.stop_advertising()
+                    await device.power_off()
+            except (TimeoutError, core.BaseBumbleError, hci.HCI_Error) as exc:
+                log.debug("%r: close was not clean: %r", self, exc)
+        if transport is not None:
+            await transport.close()
 
 
 # --------------------------------------------------------------------- bleak backend
@@ -161,21 +188,21 @@ def _uuid_str(uuid: core.UUID) -> str:
 
 
 class BumbleBleakClient(BaseBleakClient):
-    """bleak client backend on a bumble central with its own virtual controller.
+    """bleak client backend on a bumble central (:class:`HciAdapter`).
 
-    Use through bleak: ``BleakClient(address, backend=BumbleBleakClient, radio=radio,
+    Use through bleak: ``BleakClient(address, backend=BumbleBleakClient, hci_adapter=adapter,
     address_type=1)``. ``timeout`` bounds the connect (the peripheral must advertise
     within it). ``mtu`` is the ATT MTU requested after connecting."""
 
     def __init__(self, address_or_ble_device: BLEDevice | str, *,
                  disconnected_callback: Callable[[], None] | None = None,
-                 timeout: float = 10.0, radio: VirtualRadio | None = None,
+                 timeout: float = 10.0, hci_adapter: HciAdapter | None = None,
                  address_type: int = RANDOM, mtu: int = DEFAULT_MTU,
                  **kwargs: Any) -> None:
         super().__init__(address_or_ble_device, disconnected_callback=disconnected_callback,
                          timeout=timeout)
-        if radio is None:
-            raise BleakError("BumbleBleakClient needs radio=VirtualRadio(...) "
+        if hci_adapter is None:
+            raise BleakError("BumbleBleakClient needs hci_adapter=HciAdapter(...) "
                              "(pass it as a BleakClient keyword argument)")
         if address_type not in (PUBLIC, RANDOM):
             raise BleakError(f"address_type must be 0 (public) or 1 (random), got {address_type!r}")
@@ -183,12 +210,11 @@ class BumbleBleakClient(BaseBleakClient):
             self._peer = hci.Address(self.address, address_type)
         except (core.InvalidArgumentError, ValueError) as exc:
             raise BleakError(f"bad Bluetooth address {self.address!r}: {exc}") from None
-        if not 23 <= mtu <= radio.data_length - 4:
-            raise BleakError(f"mtu must be 23..{radio.data_length - 4} on this radio (one link "
-                             f"packet of {radio.data_length} bytes minus L2CAP header), got {mtu}")
-        self._radio = radio
+        if not 23 <= mtu <= DEFAULT_MTU:
+            raise BleakError(f"mtu must be 23..{DEFAULT_MTU} (one link packet of at most 251 "
+                             f"bytes minus the L2CAP header), got {mtu}")
+        self._adapter = hci_adapter
         self._mtu_request = mtu
-        self._device: Device | None = None
         self._connection: Connection | None = None
         self._closing = False
         self._subscribers: dict[int, Callable[[bytes], None]] = {}
@@ -208,23 +234,25 @@ class BumbleBleakClient(BaseBleakClient):
 
     async def connect(self, pair: bool, **kwargs: Any) -> None:
         if pair:
-            log.warning("virtual radio does not pair; Tapcast seals frames with the NFC session key")
+            log.warning("bumble backend does not pair; Tapcast seals frames with the NFC session key")
         if self._connection is not None:
             return
-        if self._device is None:
-            self._device = await self._radio.add_device(f"central-{self._radio.next_random_address()}")
-        device = self._device
         try:
-            # bumble's own timeout hangs on the virtual controller: wait_for instead.
-            connection = await asyncio.wait_for(
-                device.connect(self._peer, timeout=None), self._timeout)
-        except (asyncio.TimeoutError, TimeoutError):
-            await self._release_device()
+            device = await self._adapter.device()
+        except ConnectionError as exc:
+            raise BleakError(str(exc)) from None
+        limit = self._adapter.data_length - 4
+        if self._mtu_request > limit:
+            raise BleakError(f"mtu {self._mtu_request} does not fit one link packet of "
+                             f"{self._adapter.data_length} bytes on {self._adapter!r}: "
+                             f"ask for at most {limit}")
+        try:
+            connection = await device.connect(self._peer, timeout=self._timeout)
+        except (core.TimeoutError, TimeoutError):
             raise TimeoutError(f"no connection to {self._peer} within {self._timeout} s "
                                "(is it advertising?)") from None
         except core.BaseBumbleError as exc:
-            await self._release_device()
-            raise BleakError(f"connect to {self._peer} failed: {exc}") from exc
+            raise BleakError(f"connect to {self._peer} failed: {exc!r}") from exc
         self._connection = connection
         self._closing = False
         connection.on("disconnection", self._on_disconnection)
@@ -247,22 +275,17 @@ class BumbleBleakClient(BaseBleakClient):
         connection, self._connection = self._connection, None
         if connection is not None:
             try:
-                await connection.disconnect()
-            except Exception as exc:  # the link is already gone
-                log.debug("disconnect: %s", exc)
+                async with asyncio.timeout(2.0):
+                    await connection.disconnect()
+            except Exception as exc:  # the link or the transport is already gone
+                log.debug("disconnect: %r", exc)
         self.services = None
-        await self._release_device()
-
-    async def _release_device(self) -> None:
-        device, self._device = self._device, None
-        if device is not None:
-            await self._radio.remove_device(device)
 
     async def pair(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError("the virtual radio does not pair")
+        raise NotImplementedError("the bumble backend does not pair")
 
     async def unpair(self) -> None:
-        raise NotImplementedError("the virtual radio does not pair")
+        raise NotImplementedError("the bumble backend does not pair")
 
     # ------------------------------------------------------------------ discovery
     async def _discover(self) -> None:

@@ -24,17 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from tapcast import config as cfg
 from tapcast.keys import HubAuthority, make_handset_credentials, write_node_credentials
-from tapcast.testing.mosquitto import free_port
+from hall.testing.mosquitto import free_port
+
+from node.config import NodeConfig
 
 if TYPE_CHECKING:  # the hall wires the parts together; it imports them only when it runs
     from handset_app.sim import SimulatedHandset, TapReport
     from node.daemon import NodeDaemon, TapRecord
-    from tapcast.hall.ble import VirtualRadio
+    from hall.air import VirtualAir
 
 log = logging.getLogger(__name__)
 
 ZONES = ("lobby", "food-court", "platform")
-LIBRARY = Path(__file__).resolve().parents[2] / "content" / "library.toml"
+LIBRARY = Path(__file__).resolve().parents[1] / "content" / "library.toml"
 CERT_LIFETIME = 30 * 24 * 3600.0
 
 
@@ -65,40 +67,41 @@ class VirtualHall:
         self.authority = HubAuthority.generate()
         self.nodes: list[HallNode] = []
         self.handsets: list[SimulatedHandset] = []
-        self.radio: VirtualRadio | None = None
+        self.air: VirtualAir | None = None
 
-    def node_config(self, node_id: str, zone: str, nfc_device: str) -> cfg.NodeConfig:
-        return cfg.load(cfg.NodeConfig, data={
+    def node_config(self, node_id: str, zone: str, nfc_device: str, ble_adapter: str) -> NodeConfig:
+        return cfg.load(NodeConfig, data={
             "node": {"id": node_id, "zone": zone, "data_dir": "data",
                      "library": str(self.library)},
             "nfc": {"device": nfc_device, "hold_off": self.hold_off},
-            "ble": {"backend": "virtual"},
+            "ble": {"adapter": ble_adapter},
             "mqtt": {"brokers": [self.broker_url]},
         }, environ={})
 
     async def start(self) -> None:
         from handset_app.sim import SimulatedHandset
         from node.daemon import NodeDaemon
-        from tapcast.hall.ble import VirtualRadio
+        from hall.air import VirtualAir
 
         self.authority.save(self.workdir / "hub-authority")
-        self.radio = VirtualRadio()
+        self.air = VirtualAir()
         expires = time.time() + CERT_LIFETIME
         for i in range(self.node_count):
             node_id, zone = f"node-{i + 1}", ZONES[i % len(ZONES)]
             node_dir = self.workdir / "nodes" / node_id
             nfc_device = f"udp:127.0.0.1:{free_port()}"
-            conf = self.node_config(node_id, zone, nfc_device)
+            conf = self.node_config(node_id, zone, nfc_device, await self.air.serve(node_id))
             write_node_credentials(node_dir, self.authority, node_id, zone, expires, conf.keys)
             config_path = node_dir / "node.toml"
             config_path.write_text(cfg.dump(conf))
-            daemon = NodeDaemon(conf, base_dir=node_dir, radio=self.radio, on_tap=self.on_tap)
+            daemon = NodeDaemon(conf, base_dir=node_dir, on_tap=self.on_tap)
             await daemon.start()
             self.nodes.append(HallNode(node_id, zone, nfc_device, config_path, daemon,
                                        asyncio.Lock()))
         for j in range(self.handset_count):
             creds = make_handset_credentials(self.authority, f"handset-{j + 1}", expires)
-            handset = SimulatedHandset(creds, self.radio, rng=random.Random(self.rng.random()))
+            handset = SimulatedHandset(creds, self.air.local_adapter(creds.handset_id),
+                                       rng=random.Random(self.rng.random()))
             await handset.start()
             self.handsets.append(handset)
 
@@ -128,5 +131,5 @@ class VirtualHall:
             await handset.close()
         for node in self.nodes:
             await node.daemon.stop()
-        if self.radio is not None:
-            await self.radio.close()
+        if self.air is not None:
+            await self.air.close()

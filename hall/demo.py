@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tapcast import config as cfg
-from tapcast.hall.hall import VirtualHall
-from tapcast.testing.mosquitto import free_port
+from hall.virtual import VirtualHall
+from hall.testing.mosquitto import free_port
 
 if TYPE_CHECKING:
     from handset_app.sim import SimulatedHandset, TapReport
@@ -90,7 +90,8 @@ def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
              hub_port: int, workdir: Path, seed: int | None) -> Summary:
     """Run the whole system; blocking. Returns the summary (also printed)."""
     from hub import get_ingest, serve
-    from tapcast.embedded_broker import EmbeddedBroker
+    from hub.config import HubConfig
+    from hall.embedded_broker import EmbeddedBroker
 
     workdir = Path(workdir) / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +100,7 @@ def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
         embedded = EmbeddedBroker(free_port())
         embedded.start()
         broker = embedded.url
-    hub_conf = cfg.load(cfg.HubConfig, data={
+    hub_conf = cfg.load(HubConfig, data={
         "hub": {"database": str(workdir / "hub" / "hub.db"), "port": hub_port},
         "mqtt": {"broker": broker}}, environ={})
     (workdir / "hub").mkdir(exist_ok=True)

@@ -1,0 +1,62 @@
+"""The node's configuration schema (node.toml). Loaded with ``tapcast.config.load``."""
+from __future__ import annotations
+
+import msgspec
+
+from tapcast.config import KeysSection
+
+__all__ = ["NodeConfig", "NodeSection", "NfcSection", "BleSection", "MqttSection", "KeysSection"]
+
+
+class NodeSection(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    zone: str = "default"
+    data_dir: str = "var/node"
+    # Content library TOML (content/library.toml format) that seeds the local store at
+    # start. Until signed bundles come from the hub this is how content reaches a node.
+    library: str = ""
+    # Seconds a BLE session waits for the customer's next request before saying bye.
+    idle_timeout: float = 5.0
+
+
+class NfcSection(msgspec.Struct, forbid_unknown_fields=True):
+    # nfcpy device path: "udp:HOST:PORT" in the virtual hall, "usb:054c:06c3" or
+    # "tty:AMA0:pn532" on a Pi.
+    device: str = "udp:127.0.0.1:54321"
+    # Seconds between polls. nfcpy's default is 0.5 s, far too slow for a 500 ms tap
+    # budget; a PN532 polls 106A in a few ms, so 20-50 ms costs little power.
+    poll_interval: float = 0.02
+    # udp driver only: nfcpy waits a hard-coded 1 s for a SENS_RES that on loopback
+    # arrives in microseconds; capped so a handset arriving just after a poll is not
+    # kept waiting a second. Ignored for usb:/tty: readers.
+    sens_res_timeout: float = 0.02
+    # Pause after a tap: a phone stays in the field about a second and shows a new
+    # random UID on every poll, so without a pause one tap authenticates many times.
+    hold_off: float = 0.5
+
+
+class BleSection(msgspec.Struct, forbid_unknown_fields=True):
+    # The BLE adapter, named as bumble names transports (see tapcast.radio): "bluez"
+    # (or "bluez:hci1") on a Pi, bleak's BlueZ backend; "bumble:tcp-client:HOST:PORT"
+    # in the virtual hall (a controller of the hall's virtual BLE air).
+    adapter: str = "bluez"
+    connect_timeout: float = 5.0
+
+
+class MqttSection(msgspec.Struct, forbid_unknown_fields=True):
+    # Tried in order; the node moves to the next one when a broker is unreachable.
+    brokers: list[str] = msgspec.field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    batch_size: int = 200
+
+
+class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
+    node: NodeSection
+    nfc: NfcSection = msgspec.field(default_factory=NfcSection)
+    ble: BleSection = msgspec.field(default_factory=BleSection)
+    mqtt: MqttSection = msgspec.field(default_factory=MqttSection)
+    keys: KeysSection = msgspec.field(default_factory=KeysSection)
+
+

@@ -1,1 +1,0 @@
-"""The virtual hall: simulated radios and the machinery that runs nodes and handsets on one machine."""
