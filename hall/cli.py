@@ -38,26 +38,31 @@ def node() -> None:
 @click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
               help="node.toml (see firmware_config/node.toml)")
 def node_run(config_path: Path) -> None:
-    """Serve taps: NFC authentication, BLE push, outbox to the hub."""
+    """Serve taps: NFC authentication, BLE push, outbox to the hub. Prints one line
+    when it serves taps; SIGTERM or Ctrl-C stops it cleanly."""
     import asyncio
 
     from node.config import NodeConfig
-    from node.daemon import NodeDaemon
+    from node.daemon import NodeDaemon, NodeStartError, run_until_signalled
     from tapcast import config as cfg
-
     from tapcast.keys import KeyFileError
 
     try:
         conf = cfg.load(NodeConfig, config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
         daemon = NodeDaemon(conf, base_dir=config_path.parent)
     except KeyFileError as exc:
         raise click.ClickException(
             f"{exc}\nProvision this node's keys with: tapcast keys node --hub-dir HUB_KEYS "
             f"--out {config_path.parent} --id {conf.node.id} --zone {conf.node.zone}") from None
     except (ConfigError, OSError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(f"{config_path}: {exc}") from None
     try:
-        asyncio.run(daemon.run_forever())
+        asyncio.run(run_until_signalled(daemon, lambda line: click.echo(line)))
+    except NodeStartError as exc:
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         pass
 

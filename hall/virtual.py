@@ -1,32 +1,40 @@
-"""The virtual hall: N nodes and M handsets on simulated NFC and BLE links, one process.
+"""The virtual hall: N nodes and M handsets on simulated NFC and BLE links.
 
 Shared by the demo, the end-to-end tests and the benchmarks, so all three exercise the
 same wiring. Everything is the real stack: each node is a NodeDaemon reading nfcpy's
 udp driver on its own port and pushing through bleak's BleakClient with the bumble
-backend; each handset emulates its card with nfcpy and serves GATT with bumble. All BLE
-devices share one VirtualRadio, which bumble needs created inside the running loop, so
-the hall is built and used inside one asyncio loop.
+backend; each handset emulates its card with nfcpy and serves GATT with bumble.
+
+Processes, as on real hardware: this process hosts the virtual BLE air (hall.air) and
+the crowd of handsets; each node is its own ``tapcast node run --config node.toml``
+process attached to its controller of the air by a transport string, so a node can be
+killed mid-tap and restarted like a Pi losing power. ``processes=False`` runs the
+daemons in this process instead (fast unit-level end-to-end tests that read a daemon's
+counters or outbox directly).
 
 Provisioning is done as on real hardware: a hub authority signs a certificate for each
-node and handset, node key files and a node.toml are written per node (so any node of a
-hall can also be started alone with ``tapcast node run --config``).
+node and handset, node key files and a node.toml are written per node.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
+import signal
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from tapcast import config as cfg
-from tapcast.keys import HubAuthority, make_handset_credentials, write_node_credentials
-from hall.testing.mosquitto import free_port
+from typing import IO, TYPE_CHECKING, Any
 
 from node.config import NodeConfig
+from tapcast import config as cfg
+from tapcast.keys import HubAuthority, make_handset_credentials, write_node_credentials
+
+from hall.testing.mosquitto import free_port
 
 if TYPE_CHECKING:  # the hall wires the parts together; it imports them only when it runs
     from handset_app.sim import SimulatedHandset, TapReport
@@ -38,6 +46,13 @@ log = logging.getLogger(__name__)
 ZONES = ("lobby", "food-court", "platform")
 LIBRARY = Path(__file__).resolve().parents[1] / "content" / "library.toml"
 CERT_LIFETIME = 30 * 24 * 3600.0
+#: What `tapcast node run` prints once it serves taps (the hall waits for it).
+READY_PREFIX = "node "
+NODE_START_TIMEOUT = 30.0
+
+
+class NodeProcessError(RuntimeError):
+    """A node process did not come up; the message carries its last output lines."""
 
 
 @dataclass
@@ -45,17 +60,30 @@ class HallNode:
     node_id: str
     zone: str
     nfc_device: str
+    ble_adapter: str
     config_path: Path
-    daemon: NodeDaemon
     lock: asyncio.Lock  # one phone on a reader at a time, as people queue at a display
+    daemon: NodeDaemon | None = None  # processes=False
+    proc: asyncio.subprocess.Process | None = None  # processes=True
+    log_path: Path | None = None
+    started_in: float = 0.0  # seconds from spawn to serving taps
+    _log: IO[str] | None = field(default=None, repr=False)
+    _pump: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.config_path.parent / "data" / "outbox.db"
 
 
 class VirtualHall:
     def __init__(self, workdir: Path, broker_url: str, *, nodes: int = 3, handsets: int = 5,
-                 library: Path = LIBRARY, seed: int | None = None,
-                 hold_off: float = 0.2, on_tap: Callable[[TapRecord], None] | None = None) -> None:
+                 library: Path = LIBRARY, seed: int | None = None, hold_off: float = 0.2,
+                 processes: bool = True,
+                 on_tap: Callable[[TapRecord], None] | None = None) -> None:
         if nodes < 1 or handsets < 1:
             raise ValueError("a hall needs at least one node and one handset")
+        if on_tap is not None and processes:
+            raise ValueError("on_tap sees node-side records only with processes=False")
         self.workdir = Path(workdir)
         self.broker_url = broker_url
         self.node_count = nodes
@@ -63,6 +91,7 @@ class VirtualHall:
         self.library = library
         self.rng = random.Random(seed)
         self.hold_off = hold_off
+        self.processes = processes
         self.on_tap = on_tap
         self.authority = HubAuthority.generate()
         self.nodes: list[HallNode] = []
@@ -78,9 +107,10 @@ class VirtualHall:
             "mqtt": {"brokers": [self.broker_url]},
         }, environ={})
 
+    # ---------------------------------------------------------------- lifecycle
+
     async def start(self) -> None:
         from handset_app.sim import SimulatedHandset
-        from node.daemon import NodeDaemon
         from hall.air import VirtualAir
 
         self.authority.save(self.workdir / "hub-authority")
@@ -90,14 +120,14 @@ class VirtualHall:
             node_id, zone = f"node-{i + 1}", ZONES[i % len(ZONES)]
             node_dir = self.workdir / "nodes" / node_id
             nfc_device = f"udp:127.0.0.1:{free_port()}"
-            conf = self.node_config(node_id, zone, nfc_device, await self.air.serve(node_id))
+            adapter = await self.air.serve(node_id)
+            conf = self.node_config(node_id, zone, nfc_device, adapter)
             write_node_credentials(node_dir, self.authority, node_id, zone, expires, conf.keys)
             config_path = node_dir / "node.toml"
             config_path.write_text(cfg.dump(conf))
-            daemon = NodeDaemon(conf, base_dir=node_dir, on_tap=self.on_tap)
-            await daemon.start()
-            self.nodes.append(HallNode(node_id, zone, nfc_device, config_path, daemon,
+            self.nodes.append(HallNode(node_id, zone, nfc_device, adapter, config_path,
                                        asyncio.Lock()))
+        await asyncio.gather(*(self.start_node(node) for node in self.nodes))
         for j in range(self.handset_count):
             creds = make_handset_credentials(self.authority, f"handset-{j + 1}", expires)
             handset = SimulatedHandset(creds, self.air.local_adapter(creds.handset_id),
@@ -105,31 +135,135 @@ class VirtualHall:
             await handset.start()
             self.handsets.append(handset)
 
+    async def start_node(self, node: HallNode) -> None:
+        """Start (or restart) one node: its own process, or a daemon in this one."""
+        started = time.monotonic()
+        if not self.processes:
+            from node.daemon import NodeDaemon
+
+            conf = cfg.load(NodeConfig, node.config_path, environ={})
+            node.daemon = NodeDaemon(conf, base_dir=node.config_path.parent, on_tap=self.on_tap)
+            await node.daemon.start()
+        else:
+            await self._spawn(node)
+        node.started_in = time.monotonic() - started
+
+    async def _spawn(self, node: HallNode) -> None:
+        node.log_path = node.config_path.parent / "node.log"
+        node._log = node.log_path.open("a", encoding="utf-8")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        node.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hall.cli", "node", "run", "--config", str(node.config_path),
+            stdout=asyncio.subprocess.PIPE, stderr=node._log, env=env)
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        node._pump = asyncio.create_task(self._pump_output(node, ready))
+        try:
+            await asyncio.wait_for(ready, NODE_START_TIMEOUT)
+        except (TimeoutError, NodeProcessError) as exc:
+            await self.kill_node(node)
+            tail = _tail(node.log_path)
+            raise NodeProcessError(f"node {node.node_id} did not start: {exc or 'timeout'}"
+                                   f"; its log {node.log_path} ends:\n{tail}") from None
+
+    @staticmethod
+    async def _pump_output(node: HallNode, ready: asyncio.Future[str]) -> None:
+        """Copy the node's stdout to its log; resolve ``ready`` at its ready line."""
+        assert node.proc is not None and node.proc.stdout is not None and node._log is not None
+        async for raw in node.proc.stdout:
+            line = raw.decode(errors="replace")
+            node._log.write(line)
+            node._log.flush()
+            if not ready.done() and line.startswith(READY_PREFIX):
+                ready.set_result(line.strip())
+        if not ready.done():
+            ready.set_exception(NodeProcessError(
+                f"process exited with code {await node.proc.wait()}"))
+
+    async def kill_node(self, node: HallNode) -> None:
+        """SIGKILL the node's process, as pulling a Pi's plug does: nothing is flushed."""
+        if node.proc is None:
+            raise RuntimeError("kill_node needs processes=True")
+        with contextlib.suppress(ProcessLookupError):
+            node.proc.kill()
+        await self._reap(node)
+
+    async def stop_node(self, node: HallNode, timeout: float = 10.0) -> None:
+        """Stop one node cleanly (SIGTERM: it says offline and closes its outbox)."""
+        if node.daemon is not None:
+            await node.daemon.stop()
+            node.daemon = None
+        if node.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            node.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(node.proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("node %s did not stop within %.0f s; killing it", node.node_id, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                node.proc.kill()
+        await self._reap(node)
+
+    @staticmethod
+    async def _reap(node: HallNode) -> None:
+        if node.proc is not None:
+            await node.proc.wait()
+        if node._pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(node._pump, 5)
+        if node._log is not None:
+            node._log.close()
+        node.proc, node._pump, node._log = None, None, None
+
+    async def stop(self) -> None:
+        for handset in self.handsets:
+            await handset.close()
+        await asyncio.gather(*(self.stop_node(node) for node in self.nodes),
+                             return_exceptions=True)
+        if self.air is not None:
+            await self.air.close()
+
+    # -------------------------------------------------------------------- taps
+
     async def tap(self, handset: SimulatedHandset, node: HallNode, **kwargs: Any) -> TapReport:
         """``handset`` taps ``node``'s display, waiting its turn."""
         async with node.lock:
             return await handset.tap(node.nfc_device, **kwargs)
 
+    def outbox_depth(self) -> int:
+        """Events recorded by the nodes that the hub has not acked yet."""
+        from node.outbox import outbox_depth
+
+        return sum(outbox_depth(node.outbox_path) for node in self.nodes)
+
     async def drain(self, timeout: float) -> bool:
         """Wait until every node has finished the taps it saw and the hub acked its
         whole outbox; False on timeout."""
-        async def settle(node: HallNode) -> None:
-            await node.daemon.wait_idle()
-            await node.daemon.uplink.wait_drained()
+        if not self.processes:
+            async def settle(node: HallNode) -> None:
+                assert node.daemon is not None
+                await node.daemon.wait_idle()
+                await node.daemon.uplink.wait_drained()
 
-        try:
-            await asyncio.wait_for(asyncio.gather(*(settle(n) for n in self.nodes)), timeout)
-            return True
-        except TimeoutError:
-            return False
+            try:
+                await asyncio.wait_for(asyncio.gather(*(settle(n) for n in self.nodes)), timeout)
+                return True
+            except TimeoutError:
+                return False
+        # Separate processes: their outbox files are the truth. A tap's events are all
+        # recorded before the node's bye reaches the handset, so once the handsets are
+        # done an empty outbox everywhere means everything reached the hub.
+        deadline = time.monotonic() + timeout
+        while True:
+            depth = await asyncio.to_thread(self.outbox_depth)
+            if depth == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)  # polling a file another process writes
 
-    def outbox_depth(self) -> int:
-        return sum(n.daemon.outbox.depth() for n in self.nodes)
 
-    async def stop(self) -> None:
-        for handset in self.handsets:
-            await handset.close()
-        for node in self.nodes:
-            await node.daemon.stop()
-        if self.air is not None:
-            await self.air.close()
+def _tail(path: Path | None, lines: int = 8) -> str:
+    if path is None or not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

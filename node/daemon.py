@@ -30,6 +30,10 @@ from node.uplink import Uplink
 log = logging.getLogger(__name__)
 
 
+class NodeStartError(RuntimeError):
+    """The node cannot start serving: which radio or file, and what to do about it."""
+
+
 @dataclass
 class Counters:
     taps: int = 0
@@ -110,15 +114,27 @@ class NodeDaemon:
     # ---------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        """Open the radios and start the uplink. Raises NodeStartError naming the radio
+        that is missing (the uplink needs no broker to start: offline-first)."""
         loop = asyncio.get_running_loop()
-        await self.push.start()
+        try:
+            await self.push.start()
+        except ConnectionError as exc:
+            raise NodeStartError(f"BLE adapter {self.config.ble.adapter!r} is not available: "
+                                 f"{exc}. Check [ble] adapter in the node config") from None
         await self.uplink.start()
         nfc = self.config.nfc
         self.reader = NfcReader(nfc.device, nfc.poll_interval, self.auth.begin, loop,
                                 self._on_outcome, sens_res_timeout=nfc.sens_res_timeout,
                                 hold_off=nfc.hold_off)
-        # Opening a USB/serial reader can take a moment; keep the loop free meanwhile.
-        await asyncio.to_thread(self.reader.start)
+        try:
+            # Opening a USB/serial reader can take a moment; keep the loop free meanwhile.
+            await asyncio.to_thread(self.reader.start)
+        except (OSError, ValueError) as exc:
+            self.reader = None
+            raise NodeStartError(
+                f"NFC reader {nfc.device!r} cannot be opened ({exc}). Is it plugged in and "
+                "is [nfc] device right? `python -m nfc` lists the readers nfcpy finds") from None
         log.info("node %s serving taps on %s", self.node_id, nfc.device)
 
     async def stop(self) -> None:
@@ -137,6 +153,12 @@ class NodeDaemon:
         """Until every tap handed over so far is served and its events are recorded."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def describe(self) -> str:
+        """The one line `tapcast node run` prints when the node serves taps."""
+        c = self.config
+        return (f"node {self.node_id} ({c.node.zone}) serving taps: NFC {c.nfc.device}, "
+                f"BLE {c.ble.adapter}, MQTT {', '.join(c.mqtt.brokers)}")
 
     async def run_forever(self) -> None:
         await self.start()
@@ -231,3 +253,23 @@ class NodeDaemon:
         record.delivered.append(item.id)
         self._record(("delivery", {"handset_id": handset_id, "item_id": item.id,
                                    "kind": item.kind, "bytes": len(message.body.encode())}))
+
+
+async def run_until_signalled(daemon: NodeDaemon, announce: Callable[[str], None]) -> None:
+    """Run ``daemon`` until SIGTERM or SIGINT, then stop it cleanly (offline status
+    published, outbox closed). ``announce`` gets one line once taps are served. Raises
+    NodeStartError when a radio is missing (after releasing what was opened)."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+    except BaseException:
+        await daemon.stop()
+        raise
+    announce(daemon.describe())
+    await stop.wait()
+    await daemon.stop()

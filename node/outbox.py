@@ -138,3 +138,23 @@ class Outbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def outbox_depth(path: str | Path) -> int:
+    """Events waiting in the outbox file at ``path``, read from another process (the
+    virtual hall, an operator's shell) without taking the node's write lock. 0 when
+    the node has not created its outbox yet."""
+    import sqlite3
+
+    path = Path(path)
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return 0
+        raise
+    finally:
+        conn.close()

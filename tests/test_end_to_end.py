@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 async def hall(mosquitto: Mosquitto, running_hub: HubServer, tmp_path: Path) -> AsyncIterator[VirtualHall]:
-    h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=2, handsets=2, seed=7, hold_off=0.0)
+    h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=2, handsets=2, seed=7, hold_off=0.0,
+                    processes=False)
     await h.start()
     yield h
     await h.stop()
