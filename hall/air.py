@@ -69,6 +69,51 @@ class _LeLink(LocalLink):
 class AirController(Controller):
     """A virtual controller that cancels connects, resets, and dies like a real one."""
 
+    #: The central whose CONNECT_IND this advertiser accepted but has not processed yet,
+    #: and the advertiser (legacy or a set) it answered (see create_le_connection).
+    _reserved_for: hci.Address | None = None
+    _reserved_advertiser: Any = None
+
+    def _advertiser_for(self, address: hci.Address) -> Any:
+        """The enabled, unreserved advertiser using ``address``, or None."""
+        if self._reserved_for is not None:
+            return None
+        legacy = self.le_legacy_advertiser
+        if legacy.enabled and legacy.address == address:
+            return legacy
+        return next((s for s in self.advertising_sets.values()
+                     if s.enabled and s.address == address), None)
+
+    def create_le_connection(self, peer_address: hci.Address) -> None:
+        """Connect only if the peer still advertises connectable and no other central's
+        CONNECT_IND is on its way to it. Stock bumble reports the connection complete to
+        the central at once, even when the peer then ignores the CONNECT_IND (it stopped
+        advertising, or another central got there first), and the central then waits 30 s
+        on its first ATT request. A real link would fail to be established; here the
+        connect stays pending until the next advertisement or the connect timeout."""
+        pending = self.pending_le_connection
+        peer = self.link.find_le_controller(peer_address)
+        if pending is None or not isinstance(peer, AirController):
+            return
+        advertiser = peer._advertiser_for(peer_address)
+        if advertiser is None:
+            return
+        own_public = pending.own_address_type == hci.OwnAddressType.PUBLIC
+        peer._reserved_for = self.public_address if own_public else self.random_address
+        peer._reserved_advertiser = advertiser
+        super().create_le_connection(peer_address)
+
+    def on_le_connect_ind(self, packet: ll.ConnectInd) -> None:
+        reserved, self._reserved_for = self._reserved_for, None
+        advertiser, self._reserved_advertiser = self._reserved_advertiser, None
+        if reserved == packet.initiator_address and advertiser is not None \
+                and not advertiser.enabled:
+            # The central was promised this link when it sent CONNECT_IND; if the host
+            # disabled advertising meanwhile, the link still completes (as on air, the
+            # CONNECT_IND was sent before the disable took effect).
+            advertiser.enabled = True
+        super().on_le_connect_ind(packet)
+
     def on_hci_le_create_connection_cancel_command(
             self, command: hci.HCI_LE_Create_Connection_Cancel_Command,
     ) -> hci.HCI_StatusReturnParameters:
@@ -112,6 +157,8 @@ class AirController(Controller):
         self.advertising_sets.clear()
         self.le_scan_enable = False
         self.pending_le_connection = None
+        self._reserved_for = None
+        self._reserved_advertiser = None
 
 
 class _HostSink:

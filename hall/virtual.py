@@ -67,6 +67,7 @@ class HallNode:
     proc: asyncio.subprocess.Process | None = None  # processes=True
     log_path: Path | None = None
     started_in: float = 0.0  # seconds from spawn to serving taps
+    free_at: float = 0.0  # time.monotonic() when the reader polls again after a tap
     _log: IO[str] | None = field(default=None, repr=False)
     _pump: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -78,7 +79,7 @@ class HallNode:
 class VirtualHall:
     def __init__(self, workdir: Path, broker_url: str, *, nodes: int = 3, handsets: int = 5,
                  library: Path = LIBRARY, seed: int | None = None, hold_off: float = 0.2,
-                 processes: bool = True,
+                 processes: bool = True, node_verbosity: int = 0,
                  on_tap: Callable[[TapRecord], None] | None = None) -> None:
         if nodes < 1 or handsets < 1:
             raise ValueError("a hall needs at least one node and one handset")
@@ -92,6 +93,7 @@ class VirtualHall:
         self.rng = random.Random(seed)
         self.hold_off = hold_off
         self.processes = processes
+        self.node_verbosity = node_verbosity  # -v flags for node processes (their logs)
         self.on_tap = on_tap
         self.authority = HubAuthority.generate()
         self.nodes: list[HallNode] = []
@@ -153,7 +155,9 @@ class VirtualHall:
         node._log = node.log_path.open("a", encoding="utf-8")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         node.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "hall.cli", "node", "run", "--config", str(node.config_path),
+            sys.executable, "-m", "hall.cli", *(["-" + "v" * self.node_verbosity]
+                                                 if self.node_verbosity else []),
+            "node", "run", "--config", str(node.config_path),
             stdout=asyncio.subprocess.PIPE, stderr=node._log, env=env)
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         node._pump = asyncio.create_task(self._pump_output(node, ready))
@@ -226,9 +230,18 @@ class VirtualHall:
     # -------------------------------------------------------------------- taps
 
     async def tap(self, handset: SimulatedHandset, node: HallNode, **kwargs: Any) -> TapReport:
-        """``handset`` taps ``node``'s display, waiting its turn."""
+        """``handset`` taps ``node``'s display, waiting its turn: one phone at a reader at
+        a time, and the next one no sooner than the reader's hold-off after the last
+        (people take longer than that to swap phones; a reader in its hold-off would
+        count as latency that no real customer sees)."""
         async with node.lock:
-            return await handset.tap(node.nfc_device, **kwargs)
+            wait = node.free_at - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)  # the queue moves at people's pace
+            try:
+                return await handset.tap(node.nfc_device, **kwargs)
+            finally:
+                node.free_at = time.monotonic() + self.hold_off
 
     def outbox_depth(self) -> int:
         """Events recorded by the nodes that the hub has not acked yet."""

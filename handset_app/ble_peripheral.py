@@ -118,12 +118,28 @@ class BlePeripheral:
         return self._device
 
     # --------------------------------------------------------------------- window
+    async def end_session(self) -> None:
+        """When a new tap begins: the previous session is over. Stop advertising for it
+        and drop its link now, before the NFC exchange, because the node tapped next
+        starts connecting as soon as it has authenticated the phone, and a link that
+        arrives then must not be mistaken for the old one."""
+        self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
+        if self._window_task is not None:
+            self._window_task.cancel()
+            self._window_task = None
+        self._endpoint = None
+        stale = self.drop_link()
+        if stale is not None:
+            await stale
+        await asyncio.shield(self._stop_advertising_locked())
+
     async def open_window(self, session_key: bytes) -> None:
         """After a tap: take the new session key and advertise connectable for ``window``
         seconds, at ``advertising_interval_ms``."""
         device = self._require_device()
-        # A link left from the previous tap belongs to a dead session (other key): drop
-        # it, or this handset would never advertise for the new one.
+        # A link still left from the previous tap (end_session() was not called) belongs
+        # to a dead session (other key): drop it, or this handset would never advertise
+        # for the new one.
         self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
         stale = self.drop_link()
         if stale is not None:

@@ -68,6 +68,7 @@ class SimulatedHandset:
         After the catalogue arrives the customer asks for ``extra_requests`` items picked
         at random from it, or for exactly the ids in ``ask_for``. Returns when the node
         said bye, or on the first failure (report.error)."""
+        await self.peripheral.end_session()  # a new tap supersedes the last session
         report = TapReport(started=time.monotonic())
         card = HandsetCard(self.credentials, self.peripheral.address,
                            ble_address_type=self.peripheral.address_type, consent=self.consent)
@@ -88,11 +89,30 @@ class SimulatedHandset:
             report.error = f"ble: {type(exc).__name__}: {exc}"
         return report
 
+    async def _next_message(self, report: TapReport, timeout: float, wanted: list[str], *,
+                            after_bye: bool = False) -> ble.Message:
+        """The next message from the node; TimeoutError says what the phone waited for."""
+        try:
+            return await asyncio.wait_for(self.peripheral.messages.get(), timeout)
+        except TimeoutError:
+            if after_bye:
+                waiting = "the node's bye"
+            elif not self.peripheral.connected.is_set() and not report.items:
+                waiting = "the node to connect"
+            elif not report.items and not report.catalogue:
+                waiting = "the first item"
+            elif not report.catalogue:
+                waiting = "the catalogue"
+            else:
+                waiting = f"the requested item(s) {wanted}"
+            raise TimeoutError(f"no message from the node within {timeout:.1f} s "
+                               f"(waiting for {waiting})") from None
+
     async def _converse(self, report: TapReport, extra_requests: int,
                         ask_for: list[str] | None, timeout: float) -> None:
         wanted: list[str] = []
         while True:
-            message = await asyncio.wait_for(self.peripheral.messages.get(), timeout)
+            message = await self._next_message(report, timeout, wanted)
             if isinstance(message, ble.ContentItem):
                 if report.first_item_at is None:
                     report.first_item_at = time.monotonic()
@@ -116,7 +136,7 @@ class SimulatedHandset:
             if report.catalogue and not wanted:
                 await self.peripheral.send(ble.Bye("done"))
                 # the node answers with its own bye and disconnects
-                extra = await asyncio.wait_for(self.peripheral.messages.get(), timeout)
+                extra = await self._next_message(report, timeout, wanted, after_bye=True)
                 if not isinstance(extra, ble.Bye):
                     log.debug("%s: after bye got %s", self.handset_id, type(extra).__name__)
                 return

@@ -58,6 +58,7 @@ class PushSession:
         self._link_lost = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._closing = False
         self._send_lock = asyncio.Lock()  # one message in flight per direction (protocol rule)
 
     # ------------------------------------------------------------------- link
@@ -71,6 +72,10 @@ class PushSession:
         self._link_lost.set()
 
     async def _reconnect(self) -> None:
+        if self._closing:
+            # A bye is best effort: coming back only to say it would compete with the
+            # node the customer tapped next for the handset's advertising.
+            raise PushError(f"link to {self.client.address} lost while closing; no bye sent")
         if self.reconnects >= self.max_reconnects:
             raise PushError(f"link to {self.client.address} lost {self.reconnects} times; giving up")
         self.reconnects += 1
@@ -220,6 +225,7 @@ class PushSession:
         """Say bye (best effort) and disconnect."""
         if self._closed:
             return
+        self._closing = True
         try:
             if self.client.is_connected:
                 await self.send(Bye(reason))

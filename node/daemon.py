@@ -218,7 +218,10 @@ class NodeDaemon:
                     session_key: bytes, record: TapRecord) -> None:
         """Featured item first (what the display shows: the customer sees it at once),
         then the catalogue, then serve requests until bye or idle."""
+        t0 = time.perf_counter()
         push = await self.push.open(address, address_type, session_key)
+        log.info("push to %s (%s): connected in %.0f ms", handset_id, address,
+                 (time.perf_counter() - t0) * 1e3)
         try:
             featured = self.store.featured()
             if featured is not None:
@@ -245,6 +248,8 @@ class NodeDaemon:
         finally:
             record.first_content_at = push.first_content_at
             await push.close()
+            log.info("push to %s done: %d item(s) in %.0f ms", handset_id,
+                     len(record.delivered), (time.perf_counter() - t0) * 1e3)
 
     async def _deliver(self, push: Any, handset_id: str, item: Item, record: TapRecord) -> None:
         message = item_message(item)

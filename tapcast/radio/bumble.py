@@ -289,7 +289,8 @@ class BumbleBleakClient(BaseBleakClient):
 
     # ------------------------------------------------------------------ discovery
     async def _discover(self) -> None:
-        assert self._connection is not None
+        if self._connection is None:  # the peer left between connect and discovery
+            raise BleakError(f"link to {self._peer} lost before service discovery")
         client = self._connection.gatt_client
         collection = BleakGATTServiceCollection()
         for service in await client.discover_services():
