@@ -134,3 +134,31 @@ async def test_an_async_command_the_controller_lacks_is_answered_not_left_hangin
             connection_handle=1, all_phys=0, tx_phys=1, rx_phys=1, phy_options=0),
             check_result=True), 2.0)
     await adapter.close()
+
+
+async def test_two_nodes_racing_for_one_handset_one_connects_the_other_times_out_cleanly(
+        air: VirtualAir, handset: BlePeripheral) -> None:
+    """Stock bumble told both centrals they were connected; the loser then waited 30 s
+    on its first ATT request to a peer that had ignored its CONNECT_IND."""
+    key = os.urandom(32)
+    await handset.open_window(key)
+    first, second = air.local_adapter("node-1"), air.local_adapter("node-2")
+
+    async def try_connect(adapter: HciAdapter) -> object:
+        try:
+            return await open_session(handset.address, handset.address_type, key,
+                                      backend=BumbleBleakClient,
+                                      backend_kwargs={"hci_adapter": adapter},
+                                      connect_timeout=1.0)
+        except TimeoutError as exc:
+            return exc
+
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(try_connect(first), try_connect(second)), 5.0)
+    sessions = [o for o in outcomes if not isinstance(o, TimeoutError)]
+    assert len(sessions) == 1, outcomes
+    await sessions[0].send(Request(item_id="winner"))  # type: ignore[attr-defined]
+    assert await handset.messages.get() == Request(item_id="winner")
+    await sessions[0].close()  # type: ignore[attr-defined]
+    await first.close()
+    await second.close()
