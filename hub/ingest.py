@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from hub.config import HubConfig
-from tapcast.mqttclient import make_client, parse_broker_url
+from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
 from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, EventAck, NodeState,
                                    PayloadError, decode_batch, decode_state, decode_status,
                                    encode, events_ack_topic, parse_node_topic)
@@ -85,17 +86,24 @@ class Ingest:
         self._room = threading.Event()
         self._stopping = False
         self._writer: threading.Thread | None = None
+        #: Called on paho's thread as ``link_listener(up, reason)``: up=True once
+        #: subscribed, False when a connection attempt fails or the link is lost (it
+        #: keeps retrying either way). ``tapcast hub ingest`` prints these; keep it fast.
+        self.link_listener: Callable[[bool, str], None] | None = None
         broker = parse_broker_url(config.mqtt.broker)
         self._broker = broker
         self._client = make_client(
             config.mqtt.client_id, clean_session=False,
             username=config.mqtt.username or broker.username,
             password=config.mqtt.password or broker.password)
+        mq = config.mqtt
+        configure_tls(self._client, broker, TlsFiles(mq.ca_file, mq.cert_file, mq.key_file))
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_connect_fail = self._on_connect_fail
 
     # ------------------------------------------------------------- lifecycle
 
@@ -147,6 +155,7 @@ class Ingest:
                     reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             log.error("broker %s refused the hub: %s", self._broker, reason_code)
+            self._tell_link(False, f"refused: {reason_code}")
             return
         log.info("hub ingest connected to %s (session present: %s)", self._broker,
                  getattr(flags, "session_present", None))
@@ -164,12 +173,32 @@ class Ingest:
             self.counters.connects += 1
             self._cond.notify_all()
         self._ready.set()
+        self._tell_link(True, "subscribed")
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                        reason_code: Any, properties: Any) -> None:
         self._ready.clear()
-        if reason_code.is_failure:
+        if reason_code.is_failure and not self._stopping:
             log.warning("hub ingest lost the broker (%s); reconnecting", reason_code)
+            self._tell_link(False, "connection lost")
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        """paho calls this inside its ``except OSError`` around a (re)connect attempt, so
+        the exception being handled is the reason (refused, unknown host, timed out)."""
+        exc = sys.exception()
+        reason = (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                  if exc is not None else "connection failed")
+        log.debug("hub ingest cannot reach %s: %s", self._broker, reason)
+        self._tell_link(False, reason)
+
+    def _tell_link(self, up: bool, reason: str) -> None:
+        listener = self.link_listener
+        if listener is None:
+            return
+        try:
+            listener(up, reason)
+        except Exception:  # noqa: BLE001 - must not kill paho's loop
+            log.exception("hub ingest link listener failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Runs on paho's network thread: validate and queue, nothing slow. Never raises

@@ -45,11 +45,24 @@ class BleSection(msgspec.Struct, forbid_unknown_fields=True):
 
 class MqttSection(msgspec.Struct, forbid_unknown_fields=True):
     # Tried in order; the node moves to the next one when a broker is unreachable.
+    # mqtt://host[:1883] is plain TCP; mqtts://host[:8883] is TLS, and the broker must
+    # then present a certificate for that host signed by ca_file's CA.
     brokers: list[str] = msgspec.field(default_factory=lambda: ["mqtt://127.0.0.1:1883"])
+    # Per-node broker credentials (the broker's ACL keeps this user to its own topics).
+    # Keep the password out of a world-readable file: mode 0600, or the environment
+    # (TAPCAST_MQTT__PASSWORD). A user or password in a broker URL overrides these.
     username: str | None = None
     password: str | None = None
     keepalive: int = 30
     batch_size: int = 200
+    # TLS, for mqtts:// brokers only (tapcast.mqttclient.TlsFiles). Relative paths are
+    # taken from this config file's folder, as [keys] are. ca_file: PEM CA bundle that
+    # signed the broker's certificate ("" = the system's CA store). cert_file/key_file:
+    # a client certificate and its unencrypted key, only for a broker that requires one
+    # (key_file "" = the key is in cert_file).
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
 
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -93,7 +93,7 @@ class NodeDaemon:
         self.auth = NodeAuth(self.credentials, revoked=lambda: self.revoked)
         self.push = push if push is not None else BlePush.from_config(config.ble)
         self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, zone=config.node.zone,
-                             version=__version__, state_provider=self.state)
+                             version=__version__, state_provider=self.state, base_dir=base)
         self.on_tap = on_tap
         self.reader: NfcReader | None = None
         self._tasks: set[asyncio.Task[None]] = set()

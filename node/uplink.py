@@ -22,16 +22,19 @@ import collections
 import logging
 import random
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
 
 from node.outbox import Outbox
 from node.config import MqttSection
-from tapcast.mqttclient import make_client, parse_broker_url
+from tapcast.mqttclient import (TlsFiles, configure_tls, describe_tls_error, make_client,
+                                parse_broker_url, tls_close_hint, tls_context)
 from tapcast.protocol.mqtt import (OFFLINE, ONLINE, EventBatch, NodeState, PayloadError,
                                    decode_ack, encode, events_ack_topic, events_topic,
                                    state_topic, status_topic)
@@ -55,10 +58,14 @@ class Uplink:
                  state_provider: Callable[[], NodeState] | None = None,
                  heartbeat_interval: float = 30.0, ack_timeout: float = 10.0,
                  window: int = 16, backoff_min: float = 0.5, backoff_max: float = 30.0,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, base_dir: str | Path = ".") -> None:
         if not mqtt.brokers:
             raise ValueError("mqtt.brokers is empty: give at least one mqtt://host:port")
         self.brokers = [parse_broker_url(url) for url in mqtt.brokers]  # fail early on a bad URL
+        # TLS files for mqtts:// brokers, relative to base_dir (the config file's folder).
+        self.tls = TlsFiles(mqtt.ca_file, mqtt.cert_file, mqtt.key_file).resolved(base_dir)
+        if any(b.tls for b in self.brokers):
+            tls_context(self.tls)  # fail early (ValueError) on a missing or bad file
         if min(heartbeat_interval, ack_timeout, connect_timeout, backoff_min) <= 0:
             raise ValueError("heartbeat_interval, ack_timeout, connect_timeout and backoff_min "
                              "must be > 0 seconds")
@@ -218,8 +225,13 @@ class Uplink:
         self._lost.clear()
         self._connack = self._loop.create_future()
         try:
+            configure_tls(client, url, self.tls)  # re-reads the files: renewed certs apply
             await self._loop.run_in_executor(
                 None, client.connect, url.host, url.port, self.mqtt.keepalive)
+        except ssl.SSLError as exc:  # refused the broker's certificate, or the handshake failed
+            log.warning("uplink %s: %s", self.node_id, describe_tls_error(exc, url, self.tls))
+            self._client = None
+            return False
         except (OSError, ValueError) as exc:
             log.warning("uplink %s: cannot reach broker %s: %s", self.node_id, url, exc)
             self._client = None
@@ -239,8 +251,8 @@ class Uplink:
             log.warning("uplink %s: broker %s refused the connection: %s",
                         self.node_id, url, self._connack.result())
         elif self._lost.is_set():
-            log.warning("uplink %s: broker %s closed the connection before CONNACK",
-                        self.node_id, url)
+            log.warning("uplink %s: broker %s closed the connection before CONNACK%s",
+                        self.node_id, url, tls_close_hint(url, self.tls))
         elif not self._stop.is_set():
             log.warning("uplink %s: no CONNACK from %s within %ss",
                         self.node_id, url, self.connect_timeout)
@@ -411,9 +423,19 @@ class Uplink:
             else:
                 loop.call_soon_threadsafe(fn, *args)
 
+        def read() -> None:
+            client.loop_read()
+            # TLS: a record may hold more than loop_read consumed; what stays in the
+            # SSL buffer never makes the socket readable again, so read it now.
+            for _ in range(64):
+                sock = client.socket()
+                if not isinstance(sock, ssl.SSLSocket) or sock.pending() <= 0:
+                    break
+                client.loop_read()
+
         def add_reader(sock: socket.socket) -> None:
             if sock.fileno() != -1:
-                loop.add_reader(sock, client.loop_read)
+                loop.add_reader(sock, read)
 
         def add_writer(sock: socket.socket) -> None:
             if sock.fileno() != -1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,8 +45,10 @@ class KeysSection(msgspec.Struct, forbid_unknown_fields=True):
 # ------------------------------------------------------------------------ loading
 
 
-def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
+def _env_overrides(environ: dict[str, str] | os._Environ[str]
+                   ) -> dict[str, dict[str, tuple[Any, str]]]:
+    """{section: {key: (value read as TOML, raw text)}} from TAPCAST_<SECTION>__<KEY>."""
+    out: dict[str, dict[str, tuple[Any, str]]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX):]:
             continue
@@ -54,7 +57,7 @@ def _env_overrides(environ: dict[str, str] | os._Environ[str]) -> dict[str, dict
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        out.setdefault(section, {})[key] = value
+        out.setdefault(section, {})[key] = (value, raw)
     return out
 
 
@@ -75,13 +78,24 @@ def load(kind: type[T], path: str | Path | None = None, *,
     if data:
         for section, values in data.items():
             merged.setdefault(section, {}).update(values)
-    for section, values in _env_overrides(os.environ if environ is None else environ).items():
+    overrides = _env_overrides(os.environ if environ is None else environ)
+    for section, values in overrides.items():
         if isinstance(merged.get(section, {}), dict):
-            merged.setdefault(section, {}).update(values)
-    try:
-        return msgspec.convert(merged, kind)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+            merged.setdefault(section, {}).update({k: v for k, (v, _raw) in values.items()})
+    first_error: msgspec.ValidationError | None = None
+    for _attempt in range(1 + sum(len(v) for v in overrides.values())):
+        try:
+            return msgspec.convert(merged, kind)
+        except msgspec.ValidationError as exc:
+            first_error = first_error or exc
+            # TAPCAST_MQTT__PASSWORD=123456 reads as the integer 123456; where the
+            # setting is text, the override's raw text is what was meant.
+            found = re.search(r"at `\$\.(\w+)\.(\w+)`", str(exc))
+            value, raw = overrides.get(found[1], {}).get(found[2], ("", "")) if found else ("", "")
+            if not found or isinstance(value, str) or merged[found[1]][found[2]] == raw:
+                break
+            merged[found[1]][found[2]] = raw
+    raise ConfigError(f"{source}: {first_error}") from None
 
 
 def dump(config: Any) -> str:

@@ -56,3 +56,16 @@ def test_dump_round_trips_through_load(tmp_path: Path) -> None:
                                           "mqtt": {"brokers": ["mqtt://x:1"]}}, environ={})
     again = cfg.load(NodeConfig, write(tmp_path, cfg.dump(conf)), environ={})
     assert again == conf
+
+
+def test_an_env_override_that_looks_like_a_number_is_kept_as_text_for_a_text_setting() -> None:
+    conf = cfg.load(NodeConfig, data={"node": {"id": "n1"}},
+                    environ={"TAPCAST_MQTT__PASSWORD": "123456", "TAPCAST_MQTT__KEEPALIVE": "15"})
+    assert conf.mqtt.password == "123456"
+    assert conf.mqtt.keepalive == 15
+
+
+def test_an_env_override_of_the_wrong_type_still_says_which_key() -> None:
+    with pytest.raises(cfg.ConfigError, match="keepalive"):
+        cfg.load(NodeConfig, data={"node": {"id": "n1"}},
+                 environ={"TAPCAST_MQTT__KEEPALIVE": "soon"})
