@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-dev
 APT     = $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test bench system-deps clean
+.PHONY: demo test bench system-deps demo-deps clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { $(APT) update -q && $(APT) install -y -q python3.11 python3.11-venv; }
@@ -28,7 +28,13 @@ system-deps:
 	  $(APT) update -q && $(APT) install -y -q $$missing; \
 	fi
 
-demo: $(STAMP)
+# The demo runs a real Mosquitto when one is installed (amqtt is only its fallback).
+demo-deps:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "installing Debian's mosquitto for the demo"; \
+	  $(APT) update -q && $(APT) install -y -q mosquitto; }
+
+demo: $(STAMP) demo-deps
 	$(BIN)/tapcast demo $(ARGS)
 
 test: $(STAMP) system-deps

@@ -91,12 +91,19 @@ def keys_init_hub(directory: Path) -> None:
 @click.option("--id", "node_id", required=True)
 @click.option("--zone", required=True)
 @click.option("--days", default=365, show_default=True, help="certificate lifetime")
-def keys_node(hub_dir: Path, out: Path, node_id: str, zone: str, days: int) -> None:
+@click.option("--force", is_flag=True, help="replace an existing node key (the old one stops working)")
+def keys_node(hub_dir: Path, out: Path, node_id: str, zone: str, days: int, force: bool) -> None:
     """Generate a node key and a hub-signed node certificate."""
     import time
 
+    from tapcast.config import KeysSection
     from tapcast.keys import HubAuthority, KeyFileError, write_node_credentials
 
+    existing = out / KeysSection().node_key
+    if existing.exists() and not force:
+        raise click.ClickException(
+            f"{existing} exists: this node already has a key. Pass --force to replace it "
+            "(its current certificate then no longer matches), or choose another --out")
     try:
         write_node_credentials(out, HubAuthority.load(hub_dir), node_id, zone,
                                time.time() + days * 86400)
@@ -126,53 +133,99 @@ def keys_handset(hub_dir: Path, out: Path, handset_id: str, days: int) -> None:
 
 @main.group()
 def hub() -> None:
-    """The hub: MQTT ingest, operator pages, JSON API."""
+    """The hub: web (gunicorn workers), MQTT ingest, or both on one box."""
 
 
-@hub.command("serve")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="hub.toml; embedded defaults when omitted")
-def hub_serve(config_path: Path | None) -> None:
-    """Run the hub web server and MQTT ingest until Ctrl-C."""
-    from hub import serve
+from typing import TYPE_CHECKING  # noqa: E402 - kept within the hub section of this file
+
+if TYPE_CHECKING:  # hub modules load only when a hub command runs (they need Flask)
+    from hub.config import HubConfig
+
+_HUB_CONFIG_OPTION = click.option(
+    "--config", "config_path", type=click.Path(path_type=Path), default=None,
+    help="hub.toml; embedded defaults when omitted")
+_HUB_WORKERS_OPTION = click.option(
+    "--workers", type=int, default=None, help="gunicorn worker processes (default: [hub] workers)")
+
+
+def _hub_config(config_path: Path | None) -> HubConfig:
     from hub.config import HubConfig
     from tapcast import config as cfg
 
     try:
-        conf = cfg.load(HubConfig, config_path)
+        return cfg.load(HubConfig, config_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    try:
-        server = serve(conf)
-    except OSError as exc:
-        raise click.ClickException(f"cannot serve on {conf.hub.host}:{conf.hub.port}: {exc}") from None
-    click.echo(f"hub on {server.url}, MQTT ingest from {conf.mqtt.broker} (Ctrl-C stops)")
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
+
+
+@hub.command("web")
+@_HUB_CONFIG_OPTION
+@_HUB_WORKERS_OPTION
+def hub_web(config_path: Path | None, workers: int | None) -> None:
+    """Serve the operator page and /api/v1 with gunicorn workers (no MQTT). Prints
+    "hub web on URL (N workers)" when it listens; SIGTERM or Ctrl-C stops it."""
+    from hub.run import run_web
+
+    run_web(_hub_config(config_path), workers=workers)
+
+
+@hub.command("ingest")
+@_HUB_CONFIG_OPTION
+def hub_ingest(config_path: Path | None) -> None:
+    """Store what nodes publish over MQTT and ack it; run exactly one per MQTT client
+    id. Prints "hub ingest subscribed at ..." when subscribed, and keeps retrying while
+    the broker is away; SIGTERM or Ctrl-C stops it after storing what it queued."""
+    from hub.run import run_ingest
+
+    run_ingest(_hub_config(config_path))
+
+
+@hub.command("serve")
+@_HUB_CONFIG_OPTION
+@_HUB_WORKERS_OPTION
+def hub_serve(config_path: Path | None, workers: int | None) -> None:
+    """Web and ingest together, for one box (what `hub web` plus `hub ingest` do).
+    SIGTERM or Ctrl-C stops both."""
+    from hub.run import run_serve
+
+    run_serve(_hub_config(config_path), workers=workers)
+
+
+@hub.command("init-db")
+@_HUB_CONFIG_OPTION
+def hub_init_db(config_path: Path | None) -> None:
+    """Create the hub database (the web and ingest also create it when missing)."""
+    from hub.run import open_database
+
+    db = open_database(_hub_config(config_path))
+    db.close()
+    click.echo(f"hub database ready: {db.path.resolve()}")
 
 
 @main.command()
-@click.option("--nodes", default=3, show_default=True, help="Simulated nodes (hall displays).")
+@click.option("--nodes", default=3, show_default=True, help="Simulated nodes (hall displays), each its own process.")
 @click.option("--handsets", default=5, show_default=True, help="Simulated handsets tapping.")
 @click.option("--duration", default=30.0, show_default=True, help="Seconds to run (Ctrl-C stops early).")
-@click.option("--broker", default=None, help="mqtt://host:port of a real broker; embedded amqtt when omitted.")
+@click.option("--broker", default=None,
+              help="mqtt://host:port of a running broker, or 'embedded' for the embedded "
+                   "amqtt broker; by default the demo starts Mosquitto (amqtt when Mosquitto "
+                   "is not installed).")
 @click.option("--hub-port", default=8080, show_default=True, help="Hub web port (0 picks a free one).")
+@click.option("--keep-hub", is_flag=True, help="Keep the hub (and its page) up after the run until Ctrl-C.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True)
 @click.option("--seed", default=None, type=int, help="Random seed for reproducible tapping.")
 def demo(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
-         workdir: Path, seed: int | None) -> None:
+         keep_hub: bool, workdir: Path, seed: int | None) -> None:
     """The whole system on one machine without radios: the virtual hall."""
-    from hall.demo import run_demo
+    from hall.demo import DemoError, run_demo
 
     try:
         summary = run_demo(nodes=nodes, handsets=handsets, duration=duration, broker=broker,
-                           hub_port=hub_port, workdir=workdir, seed=seed)
-    except (ConfigError, OSError, ValueError, RuntimeError) as exc:
+                           hub_port=hub_port, workdir=workdir, seed=seed, keep_hub=keep_hub)
+    except (DemoError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc.filename or workdir}: {exc.strerror or exc}") from None
     sys.exit(0 if summary.ok else 1)
 
 

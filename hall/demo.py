@@ -1,24 +1,35 @@
 """`tapcast demo`: broker, hub, a virtual hall, and handsets tapping at random displays.
 
-Shows a live line (taps, authenticated, items delivered, failures, events stored at the
-hub) and ends, on --duration or Ctrl-C, with a summary. The run is "ok" when taps were
-served and every event the nodes recorded reached the hub.
+Processes as in production: a broker (Mosquitto when installed, else the embedded
+amqtt one, or the one given with --broker), `tapcast hub web` and `tapcast hub ingest`,
+and one `tapcast node run` per node; this process hosts the virtual BLE air and the
+crowd of simulated handsets. Shows a live line (taps, authenticated, items delivered,
+failures, events stored at the hub) and ends, on --duration or Ctrl-C, with a summary.
+The run is "ok" only when taps were served, none failed, and every event the nodes
+recorded reached the hub.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import re
 import signal
+import socket
 import statistics
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from hub.config import HubConfig
 from tapcast import config as cfg
-from hall.virtual import VirtualHall
+from tapcast.mqttclient import parse_broker_url
+
 from hall.testing.mosquitto import free_port
 
 if TYPE_CHECKING:
@@ -27,6 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 15.0
+#: --broker value that asks for the embedded amqtt broker even when Mosquitto is there.
+EMBEDDED = "embedded"
+HUB_START_TIMEOUT = 30.0
+
+
+class DemoError(RuntimeError):
+    """The demo cannot run; the message names the cause and what to do."""
 
 
 @dataclass
@@ -42,10 +60,13 @@ class Summary:
     hub_events: int = 0
     undelivered_events: int = 0
     hub_url: str = ""
+    broker: str = ""
+    nodes_up_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.taps > 0 and self.authenticated > 0 and self.undelivered_events == 0
+        return (self.taps > 0 and self.authenticated > 0 and self.failures == 0
+                and self.undelivered_events == 0)
 
     def add(self, report: TapReport) -> None:
         self.taps += 1
@@ -74,72 +95,233 @@ class Summary:
             f"Demo summary ({self.duration:.1f} s)",
             f"  taps            {self.taps} ({self.authenticated} authenticated, {self.failures} failed)",
             f"  items delivered {self.items}",
-            f"  tap -> authenticated   p50 {pct(self.auth_ms, 50)}   p99 {pct(self.auth_ms, 99)}",
-            f"  tap -> first item      p50 {pct(self.item_ms, 50)}   p99 {pct(self.item_ms, 99)}",
+            f"  tap -> authenticated   p50 {pct(self.auth_ms, 50)}   p99 {pct(self.auth_ms, 99)}"
+            f"   (n={len(self.auth_ms)})",
+            f"  tap -> first item      p50 {pct(self.item_ms, 50)}   p99 {pct(self.item_ms, 99)}"
+            f"   (n={len(self.item_ms)})",
             f"  events stored at hub   {self.hub_events}"
             + ("" if not self.undelivered_events else
-               f"   NOT YET DELIVERED: {self.undelivered_events} (still in node outboxes)"),
+               f"   NOT DELIVERED: {self.undelivered_events} (still in node outboxes)"),
         ]
         for reason, count in sorted(self.errors.items(), key=lambda kv: -kv[1]):
             lines.append(f"  failure x{count}: {reason}")
-        lines.append("  result: " + ("ok" if self.ok else "NOT OK"))
+        if self.ok:
+            lines.append("  result: ok")
+        else:
+            why = []
+            if self.taps == 0 or self.authenticated == 0:
+                why.append("no tap was served")
+            if self.failures:
+                why.append(f"{self.failures} tap(s) failed")
+            if self.undelivered_events:
+                why.append(f"{self.undelivered_events} event(s) did not reach the hub")
+            lines.append("  result: NOT OK (" + "; ".join(why) + ")")
         return "\n".join(lines)
 
 
-def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
-             hub_port: int, workdir: Path, seed: int | None) -> Summary:
-    """Run the whole system; blocking. Returns the summary (also printed)."""
-    from hub import get_ingest, serve
-    from hub.config import HubConfig
-    from hall.embedded_broker import EmbeddedBroker
+# ------------------------------------------------------------------- the broker
 
+
+def _check_broker(url: str, timeout: float = 2.0) -> None:
+    try:
+        broker = parse_broker_url(url)
+    except ValueError as exc:
+        raise DemoError(f"--broker: {exc}") from None
+    try:
+        socket.create_connection((broker.host, broker.port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise DemoError(f"cannot reach the MQTT broker at {url} ({reason}): start it, or omit "
+                        "--broker to let the demo run its own") from None
+
+
+def _start_broker(workdir: Path, *, embedded: bool = False) -> tuple[str, Any]:
+    """Mosquitto when installed (as in production), else (or when asked) the embedded
+    amqtt broker."""
+    from hall.testing.mosquitto import Mosquitto, find_mosquitto
+
+    try:
+        if embedded:
+            raise RuntimeError("asked for the embedded broker")
+        find_mosquitto()
+    except RuntimeError:
+        from hall.embedded_broker import EmbeddedBroker
+
+        if not embedded:
+            print("Mosquitto is not installed: using the embedded amqtt broker instead "
+                  "(`make demo` installs Debian's mosquitto)", flush=True)
+        amqtt = EmbeddedBroker(free_port())
+        amqtt.start()
+        return amqtt.url, amqtt
+    broker = Mosquitto(workdir / "broker")
+    broker.start()
+    return broker.url, broker
+
+
+# ---------------------------------------------------------------------- the hub
+
+
+class HubProcesses:
+    """`tapcast hub web` and `tapcast hub ingest`, each its own process, as deployed."""
+
+    def __init__(self, workdir: Path, broker: str, port: int) -> None:
+        self.dir = workdir / "hub"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_path = self.dir / "hub.toml"
+        conf = cfg.load(HubConfig, data={
+            "hub": {"database": str(self.dir / "hub.db"), "port": port},
+            "mqtt": {"broker": broker}}, environ={})
+        self.config_path.write_text(cfg.dump(conf))
+        self.port = port
+        self.url = ""
+        self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self._logs: list[Any] = []
+        self._pumps: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.port:
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", self.port))
+                except OSError as exc:
+                    raise DemoError(f"cannot serve the hub on port {self.port} ({exc.strerror}):"
+                                    " pass --hub-port 0 to take any free port") from None
+        # The ingest first: it creates and migrates the database the web workers read.
+        ingest_line = await self._spawn("ingest", "hub ingest subscribed")
+        web_line = await self._spawn("web", "hub web")
+        found = re.search(r"https?://\S+", web_line)
+        self.url = found.group(0).rstrip(".,)") if found else f"http://127.0.0.1:{self.port}"
+        log.info("%s / %s", ingest_line, web_line)
+
+    async def _spawn(self, what: str, ready_prefix: str) -> str:
+        log_file = (self.dir / f"{what}.log").open("a", encoding="utf-8")
+        self._logs.append(log_file)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hall.cli", "hub", what, "--config", str(self.config_path),
+            stdout=asyncio.subprocess.PIPE, stderr=log_file,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.procs[what] = proc
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        async def pump() -> None:
+            assert proc.stdout is not None
+            async for raw in proc.stdout:
+                line = raw.decode(errors="replace")
+                log_file.write(line)
+                log_file.flush()
+                if not ready.done() and line.startswith(ready_prefix):
+                    ready.set_result(line.strip())
+            if not ready.done():
+                ready.set_exception(DemoError(
+                    f"`tapcast hub {what}` exited with code {await proc.wait()}; see "
+                    f"{self.dir / (what + '.log')}: {_last_line(self.dir / (what + '.log'))}"))
+
+        self._pumps.append(asyncio.create_task(pump()))
+        try:
+            return await asyncio.wait_for(ready, HUB_START_TIMEOUT)
+        except TimeoutError:
+            raise DemoError(f"`tapcast hub {what}` did not start within {HUB_START_TIMEOUT:.0f} s;"
+                            f" see {self.dir / (what + '.log')}") from None
+
+    def stored_events(self) -> int | None:
+        """Events stored at the hub, from its API (None when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/stats", timeout=2) as response:
+                return int(json.load(response)["events"]["total"])
+        except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
+            return None
+
+    async def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for what, proc in self.procs.items():
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                log.warning("hub %s did not stop; killing it", what)
+                proc.kill()
+                await proc.wait()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        for log_file in self._logs:
+            log_file.close()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+# --------------------------------------------------------------------- the run
+
+
+def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
+             hub_port: int, workdir: Path, seed: int | None,
+             keep_hub: bool = False) -> Summary:
+    """Run the whole system; blocking. Returns the summary (also printed). Raises
+    DemoError with one line naming the cause when it cannot run."""
+    if nodes < 1 or handsets < 1:
+        raise DemoError("--nodes and --handsets must be at least 1")
     workdir = Path(workdir) / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
-    embedded = None
-    if broker is None:
-        embedded = EmbeddedBroker(free_port())
-        embedded.start()
-        broker = embedded.url
-    hub_conf = cfg.load(HubConfig, data={
-        "hub": {"database": str(workdir / "hub" / "hub.db"), "port": hub_port},
-        "mqtt": {"broker": broker}}, environ={})
-    (workdir / "hub").mkdir(exist_ok=True)
-    try:
-        hub = serve(hub_conf, wait_ingest=10.0)
-    except OSError as exc:
-        if embedded:
-            embedded.stop()
-        raise OSError(f"cannot serve the hub on port {hub_port} ({exc.strerror}): "
-                      "pass --hub-port 0 to take any free port") from None
-    except BaseException:
-        if embedded:
-            embedded.stop()
-        raise
-    summary = Summary(hub_url=hub.url)
-    print(f"Tapcast demo: {nodes} nodes, {handsets} handsets, {duration:.0f} s, broker {broker}\n"
-          f"hub: {hub.url}  (API: {hub.url}/api/v1/nodes)   files: {workdir}\n"
-          "Ctrl-C stops early.", flush=True)
-    ingest = get_ingest(hub.app)
-    try:
-        asyncio.run(_run_hall(workdir, broker, nodes, handsets, duration, seed, summary,
-                              lambda: ingest.counters.stored if ingest else 0))
-    finally:
-        hub.shutdown()
-        if embedded:
-            embedded.stop()
-    print(summary.render(), flush=True)
-    return summary
+    return asyncio.run(_run(nodes, handsets, duration, broker, hub_port, workdir, seed, keep_hub))
 
 
-async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, duration: float,
-                    seed: int | None, summary: Summary, hub_stored: Callable[[], int]) -> None:
+async def _run(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
+               workdir: Path, seed: int | None, keep_hub: bool) -> Summary:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    owned_broker: Any = None
+    if broker is not None and broker != EMBEDDED:
+        _check_broker(broker)
+    else:
+        broker, owned_broker = _start_broker(workdir, embedded=broker == EMBEDDED)
+    hub = HubProcesses(workdir, broker, hub_port)
+    summary = Summary(broker=broker)
+    try:
+        await hub.start()
+        summary.hub_url = hub.url
+        print(f"Tapcast demo: {nodes} nodes, {handsets} handsets, {duration:.0f} s, broker {broker}\n"
+              f"hub: {hub.url}  (API: {hub.url}/api/v1/nodes)   files: {workdir}\n"
+              "Ctrl-C stops early.", flush=True)
+        await _run_hall(workdir, broker, nodes, handsets, duration, seed, summary, hub, stop)
+        print(summary.render(), flush=True)
+        if keep_hub and not stop.is_set():
+            print(f"hub still up at {hub.url} (--keep-hub); Ctrl-C stops it", flush=True)
+            await stop.wait()
+        elif keep_hub:
+            print(f"hub still up at {hub.url} (--keep-hub); Ctrl-C again stops it", flush=True)
+            stop.clear()
+            await stop.wait()
+    finally:
+        await hub.stop()
+        if owned_broker is not None:
+            owned_broker.stop()
+    return summary
+
+
+async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, duration: float,
+                    seed: int | None, summary: Summary, hub: HubProcesses,
+                    stop: asyncio.Event) -> None:
+    from hall.virtual import NodeProcessError, VirtualHall
+
     hall = VirtualHall(workdir, broker, nodes=nodes, handsets=handsets, seed=seed)
+    t0 = time.monotonic()
+    try:
+        await hall.start()
+    except NodeProcessError as exc:
+        await hall.stop()
+        raise DemoError(str(exc)) from None
+    summary.nodes_up_s = time.monotonic() - t0
+    slowest = max(n.started_in for n in hall.nodes)
+    print(f"{nodes} node processes serving taps after {summary.nodes_up_s:.1f} s "
+          f"(slowest {slowest:.1f} s)", flush=True)
     started = time.monotonic()
-    await hall.start()
     tty = sys.stderr.isatty()
 
     async def customer(handset: SimulatedHandset) -> None:
@@ -151,11 +333,16 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
             except TimeoutError:
                 pass
 
+    async def refresh_hub_count() -> None:
+        stored = await asyncio.to_thread(hub.stored_events)
+        if stored is not None:
+            summary.hub_events = stored
+
     async def show() -> None:
         last_plain = 0.0
         while not stop.is_set():
             elapsed = time.monotonic() - started
-            summary.hub_events = hub_stored()
+            await refresh_hub_count()
             if tty:
                 sys.stderr.write("\r" + summary.live_line(elapsed, duration) + "   ")
                 sys.stderr.flush()
@@ -165,7 +352,7 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
             if elapsed >= duration:
                 stop.set()
             try:
-                await asyncio.wait_for(stop.wait(), 0.25)
+                await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
                 pass
 
@@ -176,8 +363,8 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
         print(f"stopping; waiting up to {DRAIN_TIMEOUT:.0f} s for node outboxes to reach the hub",
               flush=True)
         await hall.drain(DRAIN_TIMEOUT)
-        summary.undelivered_events = hall.outbox_depth()
     finally:
         summary.duration = time.monotonic() - started
         await hall.stop()
-        summary.hub_events = hub_stored()
+        summary.undelivered_events = await asyncio.to_thread(hall.outbox_depth)
+        await refresh_hub_count()

@@ -42,13 +42,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
+import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import msgspec
 import sqlite_utils
@@ -118,6 +121,10 @@ class QueryError(ValueError):
     """A query parameter is wrong; the message says what to fix."""
 
 
+class StorageError(RuntimeError):
+    """The hub database cannot be used; the message says which and why, in one line."""
+
+
 class RawBatch(NamedTuple):
     """One node's EventBatch as received, already validated by decode_batch."""
 
@@ -134,13 +141,66 @@ class BatchResult:
 
 
 def open_db(url: str) -> "HubDB":
-    """Open the hub database named by ``HubConfig.hub.database``: a SQLite path, or
-    (later) a postgresql:// URL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        raise NotImplementedError(
-            "PostgreSQL storage is not built yet: set hub.database to a SQLite file path "
-            "(see hub/db.py for the seam)")
-    return HubDB(url)
+    """Open the hub database named by ``HubConfig.hub.database``: a SQLite file path
+    (PostgreSQL is the next step, see the module docstring). Raises StorageError, whose
+    message names the setting, the path and the OS's reason, so ``tapcast hub`` can
+    print it as one line."""
+    if "://" in url:
+        shown = _without_password(url)
+        if url.startswith(("postgresql://", "postgres://", "postgresql+")):
+            raise StorageError(
+                f"[hub] database {shown!r}: PostgreSQL is not supported yet; set it to a "
+                "SQLite file path such as var/hub/hub.db")
+        raise StorageError(f"[hub] database {shown!r}: expected a SQLite file path such "
+                           "as var/hub/hub.db, not a URL")
+    if url in ("", ":memory:"):
+        raise StorageError(f"[hub] database {url!r}: give a SQLite file path (the hub's "
+                           "processes share the file)")
+    path = Path(url)
+    _check_writable(path)
+    try:
+        return HubDB(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StorageError(f"hub database {path}: cannot open it: {_reason(exc)}") from exc
+
+
+def _check_writable(path: Path) -> None:
+    """SQLite alone says "unable to open database file" for every cause; find the cause
+    first: a folder that cannot be created, a folder or file that is not writable."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"hub database {path}: cannot create its folder {folder}: "
+                           f"{_reason(exc)}") from exc
+    # SQLite writes the -wal and -shm files next to the database: the folder must take
+    # new files even when the database itself exists.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tapcast-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise StorageError(f"hub database {path}: its folder {folder} is not writable: "
+                           f"{_reason(exc)}") from exc
+    if path.exists():
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError as exc:
+            raise StorageError(f"hub database {path}: cannot open it for writing: "
+                               f"{_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 class HubDB:
@@ -154,11 +214,36 @@ class HubDB:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        db = self.db
-        if db.journal_mode != "wal":
-            db.enable_wal()
-        db.conn.executescript(_SCHEMA)
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self._initialise(self.db.conn)
+
+    @staticmethod
+    def _initialise(conn: sqlite3.Connection, timeout: float = 30.0) -> None:
+        """WAL mode and the schema. Several processes may open a new file at once (`hub
+        ingest` and `hub web`'s workers): a statement that reads then writes gets
+        "database is locked" at once when another connection writes (SQLite refuses
+        the lock upgrade rather than deadlock; no busy timeout applies). So the schema
+        goes in one transaction that takes the write lock first (BEGIN IMMEDIATE waits),
+        and the switch to WAL, which needs the file to itself, is retried."""
+        deadline = time.monotonic() + timeout
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        while mode != "wal":
+            try:
+                mode = conn.execute("PRAGMA journal_mode = wal").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+                continue
+            if mode != "wal":  # the file system cannot do it; readers will wait on writes
+                log.warning("hub database stays in %s journal mode (no WAL)", mode)
+                break
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\n"
+                               f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
 
     # ------------------------------------------------------------ connections
 

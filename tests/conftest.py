@@ -5,9 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hub import HubServer, serve
-from hub.config import HubConfig
-from tapcast import config as cfg
+from hall.testing.hub import HubServer, hub_config, serve
 from hall.testing.mosquitto import Mosquitto
 
 
@@ -22,10 +20,8 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def running_hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
-    """The hub (web + MQTT ingest into a fresh SQLite file) on a free port."""
-    conf = cfg.load(HubConfig, data={
-        "hub": {"database": str(tmp_path / "hub.db"), "port": 0},
-        "mqtt": {"broker": mosquitto.url}}, environ={})
-    server = serve(conf, wait_ingest=10.0)
+    """The hub in this process (web + MQTT ingest into a fresh SQLite file) on a free
+    port; ``get_db(running_hub.app)`` and ``get_ingest(running_hub.app)`` look inside."""
+    server = serve(hub_config(tmp_path / "hub.db", mosquitto.url), wait_ingest=10.0)
     yield server
     server.shutdown()

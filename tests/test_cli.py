@@ -30,7 +30,8 @@ def test_node_run_without_key_files_says_what_is_missing(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
-    """Embedded amqtt broker, hub, 2 nodes, 2 handsets, as `make demo` runs it."""
+    """Mosquitto, hub web + hub ingest processes, 2 node processes, 2 handsets, as
+    `make demo` runs it."""
     proc = subprocess.run(
         [sys.executable, "-m", "hall.cli", "demo", "--nodes", "2", "--handsets", "2",
          "--duration", "4", "--hub-port", "0", "--workdir", str(tmp_path), "--seed", "3"],
@@ -38,6 +39,8 @@ def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "result: ok" in proc.stdout
     assert "hub: http://127.0.0.1:" in proc.stdout
+    assert "2 node processes serving taps" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
     taps = int(proc.stdout.split("taps")[-1].split()[0])
     assert taps >= 4
 
@@ -55,3 +58,121 @@ def test_keys_commands_provision_a_node_that_loads(tmp_path: Path) -> None:
     assert (creds.node_id, creds.zone) == ("n1", "lobby")
     again = runner.invoke(main, ["keys", "init-hub", "--dir", str(tmp_path / "hub")])
     assert again.exit_code == 1 and "refusing" in again.output
+
+
+def test_keys_node_refuses_to_overwrite_an_existing_node_key(tmp_path: Path) -> None:
+    runner = CliRunner()
+    runner.invoke(main, ["keys", "init-hub", "--dir", str(tmp_path / "hub")])
+    args = ["keys", "node", "--hub-dir", str(tmp_path / "hub"), "--out", str(tmp_path / "n1"),
+            "--id", "n1", "--zone", "lobby"]
+    assert runner.invoke(main, args).exit_code == 0
+    key = (tmp_path / "n1" / "node.key").read_bytes()
+    again = runner.invoke(main, args)
+    assert again.exit_code == 1
+    assert "already has a key" in again.output and "--force" in again.output
+    assert (tmp_path / "n1" / "node.key").read_bytes() == key
+    assert runner.invoke(main, args + ["--force"]).exit_code == 0
+    assert (tmp_path / "n1" / "node.key").read_bytes() != key
+
+
+def provisioned_node(tmp_path: Path, **sections: dict[str, object]) -> Path:
+    runner = CliRunner()
+    runner.invoke(main, ["keys", "init-hub", "--dir", str(tmp_path / "hub")])
+    runner.invoke(main, ["keys", "node", "--hub-dir", str(tmp_path / "hub"), "--out",
+                         str(tmp_path / "n1"), "--id", "n1", "--zone", "lobby"])
+    from node.config import NodeConfig
+    from tapcast import config as cfg
+    conf = cfg.load(NodeConfig, data={"node": {"id": "n1", "zone": "lobby"},
+                                      "mqtt": {"brokers": ["mqtt://127.0.0.1:1"]},
+                                      **sections}, environ={})
+    path = tmp_path / "n1" / "node.toml"
+    path.write_text(cfg.dump(conf))
+    return path
+
+
+def test_node_run_with_a_missing_nfc_reader_says_so_in_one_line(tmp_path: Path) -> None:
+    path = provisioned_node(tmp_path, nfc={"device": "tty:NO_SUCH_TTY:pn532"})
+    proc = subprocess.run([sys.executable, "-m", "hall.cli", "node", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    assert "NFC reader 'tty:NO_SUCH_TTY:pn532' cannot be opened" in errors[0]
+    assert "[nfc] device" in errors[0]
+
+
+def test_demo_with_an_unreachable_broker_names_the_broker(tmp_path: Path) -> None:
+    from hall.testing.mosquitto import free_port
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(main, ["demo", "--broker", url, "--hub-port", "0",
+                                       "--workdir", str(tmp_path), "--duration", "1"])
+    assert result.exit_code == 1
+    assert f"cannot reach the MQTT broker at {url}" in result.output
+    assert "port" not in result.output.split(url)[0]  # not blamed on the hub's port
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_demo_summary_is_not_ok_when_a_tap_failed() -> None:
+    from hall.demo import Summary
+    from handset_app.sim import TapReport
+
+    summary = Summary()
+    summary.add(TapReport(started=0.0, authenticated=0.01, first_item_at=0.05, items=["a"]))
+    assert summary.ok
+    summary.add(TapReport(started=1.0, authenticated=1.01, error="ble: TimeoutError: no ack"))
+    assert not summary.ok
+    assert "result: NOT OK (1 tap(s) failed)" in summary.render()
+
+
+def test_demo_summary_is_not_ok_when_an_event_did_not_reach_the_hub() -> None:
+    from hall.demo import Summary
+    from handset_app.sim import TapReport
+
+    summary = Summary(undelivered_events=3)
+    summary.add(TapReport(started=0.0, authenticated=0.01, first_item_at=0.05, items=["a"]))
+    assert not summary.ok
+    assert "3 event(s) did not reach the hub" in summary.render()
+
+
+@pytest.mark.slow
+def test_demo_on_the_embedded_broker_with_five_nodes_shows_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hall.cli", "demo", "--broker", "embedded", "--nodes", "5",
+         "--handsets", "3", "--duration", "4", "--hub-port", "0", "--workdir", str(tmp_path),
+         "--seed", "5"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "result: ok" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_demo_keep_hub_keeps_the_hub_up_until_ctrl_c(tmp_path: Path) -> None:
+    import re
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hall.cli", "demo", "--nodes", "1", "--handsets", "1",
+         "--duration", "2", "--hub-port", "0", "--keep-hub", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        url = ""
+        for line in proc.stdout:
+            if line.startswith("hub still up at"):
+                url = re.search(r"http://\S+", line).group(0)  # type: ignore[union-attr]
+                break
+        assert url, "the demo never said the hub stays up"
+        with urllib.request.urlopen(f"{url}/api/v1/stats", timeout=5) as response:
+            assert response.status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    try:
+        urllib.request.urlopen(f"{url}/api/v1/stats", timeout=2)
+        raise AssertionError("the hub is still up after Ctrl-C")
+    except OSError:
+        pass

@@ -13,7 +13,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from handset_app.sim import SimulatedHandset
-from hub import HubServer, get_db, get_ingest
+from hall.testing.hub import HubServer
+from hub import get_db, get_ingest
 from hall.virtual import VirtualHall
 from tapcast.keys import HubAuthority, make_handset_credentials
 from tapcast.mqttclient import make_client

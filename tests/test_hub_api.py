@@ -23,7 +23,7 @@ def ev(seq: int, kind: str = "tap", **data: object) -> Event:
 def app(tmp_path: Path) -> Iterator[Flask]:
     config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db"),
                                            "stale_after": 60.0}}, environ={})
-    app = create_app(config, start_ingest=False)
+    app = create_app(config)
     db = get_db(app)
     now = time.time()
     db.write_batch(
@@ -165,7 +165,7 @@ def test_serve_runs_ingest_and_api_until_shutdown(mosquitto, tmp_path: Path) -> 
     import json
     import urllib.request
 
-    from hub import serve
+    from hall.testing.hub import serve
     from tapcast.mqttclient import make_client
     from tapcast.protocol.mqtt import EventBatch, encode, events_topic
 
@@ -197,7 +197,7 @@ def test_served_requests_do_not_leak_database_connections(tmp_path: Path) -> Non
     import os
     import urllib.request
 
-    from hub import serve
+    from hall.testing.hub import serve
 
     db_path = tmp_path / "leak.db"
     config = load(HubConfig, data={"hub": {"database": str(db_path), "port": 0}}, environ={})
@@ -219,15 +219,3 @@ def test_served_requests_do_not_leak_database_connections(tmp_path: Path) -> Non
         assert open_fds() <= before + 3  # at most one connection (db, wal, shm) left over
     finally:
         hub.shutdown()
-
-
-@pytest.mark.parametrize("command,starts", [("run", True), ("init-db", False)])
-def test_flask_cli_starts_the_ingest_only_for_run(monkeypatch: pytest.MonkeyPatch,
-                                                  command: str, starts: bool) -> None:
-    import click
-
-    from hub import _loaded_for_flask_cli_command
-
-    monkeypatch.setenv("FLASK_RUN_FROM_CLI", "true")
-    with click.Context(click.Command(command), info_name=command):
-        assert _loaded_for_flask_cli_command() is not starts

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub import HubServer
+from hall.testing.hub import HubServer
 from hall.virtual import VirtualHall
 from hall.testing.mosquitto import Mosquitto
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hub.db import HubDB, QueryError, RawBatch, open_db
+from hub.db import HubDB, QueryError, RawBatch, StorageError, open_db
 from tapcast.protocol.mqtt import Event, EventBatch, NodeState, encode
 
 
@@ -177,8 +177,23 @@ def test_bad_listing_arguments_raise_query_error(db: HubDB, kwargs: dict, messag
 
 
 def test_postgresql_url_is_refused_with_a_clear_message() -> None:
-    with pytest.raises(NotImplementedError, match="PostgreSQL storage is not built"):
-        open_db("postgresql://hub@db/tapcast")
+    with pytest.raises(StorageError, match="PostgreSQL is not supported yet; set it to a "
+                                           "SQLite file path") as refused:
+        open_db("postgresql://hub:secret@db/tapcast")
+    assert "secret" not in str(refused.value)
+
+
+def test_database_folder_that_cannot_be_created_names_path_and_reason(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StorageError, match=r"cannot create its folder .*file/sub: "
+                                           r"Not a directory"):
+        open_db(str(tmp_path / "file" / "sub" / "hub.db"))
+
+
+def test_database_that_is_not_sqlite_names_the_path(tmp_path: Path) -> None:
+    (tmp_path / "hub.db").write_text("not a database, " * 100)
+    with pytest.raises(StorageError, match=r"hub\.db: cannot open it: file is not a database"):
+        open_db(str(tmp_path / "hub.db"))
 
 
 def test_memory_database_is_refused_because_threads_share_the_file() -> None:
@@ -194,3 +209,30 @@ def test_reopening_keeps_data(tmp_path: Path) -> None:
     assert again.count_events() == 1 and again.acked_seq("n1") == 1
     again.close()
     assert sqlite3.connect(tmp_path / "hub.db").execute("PRAGMA user_version").fetchone() == (1,)
+
+
+def _open_at_once(path: str, barrier: object, results: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    try:
+        open_db(path).close()
+        results.put("ok")  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(exc).__name__}: {exc}")  # type: ignore[attr-defined]
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """`hub ingest` and `hub web`'s workers may create the file together (first boot)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(8):
+        path = str(tmp_path / f"new-{attempt}.db")
+        barrier, results = ctx.Barrier(5), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(path, barrier, results))
+                 for _ in range(5)]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        assert outcomes == ["ok"] * 5

@@ -19,7 +19,7 @@ from tapcast.protocol.mqtt import Event, NodeState
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
     config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db")}}, environ={})
-    app = create_app(config, start_ingest=False)
+    app = create_app(config)
     yield app
     get_db(app).close()
 

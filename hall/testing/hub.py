@@ -1,0 +1,175 @@
+"""The hub for tests: in one process (fast, inspectable) or as the deployed processes.
+
+* ``serve(config, wait_ingest=...)`` / ``HubServer``: web app on werkzeug's threaded
+  server plus the MQTT ingest, in this process; ``server.app`` gives
+  ``hub.get_db`` / ``hub.get_ingest``. For tests that look inside the hub.
+* ``hub_config(...)`` and ``HubProcess``: ``tapcast hub web|ingest|serve`` as real
+  processes, waited for by their ready line. For tests of what is deployed.
+
+Never what ``tapcast hub web`` or ``tapcast hub serve`` run.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from hub.config import HubConfig
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from hub import attach_ingest, close_app, create_app, get_db
+from hub.ingest import Ingest
+from tapcast import config as cfg
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HubServer", "serve", "hub_config", "HubProcess"]
+
+__all__ = ["HubServer", "serve"]
+
+
+class HubServer:
+    """A running in-process hub (threaded WSGI server + ingest) that another thread can
+    stop."""
+
+    def __init__(self, app: Flask, server: BaseWSGIServer) -> None:
+        self.app = app
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="hub-http",
+                                        daemon=True)
+        self._thread.start()
+        self._stopped = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._server.host}:{self._server.server_port}"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until shutdown() was called (True) or the timeout passed (False)."""
+        return self._stopped.wait(timeout)
+
+    def shutdown(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._server.shutdown()
+        self._thread.join(10)
+        self._server.server_close()
+        close_app(self.app)
+        self._stopped.set()
+
+
+def serve(config: HubConfig, *, start_ingest: bool = True,
+          wait_ingest: float | None = None) -> HubServer:
+    """Start the hub on config.hub.host/port (port 0: any free port) in a background
+    thread; returns at once. ``wait_ingest``: also wait that long for the MQTT
+    subscription (TimeoutError otherwise). ``start_ingest=False``: web part only."""
+    app = create_app(config)
+    try:
+        if start_ingest:
+            ingest = Ingest(config, get_db(app))
+            attach_ingest(app, ingest)  # close_app stops it, even if start fails
+            ingest.start(wait=wait_ingest)
+        server = make_server(config.hub.host, config.hub.port, app, threaded=True)
+    except BaseException:
+        close_app(app)
+        raise
+    hub = HubServer(app, server)
+    log.info("in-process hub serving on %s", hub.url)
+    return hub
+
+
+def hub_config(database: Path | str, broker: str, *, port: int = 0, **hub: Any) -> HubConfig:
+    """A hub config for a test: this database, this broker, a free port by default, no
+    ``TAPCAST_*`` environment overrides."""
+    return cfg.load(HubConfig, data={"hub": {"database": str(database), "port": port, **hub},
+                                     "mqtt": {"broker": broker}}, environ={})
+
+
+class HubProcess:
+    """One ``tapcast hub <command>`` child process with its output collected line by
+    line (stdout and stderr), so a test can wait for a line without sleeping."""
+
+    def __init__(self, command: str, config_path: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hall.cli", "hub", command, "--config", str(config_path),
+             *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._lines: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._closed = 0  # output streams that reached their end
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, name, sink), daemon=True)
+            for stream, name, sink in ((self.proc.stdout, "stdout", self.stdout),
+                                       (self.proc.stderr, "stderr", self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream: Any, name: str, sink: list[str]) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+            self._lines.put((name, line.rstrip("\n")))
+        self._lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_line(self, contains: str, timeout: float = 15.0, *,
+                  stream: str = "stdout") -> str:
+        """The first line (seen so far or next) on ``stream`` containing ``contains``;
+        AssertionError with the output so far if the process ends or time runs out."""
+        seen = self.stdout if stream == "stdout" else self.stderr
+        for line in list(seen):
+            if contains in line:
+                return line
+        deadline = time.monotonic() + timeout
+        while self._closed < len(self._readers):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                item = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if item is None:
+                self._closed += 1
+            elif item[0] == stream and contains in item[1]:
+                return item[1]
+        raise AssertionError(f"`tapcast hub {self.command}` printed no line with "
+                             f"{contains!r}; exit code {self.proc.poll()}\n"
+                             f"stdout: {self.stdout}\nstderr: {self.stderr}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Signal the process and wait for it; its exit code (killed after ``timeout``)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"`tapcast hub {self.command}` did not stop on "
+                                     f"{signal.Signals(sig).name} within {timeout}s")
+        for reader in self._readers:
+            reader.join(5)
+        return self.proc.returncode
+
+    def __enter__(self) -> "HubProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
