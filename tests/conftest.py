@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from hall.testing.hub import HubServer, hub_config, serve
+from hall.air import VirtualAir
 from hall.testing.mosquitto import Mosquitto
 
 
@@ -25,3 +26,11 @@ def running_hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
     server = serve(hub_config(tmp_path / "hub.db", mosquitto.url), wait_ingest=10.0)
     yield server
     server.shutdown()
+
+
+@pytest.fixture
+async def air() -> AsyncIterator[VirtualAir]:
+    """The virtual BLE air, in the test's event loop (bumble needs the running loop)."""
+    air = VirtualAir()
+    yield air
+    await air.close()

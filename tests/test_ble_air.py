@@ -22,13 +22,6 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-async def air() -> AsyncIterator[VirtualAir]:
-    air = VirtualAir()
-    yield air
-    await air.close()
-
-
-@pytest.fixture
 async def handset(air: VirtualAir) -> AsyncIterator[BlePeripheral]:
     handset = BlePeripheral(air.local_adapter("handset"), window=10.0)
     await handset.start()

@@ -31,13 +31,6 @@ def item(size: int) -> ContentItem:
 
 
 @pytest.fixture
-async def air() -> AsyncIterator[VirtualAir]:
-    air = VirtualAir()
-    yield air
-    await air.close()
-
-
-@pytest.fixture
 async def radio(air: VirtualAir) -> AsyncIterator[HciAdapter]:
     """The node's adapter: one central for the whole test, as on a Pi."""
     adapter = air.local_adapter("node")

@@ -1,10 +1,8 @@
 """Hub ingest against a real Mosquitto: batches stored once and acked, bad input dropped."""
 from __future__ import annotations
 
-import queue
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +12,9 @@ from hub.db import HubDB
 from hub.ingest import Ingest
 from hub.config import HubConfig
 from tapcast.config import load
-from tapcast.mqttclient import make_client, parse_broker_url
-from tapcast.protocol.mqtt import (Event, EventBatch, NodeState, decode_ack, encode,
+from tapcast.protocol.mqtt import (Event, EventBatch, NodeState, encode,
                                    events_topic, state_topic, status_topic)
+from hall.testing.mqtt import NodePublisher
 from hall.testing.mosquitto import Mosquitto
 
 TIMEOUT = 10.0
@@ -28,34 +26,6 @@ def _event(seq: int, kind: str = "tap", **data: object) -> Event:
 
 def _batch(node_id: str, seqs: range | list[int]) -> bytes:
     return encode(EventBatch(node_id=node_id, events=[_event(s) for s in seqs]))
-
-
-class Publisher:
-    """A paho test client standing in for nodes: publishes and collects acks per node."""
-
-    def __init__(self, url: str) -> None:
-        self.acks: dict[str, queue.Queue[int]] = defaultdict(queue.Queue)
-        broker = parse_broker_url(url)
-        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}")
-        subscribed = queue.Queue[bool]()
-        self.client.on_message = lambda c, u, m: self.acks[m.topic.split("/")[3]].put(
-            decode_ack(m.payload).seq)
-        self.client.on_subscribe = lambda *a: subscribed.put(True)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        self.client.subscribe("tapcast/v1/node/+/events/ack", qos=1)
-        subscribed.get(timeout=TIMEOUT)
-
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(TIMEOUT)
-
-    def ack_for(self, node_id: str, seq: int) -> None:
-        """The next ack the hub sends ``node_id`` must name exactly ``seq``."""
-        assert self.acks[node_id].get(timeout=TIMEOUT) == seq
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -81,14 +51,14 @@ def ingest(hub_config: HubConfig, db: HubDB) -> Iterator[Ingest]:
 
 
 @pytest.fixture
-def pub(mosquitto: Mosquitto) -> Iterator[Publisher]:
-    p = Publisher(mosquitto.url)
+def pub(mosquitto: Mosquitto) -> Iterator[NodePublisher]:
+    p = NodePublisher(mosquitto.url)
     yield p
     p.close()
 
 
 def test_published_batch_is_stored_and_acked_with_its_last_seq(
-        ingest: Ingest, pub: Publisher, db: HubDB) -> None:
+        ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
     pub.publish(events_topic("n1"), _batch("n1", range(1, 51)))
     pub.ack_for("n1", 50)
     assert db.count_events() == 50
@@ -96,7 +66,7 @@ def test_published_batch_is_stored_and_acked_with_its_last_seq(
 
 
 def test_resent_batch_is_not_stored_twice_but_acked_again(
-        ingest: Ingest, pub: Publisher, db: HubDB) -> None:
+        ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
     pub.publish(events_topic("n1"), _batch("n1", range(1, 11)))
     pub.ack_for("n1", 10)
     pub.publish(events_topic("n1"), _batch("n1", range(1, 11)))
@@ -106,7 +76,7 @@ def test_resent_batch_is_not_stored_twice_but_acked_again(
 
 
 def test_ack_stops_at_a_gap_until_the_missing_batch_arrives(
-        ingest: Ingest, pub: Publisher) -> None:
+        ingest: Ingest, pub: NodePublisher) -> None:
     pub.publish(events_topic("n1"), _batch("n1", range(1, 6)))
     pub.ack_for("n1", 5)
     pub.publish(events_topic("n1"), _batch("n1", range(8, 11)))
@@ -115,7 +85,7 @@ def test_ack_stops_at_a_gap_until_the_missing_batch_arrives(
     pub.ack_for("n1", 10)
 
 
-def test_each_node_gets_its_own_ack(ingest: Ingest, pub: Publisher) -> None:
+def test_each_node_gets_its_own_ack(ingest: Ingest, pub: NodePublisher) -> None:
     pub.publish(events_topic("a"), _batch("a", range(1, 4)))
     pub.publish(events_topic("b"), _batch("b", range(1, 8)))
     pub.ack_for("a", 3)
@@ -130,7 +100,7 @@ def test_each_node_gets_its_own_ack(ingest: Ingest, pub: Publisher) -> None:
     (status_topic("n1"), b"maybe", "unknown status"),
 ])
 def test_malformed_message_is_counted_and_ingest_keeps_storing(
-        ingest: Ingest, pub: Publisher, db: HubDB, topic: str, payload: bytes,
+        ingest: Ingest, pub: NodePublisher, db: HubDB, topic: str, payload: bytes,
         why: str) -> None:
     pub.publish(topic, payload)
     assert ingest.wait_for(lambda c: c.malformed == 1, TIMEOUT), why
@@ -140,14 +110,14 @@ def test_malformed_message_is_counted_and_ingest_keeps_storing(
 
 
 def test_message_on_an_unexpected_topic_under_the_subscription_is_malformed(
-        ingest: Ingest, pub: Publisher) -> None:
+        ingest: Ingest, pub: NodePublisher) -> None:
     # "bad id!" fails the node id pattern; the '+' wildcard still delivers it.
     pub.publish("tapcast/v1/node/bad id!/events", _batch("n1", [1]))
     assert ingest.wait_for(lambda c: c.malformed == 1, TIMEOUT)
 
 
 def test_status_and_state_update_the_node_row(
-        ingest: Ingest, pub: Publisher, db: HubDB) -> None:
+        ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
     now = time.time()
     state = NodeState(node_id="n1", ts=now, version="1.2.3", zone="hall-a", uptime=5.0,
                       outbox_depth=7)
@@ -166,7 +136,7 @@ def test_status_and_state_update_the_node_row(
 
 
 def test_retained_state_from_long_ago_does_not_make_a_node_look_alive(
-        hub_config: HubConfig, db: HubDB, pub: Publisher) -> None:
+        hub_config: HubConfig, db: HubDB, pub: NodePublisher) -> None:
     old = NodeState(node_id="n1", ts=1_000.0, version="1", zone="z", uptime=1.0,
                     outbox_depth=0)
     pub.publish(status_topic("n1"), b"online", retain=True)
@@ -185,12 +155,12 @@ def test_retained_state_from_long_ago_does_not_make_a_node_look_alive(
 
 
 def test_ingest_reconnects_and_keeps_storing_after_broker_restart(
-        ingest: Ingest, pub: Publisher, mosquitto: Mosquitto, db: HubDB) -> None:
+        ingest: Ingest, pub: NodePublisher, mosquitto: Mosquitto, db: HubDB) -> None:
     pub.publish(events_topic("n1"), _batch("n1", [1]))
     pub.ack_for("n1", 1)
     mosquitto.restart()
     assert ingest.wait_for(lambda c: c.connects == 2, TIMEOUT), "ingest did not reconnect"
-    again = Publisher(mosquitto.url)
+    again = NodePublisher(mosquitto.url)
     try:
         again.publish(events_topic("n1"), _batch("n1", [2, 3]))
         again.ack_for("n1", 3)
@@ -200,7 +170,7 @@ def test_ingest_reconnects_and_keeps_storing_after_broker_restart(
 
 
 def test_stop_stores_what_was_already_queued(
-        hub_config: HubConfig, db: HubDB, pub: Publisher) -> None:
+        hub_config: HubConfig, db: HubDB, pub: NodePublisher) -> None:
     running = Ingest(hub_config, db)
     running.start(wait=TIMEOUT)
     pub.publish(events_topic("n1"), _batch("n1", range(1, 101)))

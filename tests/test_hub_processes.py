@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -13,7 +12,6 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,10 @@ from typing import Any
 import pytest
 
 from hall.testing.hub import HubProcess, hub_config
+from hall.testing.mqtt import NodePublisher
 from hall.testing.mosquitto import Mosquitto, free_port
 from tapcast import config as cfg
-from tapcast.mqttclient import make_client, parse_broker_url
-from tapcast.protocol.mqtt import Event, EventBatch, decode_ack, encode, events_topic
+from tapcast.protocol.mqtt import Event, EventBatch, encode
 
 pytestmark = pytest.mark.slow
 
@@ -44,38 +42,6 @@ def batch(node_id: str, seqs: range) -> bytes:
     return encode(EventBatch(node_id=node_id, events=[
         Event(id=uuid.uuid4().hex, seq=s, kind="tap", ts=1_700_000_000.0 + s,
               data={"handset_id": "h1"}) for s in seqs]))
-
-
-class Node:
-    """Publishes event batches as a node's uplink does and collects the hub's acks."""
-
-    def __init__(self, broker_url: str) -> None:
-        broker = parse_broker_url(broker_url)
-        self.acks: dict[str, queue.Queue[int]] = defaultdict(queue.Queue)
-        self.client = make_client(f"test-node-{uuid.uuid4().hex[:8]}")
-        subscribed: queue.Queue[bool] = queue.Queue()
-        self.client.on_message = lambda c, u, m: self.acks[m.topic.split("/")[3]].put(
-            decode_ack(m.payload).seq)
-        self.client.on_subscribe = lambda *a: subscribed.put(True)
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        self.client.subscribe("tapcast/v1/node/+/events/ack", qos=1)
-        subscribed.get(timeout=TIMEOUT)
-
-    def publish(self, node_id: str, payload: bytes) -> None:
-        self.client.publish(events_topic(node_id), payload, qos=1).wait_for_publish(TIMEOUT)
-
-    def wait_acked(self, node_id: str, seq: int) -> None:
-        """Until the hub acks ``seq`` (acks only grow; Empty after TIMEOUT)."""
-        deadline = time.monotonic() + TIMEOUT
-        acked = 0
-        while acked < seq:
-            acked = self.acks[node_id].get(timeout=max(0.0, deadline - time.monotonic()))
-        assert acked == seq
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def get(url: str) -> tuple[Any, dict[str, str]]:
@@ -134,12 +100,12 @@ def test_web_workers_and_one_ingest_store_each_event_once(
         assert ready.endswith("(3 workers)")
         url = ready.split()[3]
 
-        node = Node(mosquitto.url)
+        node = NodePublisher(mosquitto.url, timeout=TIMEOUT)
         try:
             for node_id in ("n1", "n2"):
                 for first in range(1, 41, 10):
-                    node.publish(node_id, batch(node_id, range(first, first + 10)))
-                node.publish(node_id, batch(node_id, range(11, 31)))  # re-sent: duplicates
+                    node.publish_events(node_id, batch(node_id, range(first, first + 10)))
+                node.publish_events(node_id, batch(node_id, range(11, 31)))  # re-sent: duplicates
             for node_id in ("n1", "n2"):
                 node.wait_acked(node_id, 40)
         finally:
@@ -214,9 +180,9 @@ def test_ingest_says_it_cannot_reach_the_broker_keeps_retrying_and_survives_a_re
             ingest.wait_line(f"lost the MQTT broker at {broker.url}")
             ingest.wait_line("subscribed at mqtt://127.0.0.1:{} as 'tapcast-hub' again"
                              .format(broker.port))
-            node = Node(broker.url)
+            node = NodePublisher(broker.url, timeout=TIMEOUT)
             try:
-                node.publish("n1", batch("n1", range(1, 4)))
+                node.publish_events("n1", batch("n1", range(1, 4)))
                 node.wait_acked("n1", 3)
             finally:
                 node.close()
@@ -232,9 +198,9 @@ def test_serve_runs_web_and_ingest_and_stops_both(mosquitto: Mosquitto, tmp_path
     with HubProcess("serve", config, "--workers", "1") as hub:
         hub.wait_line("hub ingest subscribed at")
         url = hub.wait_line("hub web on http://").split()[3]
-        node = Node(mosquitto.url)
+        node = NodePublisher(mosquitto.url, timeout=TIMEOUT)
         try:
-            node.publish("n1", batch("n1", range(1, 6)))
+            node.publish_events("n1", batch("n1", range(1, 6)))
             node.wait_acked("n1", 5)
         finally:
             node.close()
