@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-dev
 APT     = $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test bench system-deps demo-deps clean
+.PHONY: demo test bench system-deps demo-deps bench-deps clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { $(APT) update -q && $(APT) install -y -q python3.11 python3.11-venv; }
@@ -40,8 +40,14 @@ demo: $(STAMP) demo-deps
 test: $(STAMP) system-deps
 	$(BIN)/pytest -q
 
-bench: $(STAMP) system-deps
-	$(BIN)/python -m benchmarks.run
+# The ingest floor is fed by C publishers (mosquitto_pub from mosquitto-clients).
+bench-deps:
+	@command -v mosquitto_pub >/dev/null || { \
+	  echo "installing Debian's mosquitto-clients for the benchmarks"; \
+	  $(APT) update -q && $(APT) install -y -q mosquitto-clients; }
+
+bench: $(STAMP) system-deps bench-deps
+	$(BIN)/python -m benchmarks.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

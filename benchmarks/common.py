@@ -1,15 +1,22 @@
 """Shared by the benchmarks: percentiles, a live progress line, result records.
 
 Every result is reported as a ratio to a floor measured in the same run on the same
-machine, so numbers from a loaded laptop and a quiet CI box can be compared.
+machine, so numbers from a loaded laptop and a quiet CI box can be compared. A
+percentile is reported with its sample count and a bootstrap confidence interval
+(DESIGN.md, "Benchmarks"): a p99 of 30 samples says little, and the interval shows it.
 """
 from __future__ import annotations
 
+import functools
+import heapq
 import json
+import math
 import platform
+import random
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +31,67 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def _fast_percentile(values: list[float], q: int) -> float:
+    """``percentile(values, q)`` from the two order statistics it interpolates, found
+    with a heap instead of a full sort: the bootstrap takes 1000 of these."""
+    m = len(values) - 1
+    j, delta = divmod(q * m, 100)  # statistics.quantiles' "inclusive" method
+    if q >= 50:
+        top = heapq.nlargest(len(values) - j, values)
+        low, high = top[-1], top[-2]
+    else:
+        bottom = heapq.nsmallest(j + 2, values)
+        low, high = bottom[j], bottom[j + 1]
+    return (low * (100 - delta) + high * delta) / 100
+
+
+def bootstrap_ci(samples: Sequence[float],
+                 stat: int | Callable[[list[float]], float] = 99, n: int = 1000,
+                 confidence: float = 0.95, seed: int | None = 0) -> tuple[float, float]:
+    """(low, high): a percentile-bootstrap confidence interval for ``stat`` of the
+    population ``samples`` came from. ``stat`` is a percentile (1..99, interpolated as
+    :func:`percentile`) or a function of a list. ``n`` resamples; a fixed ``seed`` makes
+    the interval reproducible (None: a fresh one each call).
+
+    Why: a tail percentile from a few hundred samples moves a lot from run to run; the
+    interval says how much, so a ratio is not read as more exact than it is."""
+    values = list(samples)
+    if len(values) < 2:
+        raise ValueError(f"need at least 2 samples for a bootstrap, got {len(values)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
+    if n < 1:
+        raise ValueError(f"need at least 1 resample, got {n}")
+    if isinstance(stat, int):
+        if not 1 <= stat <= 99:
+            raise ValueError(f"percentile must be 1..99, got {stat}")
+        func: Callable[[list[float]], float] = functools.partial(_fast_percentile, q=stat)
+    else:
+        func = stat
+    rng = random.Random(seed)
+    k = len(values)
+    stats = sorted(func(rng.choices(values, k=k)) for _ in range(n))
+    alpha = (1 - confidence) / 2
+    low = stats[max(0, math.floor(alpha * n))]
+    high = stats[min(n - 1, math.ceil((1 - alpha) * n) - 1)]
+    return low, high
+
+
+def sample_stats(samples: Sequence[float], q: int = 99, *, scale: float = 1.0,
+                 prefix: str = "", seed: int | None = 0) -> dict[str, Any]:
+    """The ``extra`` keys a percentile row carries: ``{prefix}n`` (sample count) and
+    ``{prefix}ci95`` (bootstrap 95% interval of the q-th percentile, times ``scale``).
+    ``prefix="floor_"`` for the floor's samples; :func:`table` shows both."""
+    low, high = bootstrap_ci(samples, q, seed=seed)
+    return {f"{prefix}n": len(samples), f"{prefix}ci95": (low * scale, high * scale)}
+
+
 @dataclass
 class Result:
+    """One figure. ``extra`` may carry ``n`` / ``floor_n`` (sample counts) and ``ci95``
+    / ``floor_ci95`` ((low, high) of a percentile, in ``unit``): :func:`table` shows
+    them next to the value and the floor (see :func:`sample_stats`)."""
+
     name: str
     unit: str
     value: float
@@ -77,10 +143,23 @@ def save(results: list[Result], name: str) -> Path:
     return path
 
 
+def _stats_note(extra: dict[str, Any], prefix: str) -> str:
+    parts = []
+    if f"{prefix}n" in extra:
+        parts.append(f"n={extra[f'{prefix}n']}")
+    if f"{prefix}ci95" in extra:
+        low, high = extra[f"{prefix}ci95"]
+        parts.append(f"95% CI {low:.2f}-{high:.2f}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def table(results: list[Result]) -> str:
+    """Markdown rows for docs/performance.md; a row's sample count and confidence
+    interval (``extra``: n, ci95, floor_n, floor_ci95) follow its value and floor."""
     rows = ["| measure | value | floor (same run) | ratio | target |", "|---|---|---|---|---|"]
     for r in results:
-        floor = f"{r.floor:.2f} {r.unit}" if r.floor else "-"
+        value = f"{r.value:.2f} {r.unit}{_stats_note(r.extra, '')}"
+        floor = f"{r.floor:.2f} {r.unit}{_stats_note(r.extra, 'floor_')}" if r.floor else "-"
         ratio = f"{r.ratio:.2f}" if r.ratio else "-"
-        rows.append(f"| {r.name} | {r.value:.2f} {r.unit} | {floor} | {ratio} | {r.target} |")
+        rows.append(f"| {r.name} | {value} | {floor} | {ratio} | {r.target} |")
     return "\n".join(rows)
