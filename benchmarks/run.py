@@ -1,14 +1,14 @@
 """Run every benchmark and print one table (markdown) for docs/performance.md.
 
-    make bench                      # all, default sizes
-    .venv/bin/python -m benchmarks.run --quick
+    make bench                      # all, default sizes (about 8 minutes)
+    make bench ARGS=--quick         # a smoke run (about 2 minutes)
 """
 from __future__ import annotations
 
 import argparse
 import logging
 
-from benchmarks import bench_ingest, bench_tap
+from benchmarks import bench_ingest, bench_load, bench_tap
 from benchmarks.common import save, table
 
 
@@ -19,11 +19,10 @@ def main() -> None:
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)  # nfcpy sets its logger to INFO on import
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    taps = ["--taps", "30"] if args.quick else []
-    events = ["--events", "20000"] if args.quick else []
-    results = bench_tap.main(taps)
-    results += bench_ingest.main(events + ["--batch", "5"])
-    results += bench_ingest.main(events + ["--batch", "200"])
+    quick = args.quick
+    results = bench_tap.main(["--taps", "40", "--blocks", "2"] if quick else [])
+    results += bench_load.main(["--duration", "10", "--floor-taps", "30"] if quick else [])
+    results += bench_ingest.main(["--quick"] if quick else [])
     path = save(results, "latest")
     print(table(results))
     print(f"\n(raw results: {path})")

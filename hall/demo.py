@@ -161,6 +161,19 @@ def _start_broker(workdir: Path, *, embedded: bool = False) -> tuple[str, Any]:
 # ---------------------------------------------------------------------- the hub
 
 
+def check_hub_port(port: int) -> None:
+    """DemoError naming the fix when the hub's web server could not bind ``port``.
+    Binds as gunicorn does (SO_REUSEADDR), so the connections of a demo that just ended,
+    still in TIME_WAIT, do not count as taken: running the demo twice in a row works."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DemoError(f"cannot serve the hub on port {port} ({exc.strerror}):"
+                            " pass --hub-port 0 to take any free port") from None
+
+
 class HubProcesses:
     """`tapcast hub web` and `tapcast hub ingest`, each its own process, as deployed."""
 
@@ -180,12 +193,7 @@ class HubProcesses:
 
     async def start(self) -> None:
         if self.port:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", self.port))
-                except OSError as exc:
-                    raise DemoError(f"cannot serve the hub on port {self.port} ({exc.strerror}):"
-                                    " pass --hub-port 0 to take any free port") from None
+            check_hub_port(self.port)
         # The ingest first: it creates and migrates the database the web workers read.
         ingest_line = await self._spawn("ingest", "hub ingest subscribed")
         web_line = await self._spawn("web", "hub web")

@@ -23,9 +23,10 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -33,8 +34,6 @@ from typing import IO, TYPE_CHECKING, Any
 from node.config import NodeConfig
 from tapcast import config as cfg
 from tapcast.keys import HubAuthority, make_handset_credentials, write_node_credentials
-
-from hall.testing.mosquitto import free_port
 
 if TYPE_CHECKING:  # the hall wires the parts together; it imports them only when it runs
     from handset_app.sim import SimulatedHandset, TapReport
@@ -49,6 +48,38 @@ CERT_LIFETIME = 30 * 24 * 3600.0
 #: What `tapcast node run` prints once it serves taps (the hall waits for it).
 READY_PREFIX = "node "
 NODE_START_TIMEOUT = 30.0
+
+
+#: Where the hall's NFC ports come from when the kernel's ephemeral range starts above it.
+NFC_PORTS_FROM = 20000
+
+
+def free_nfc_port(taken: Collection[int] = ()) -> int:
+    """A free UDP port for a virtual NFC reader, outside the kernel's ephemeral range.
+
+    Why: with nfcpy's udp driver a tap is the handset binding the node's port, and every
+    reader re-creates its socket each poll cycle (about 40 ms), taking a fresh ephemeral
+    port. A node port picked from the ephemeral range is sooner or later held for a poll
+    cycle by another node's reader, and the handset's bind fails: in the demo's load
+    about one tap in a thousand ended "no session" that way. Falls back to any free port
+    when the ephemeral range leaves no room below it."""
+    rng = random.Random()
+    low = 32768
+    with contextlib.suppress(OSError, ValueError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200) if low - NFC_PORTS_FROM > 1000 else ():
+        port = rng.randrange(NFC_PORTS_FROM, low)
+        if port in taken:  # free now, but given to another node of the same hall
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))  # where nfcpy's card side binds
+            except OSError:
+                continue
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return int(s.getsockname()[1])
 
 
 class NodeProcessError(RuntimeError):
@@ -121,7 +152,8 @@ class VirtualHall:
         for i in range(self.node_count):
             node_id, zone = f"node-{i + 1}", ZONES[i % len(ZONES)]
             node_dir = self.workdir / "nodes" / node_id
-            nfc_device = f"udp:127.0.0.1:{free_port()}"
+            taken = {int(n.nfc_device.rsplit(":", 1)[1]) for n in self.nodes}
+            nfc_device = f"udp:127.0.0.1:{free_nfc_port(taken)}"
             adapter = await self.air.serve(node_id)
             conf = self.node_config(node_id, zone, nfc_device, adapter)
             write_node_credentials(node_dir, self.authority, node_id, zone, expires, conf.keys)

@@ -176,3 +176,36 @@ def test_demo_keep_hub_keeps_the_hub_up_until_ctrl_c(tmp_path: Path) -> None:
         raise AssertionError("the hub is still up after Ctrl-C")
     except OSError:
         pass
+
+
+def test_demo_hub_port_in_time_wait_from_the_last_run_counts_as_free() -> None:
+    """Run the demo twice in a row: the first run's closed connections linger in
+    TIME_WAIT on the hub port, which gunicorn (SO_REUSEADDR) binds through."""
+    import socket
+
+    from hall.demo import check_hub_port
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end waits in TIME_WAIT
+        client.close()
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))  # what the old check did
+    check_hub_port(port)
+
+
+def test_demo_hub_port_held_by_a_listener_is_refused_with_the_fix() -> None:
+    import socket
+
+    from hall.demo import DemoError, check_hub_port
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with pytest.raises(DemoError, match="--hub-port 0"):
+            check_hub_port(server.getsockname()[1])

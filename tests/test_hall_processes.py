@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -104,3 +105,17 @@ async def test_a_node_that_cannot_reach_its_ble_air_says_so_in_one_line(tmp_path
     assert "Traceback" not in result.stderr
     assert "BLE adapter 'bumble:tcp-client:127.0.0.1:" in result.stderr
     assert "Check [ble] adapter" in result.stderr
+
+
+def test_hall_nfc_ports_lie_outside_the_ephemeral_range_so_no_reader_socket_takes_one() -> None:
+    """Each poll re-creates a reader's socket on a fresh ephemeral port; a node port in
+    that range is sometimes held by another node's reader, and a handset's tap fails."""
+    from hall.virtual import free_nfc_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    taken = {free_nfc_port() for _ in range(5)}
+    port = free_nfc_port(taken)
+    assert port < low
+    assert port not in taken
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", port))

@@ -4,7 +4,6 @@ each in its own thread, on a free udp port per test."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,6 +12,7 @@ import nfc
 import nfc.clf
 import pytest
 
+from hall.virtual import free_nfc_port
 from handset_app.nfc_hce import emulate_card
 from node.nfc_reader import NfcReader, TapOutcome, cap_udp_sens_res_wait
 from tapcast.keys import HubAuthority, make_handset_credentials, make_node_credentials
@@ -21,12 +21,6 @@ from tapcast.protocol.nfc import HandsetCard, HandsetSession, NodeAuth
 pytestmark = pytest.mark.timeout(30)
 
 LONG = "x" * 64  # longest id: HELLO and answer exceed one 256-byte ISO-DEP frame
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RecordingCard(HandsetCard):
@@ -65,7 +59,7 @@ def hub() -> HubAuthority:
 
 @pytest.fixture
 def path() -> str:
-    return f"udp:127.0.0.1:{free_udp_port()}"
+    return f"udp:127.0.0.1:{free_nfc_port()}"
 
 
 class Hall:
