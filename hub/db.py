@@ -498,6 +498,9 @@ def decode_cursor(cursor: str, order: str) -> int:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         kind, _, position = raw.partition(":")
+        if not position.isascii() or not position.isdigit() or len(position) > 19 \
+                or int(position) >= 2**63:
+            raise ValueError(position)  # SQLite's integers are signed 64-bit
         value = int(position)
     except (ValueError, UnicodeDecodeError):
         raise QueryError(f"cursor {cursor[:40]!r} is not one this API returned; "
