@@ -14,7 +14,9 @@ from tapcast.keys import (
     Certificate,
     CertificateError,
     HubAuthority,
+    HubKeyring,
     KeyFileError,
+    key_id,
     load_handset_credentials,
     load_node_credentials,
     make_handset_credentials,
@@ -25,23 +27,28 @@ from tapcast.keys import (
 )
 
 EXPIRES = 1_800_000_000
+NOT_BEFORE = 1_600_000_000
 NOW = 1_700_000_000
 
 # Test vector (also in docs/protocol.md): hub seed 00..1f, node key seed 01*32,
-# handset key seed 02*32, expiry 1_800_000_000. Ed25519 signatures are deterministic.
+# handset key seed 02*32, valid 1_600_000_000..1_800_000_000. Ed25519 signatures are
+# deterministic.
 HUB_PUB = "03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8"
+HUB_KEY_ID = "56475aa75463474c"  # SHA-256(HUB_PUB)[:8]
 NODE_CERT = (
-    "0101066e6f64652d310668616c6c2d61"  # kind 01, v01, "node-1", "hall-a"
+    "0102" "56475aa75463474c"  # kind 01, version 02, hub key id
+    "066e6f64652d31" "0668616c6c2d61"  # "node-1", "hall-a"
     "8a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c"  # node key
+    "000000005f5e1000"  # not-before 1_600_000_000
     "000000006b49d200"  # expiry 1_800_000_000
-    "518fa61a1869f12b606f80f44fe3a842d301288017916bb62002bf93df628495"
-    "e6129a8dcc5763bc3906207bfa4e5f89df4f979679f2b67eece109a3beed9c07")
+    "b170e18872e19eedf5bdaa369878f837ddca4c8a9ac1c8646b9bcb92ed34b258"
+    "1864ff1469450b3829f8314e8db1ca59a81c3a80c4bcce90ee28e9481ecc5107")
 HANDSET_CERT = (
-    "020104682d3432"  # kind 02, v01, "h-42"
+    "0202" "56475aa75463474c" "04682d3432"  # kind 02, version 02, key id, "h-42"
     "8139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394"
-    "000000006b49d200"
-    "deb3841d634324148e595350587dd73944c30720dda20d4c41739eaaa1a13923"
-    "23981caf751cc09b07cfde19dd4b10ea475ceb17879306467146b0995f170c0c")
+    "000000005f5e1000" "000000006b49d200"
+    "273a9f803bbe1fab06ec97ea86c54ec3b661d7684bf2d657c47cce97daa8f237"
+    "6f2831364f9ca3abb74cee5525cbcb3e4ba587b33fd28020136cbb02ad42f600")
 
 
 @pytest.fixture
@@ -52,19 +59,21 @@ def hub() -> HubAuthority:
 def test_node_certificate_bytes_match_vector(hub: HubAuthority) -> None:
     key = Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32)
     assert hub.public_key_bytes.hex() == HUB_PUB
-    assert hub.issue_node_cert("node-1", "hall-a", public_key_bytes(key), EXPIRES).hex() \
-        == NODE_CERT
+    assert hub.key_id.hex() == key_id(bytes.fromhex(HUB_PUB)).hex() == HUB_KEY_ID
+    assert hub.issue_node_cert("node-1", "hall-a", public_key_bytes(key), EXPIRES,
+                               NOT_BEFORE).hex() == NODE_CERT
 
 
 def test_handset_certificate_bytes_match_vector(hub: HubAuthority) -> None:
     key = Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32)
-    assert hub.issue_handset_cert("h-42", public_key_bytes(key), EXPIRES).hex() == HANDSET_CERT
+    assert hub.issue_handset_cert("h-42", public_key_bytes(key), EXPIRES,
+                                  NOT_BEFORE).hex() == HANDSET_CERT
 
 
 def test_decode_gives_back_the_fields() -> None:
     cert = Certificate.decode(bytes.fromhex(NODE_CERT))
-    assert (cert.kind, cert.subject_id, cert.zone, cert.expires) == \
-        (KIND_NODE, "node-1", "hall-a", EXPIRES)
+    assert (cert.kind, cert.key_id.hex(), cert.subject_id, cert.zone, cert.not_before,
+            cert.expires) == (KIND_NODE, HUB_KEY_ID, "node-1", "hall-a", NOT_BEFORE, EXPIRES)
     handset = Certificate.decode(bytes.fromhex(HANDSET_CERT))
     assert (handset.kind, handset.subject_id, handset.zone) == (KIND_HANDSET, "h-42", None)
 
@@ -82,16 +91,70 @@ def test_expired_certificate_is_refused(hub: HubAuthority) -> None:
     assert info.value.reason == "expired_certificate"
 
 
-def test_certificate_from_another_hub_is_unknown_issuer() -> None:
+def test_certificate_not_yet_valid_is_refused(hub: HubAuthority) -> None:
+    cert = Certificate.decode(bytes.fromhex(NODE_CERT))
+    with pytest.raises(CertificateError, match="valid from 1600000000") as info:
+        cert.verify(hub.public_key_bytes, NOT_BEFORE - 1)
+    assert info.value.reason == "not_yet_valid"
+
+
+def test_validity_bounds_are_not_before_inclusive_and_expiry_exclusive(
+        hub: HubAuthority) -> None:
+    cert = Certificate.decode(bytes.fromhex(NODE_CERT))
+    assert [cert.check(hub.public_key_bytes, t) for t in
+            (NOT_BEFORE, EXPIRES - 1, EXPIRES)] == ["ok", "ok", "expired_certificate"]
+
+
+def test_clock_tolerance_widens_validity_either_way(hub: HubAuthority) -> None:
+    cert = Certificate.decode(bytes.fromhex(NODE_CERT))
+    assert cert.check(hub.public_key_bytes, NOT_BEFORE - 10, early=10) == "ok"
+    assert cert.check(hub.public_key_bytes, EXPIRES + 9, late=10) == "ok"
+
+
+def test_not_before_can_be_left_unchecked_by_a_holder_without_trusted_time(
+        hub: HubAuthority) -> None:
+    cert = Certificate.decode(bytes.fromhex(NODE_CERT))
+    assert cert.check(hub.public_key_bytes, 0, check_not_before=False) == "ok"
+
+
+def test_certificate_from_another_hub_key_is_unknown_key_id() -> None:
     other = HubAuthority.generate()
     cert = Certificate.decode(bytes.fromhex(NODE_CERT))
-    assert cert.check(other.public_key_bytes, NOW) == "unknown_issuer"
+    with pytest.raises(CertificateError, match=f"hub key id {HUB_KEY_ID}") as info:
+        cert.verify(other.public_key_bytes, NOW)
+    assert info.value.reason == "unknown_key_id"
+
+
+def test_forgery_naming_a_trusted_key_id_is_unknown_issuer(hub: HubAuthority) -> None:
+    forger = HubAuthority.generate()
+    forged = bytearray(forger.issue_node_cert("node-1", "hall-a", bytes(32), EXPIRES,
+                                              NOT_BEFORE))
+    forged[2:10] = hub.key_id  # claims our hub's key; the signature is the forger's
+    assert Certificate.decode(bytes(forged)).check(hub.public_key_bytes, NOW) == \
+        "unknown_issuer"
 
 
 def test_tampered_expiry_breaks_the_signature(hub: HubAuthority) -> None:
     raw = bytearray.fromhex(NODE_CERT)
-    raw[3 + 6 + 1 + 6 + 32] ^= 0x01  # first expiry byte
+    raw[2 + 8 + 1 + 6 + 1 + 6 + 32 + 8] ^= 0x01  # first expiry byte
     assert Certificate.decode(bytes(raw)).check(hub.public_key_bytes, NOW) == "unknown_issuer"
+
+
+def test_keyring_picks_the_key_a_certificate_names(hub: HubAuthority) -> None:
+    new = HubAuthority.from_seed(bytes([9]) * 32)
+    ring = HubKeyring([new.public_key_bytes, hub.public_key_bytes])
+    old_cert = Certificate.decode(bytes.fromhex(NODE_CERT))
+    new_cert = Certificate.decode(new.issue_node_cert("node-2", "z", bytes(32), EXPIRES,
+                                                      NOT_BEFORE))
+    assert [old_cert.check(ring, NOW), new_cert.check(ring, NOW)] == ["ok", "ok"]
+    assert ring.current == new.public_key_bytes
+    assert new_cert.check(hub.public_key_bytes, NOW) == "unknown_key_id"
+
+
+def test_version_1_certificate_is_refused_with_a_hint_to_reissue() -> None:
+    old = bytes.fromhex("0101066e6f64652d310668616c6c2d61") + bytes(32 + 8 + 64)
+    with pytest.raises(CertificateError, match="unsupported version 1.*re-issue"):
+        Certificate.decode(old)
 
 
 def test_certificate_of_the_wrong_kind_is_malformed(hub: HubAuthority) -> None:
@@ -104,9 +167,10 @@ def test_certificate_of_the_wrong_kind_is_malformed(hub: HubAuthority) -> None:
     (bytes.fromhex(NODE_CERT)[:-1], "length"),
     (bytes.fromhex(NODE_CERT) + b"\x00", "length"),
     (b"\x07" + bytes.fromhex(NODE_CERT)[1:], "unknown kind"),
-    (b"\x01\x02" + bytes.fromhex(NODE_CERT)[2:], "version"),
-    (bytes.fromhex("010106") + b"node/1" + bytes.fromhex(NODE_CERT)[9:], "subject id"),
-    (bytes.fromhex("010140") + b"x" * 10, "truncated"),
+    (b"\x01\x03" + bytes.fromhex(NODE_CERT)[2:], "version"),
+    (bytes.fromhex(NODE_CERT)[:5], "too short"),
+    (bytes.fromhex(NODE_CERT)[:11] + b"node/1" + bytes.fromhex(NODE_CERT)[17:], "subject id"),
+    (bytes.fromhex(NODE_CERT)[:10] + b"\x40" + b"x" * 10, "truncated"),
 ])
 def test_malformed_certificate_bytes_raise_a_clear_error(raw: bytes, message: str) -> None:
     with pytest.raises(CertificateError, match=message) as info:
@@ -131,8 +195,9 @@ def test_node_credentials_round_trip_through_files(tmp_path: Path, hub: HubAutho
     (tmp_path / "k").mkdir()
     written = write_node_credentials(tmp_path, hub, "node-7", "hall-b", EXPIRES, keys)
     loaded = load_node_credentials(keys, tmp_path)
-    assert (loaded.node_id, loaded.zone, loaded.cert, loaded.hub_public_key) == \
-        ("node-7", "hall-b", written.cert, hub.public_key_bytes)
+    assert (loaded.node_id, loaded.zone, loaded.cert, loaded.hub_public_key,
+            loaded.hub_public_keys) == ("node-7", "hall-b", written.cert,
+                                        hub.public_key_bytes, ())
     assert public_key_bytes(loaded.private_key) == public_key_bytes(written.private_key)
     assert stat.S_IMODE((tmp_path / "k/node.key").stat().st_mode) == 0o600
 
@@ -172,3 +237,21 @@ def test_handset_file_holding_a_node_certificate_is_refused(tmp_path: Path,
     (tmp_path / "handset.cert").write_bytes(node)
     with pytest.raises(KeyFileError, match="kind"):
         load_handset_credentials(tmp_path)
+
+
+def test_node_trusting_two_hub_keys_keeps_both_through_its_files(
+        tmp_path: Path, hub: HubAuthority) -> None:
+    new = HubAuthority.from_seed(bytes([9]) * 32)
+    write_node_credentials(tmp_path, new, "node-7", "hall-b", EXPIRES,
+                           also_trust=[hub.public_key_bytes])
+    loaded = load_node_credentials(KeysSection(), tmp_path)
+    assert loaded.hub_keyring.keys == (new.public_key_bytes, hub.public_key_bytes)
+    assert (tmp_path / "hub.pub").read_text().count("BEGIN PUBLIC KEY") == 2
+
+
+def test_single_key_hub_pub_from_before_rotation_still_loads(tmp_path: Path,
+                                                             hub: HubAuthority) -> None:
+    write_handset_credentials(tmp_path, hub, "h-1", EXPIRES)
+    hub.save(tmp_path / "hub")  # hub.pub as HubAuthority writes it: one PEM block
+    (tmp_path / "hub.pub").write_bytes((tmp_path / "hub" / "hub.pub").read_bytes())
+    assert load_handset_credentials(tmp_path).hub_keyring.keys == (hub.public_key_bytes,)

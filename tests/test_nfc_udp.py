@@ -167,7 +167,7 @@ async def test_handset_signed_by_another_hub(hall: Hall, hub: HubAuthority) -> N
     creds = make_handset_credentials(HubAuthority.generate(), "h-9", time.time() + 60)
     creds = type(creds)(creds.handset_id, creds.private_key, creds.cert, hub.public_key_bytes)
     outcome, _ = await hall.tap(RecordingCard(creds, "C0:11:22:33:44:55"))
-    assert outcome.reason == "unknown_issuer"
+    assert outcome.reason == "unknown_key_id"
 
 
 async def test_revoked_handset(hub: HubAuthority, path: str) -> None:
@@ -248,7 +248,7 @@ async def test_malformed_apdus_get_status_words_and_the_card_keeps_working(
         (bytes.fromhex("90100000"), "6e00"),  # wrong CLA
         (bytes.fromhex("80ee0000"), "6d00"),  # unknown INS
         (bytes.fromhex("00a4040008f054"), "6700"),  # bad Lc
-        (select, "019000"),
+        (select, "029000"),
         (bytes.fromhex("8010000005") + b"junk!", "6a80"),  # garbage after SELECT
         (bytes.fromhex("8012000020") + bytes(32), "6985"),  # CONFIRM out of sequence
     ]
@@ -308,7 +308,7 @@ async def test_card_follows_iso_dep_block_rules(hub: HubAuthority, path: str) ->
     result = await loop.run_in_executor(None, raw_reader, path, action)
     assert await asyncio.wait_for(handset, 10) is None
     assert [a.hex() for a in result["answers"]] == [  # type: ignore[attr-defined]
-        "02019000", "02019000", "a2", "036d00", "c2"]
+        "02029000", "02029000", "a2", "036d00", "c2"]
 
 
 async def test_stop_is_prompt_while_polling(hall: Hall) -> None:

@@ -7,11 +7,20 @@ NodeHandshake, the handset side is HandsetCard.process_apdu(bytes) -> bytes.
 Exchange (all over ISO-DEP, one tap):
 
     node -> handset  SELECT AID                       <- 9000 + version
-    node -> handset  HELLO (cert, nonce, X25519, time, signature)
+    node -> handset  HELLO (cert, nonce, X25519, signature)
                                                       <- ANSWER + 9000 | 6982
     node -> handset  CONFIRM (HMAC under confirm key) <- 9000 | 6982
 
-Why extended-length APDUs: HELLO is 243 bytes with short ids and up to 359 with
+Why no time in the exchange: nodes are Pis without a real-time clock that may boot
+offline days off. Freshness comes from both sides' nonces and ephemeral keys: the
+handset's answer is sealed and signed over the node's fresh nonce and key (a replayed
+answer does not decrypt), and the CONFIRM MAC is keyed by a secret that needs the
+handset's fresh ephemeral key (a replayed HELLO gets an answer its sender cannot read
+nor confirm). Clocks are used only for certificate validity: the node checks against
+its best time (tapcast.clock), the handset against its own clock with
+HANDSET_CLOCK_TOLERANCE.
+
+Why extended-length APDUs: HELLO is 251 bytes with short ids and up to 367 with
 64-character ids, over a short APDU's 255. nfcpy's Type4Tag.send_apdu refuses data
 over 255 bytes for Type 4A tags (it hard-codes ``_extended_length_support = False``),
 but Type4Tag.transceive passes any APDU through nfcpy's ISO-DEP initiator, which chains
@@ -23,7 +32,8 @@ must be checked per target phone (not testable here). Responses need no Le trick
 ISO-DEP chaining carries them.
 
 Why the identifying part of the handset's answer is encrypted: a rogue reader that
-replays a recorded node HELLO (within the time window) passes the handset's checks, but
+replays a recorded node HELLO (at any time: there is no time window) passes the
+handset's checks, but
 cannot decrypt the answer without the node's ephemeral X25519 private key, so it learns
 nothing identifying (SIGMA-I style identity protection).
 """
@@ -60,7 +70,7 @@ from tapcast.keys import (
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_VERSION = 0x01
+PROTOCOL_VERSION = 0x02  # 2: certificates v2 (key id, not-before), no time in HELLO
 AID = bytes.fromhex("F0544150435354 01".replace(" ", ""))  # F0 "TAPCST" 01
 
 CLA_ISO = 0x00
@@ -73,8 +83,15 @@ NONCE_LEN = 16
 X25519_LEN = 32
 SIG_LEN = 64
 MAC_LEN = 32
-HELLO_WINDOW = 60.0  # seconds: |handset clock - hello time| must be <= this
-ANSWER_DEADLINE = 5.0  # seconds: node refuses ("stale") an answer arriving later
+ANSWER_DEADLINE = 5.0  # seconds (monotonic): node refuses ("stale") an answer arriving later
+# Seconds a trusted node clock may differ from the hub's when it checks not-before (both
+# NTP-set; a certificate issued just now must not be "not yet valid" by a second).
+NODE_CLOCK_SKEW = 300.0
+# A phone's clock is network-set (NITZ/NTP) and normally right within seconds; the
+# handset checks the node certificate's validity against it with this tolerance either
+# way, so a phone set a little off still answers, and a node certificate expired longer
+# ago than this is refused. Phones do not persist a floor: their clock is not our weak spot.
+HANDSET_CLOCK_TOLERANCE = 3600.0
 
 CTX_HELLO = b"tapcast/v1/nfc/hello\x00"
 CTX_ANSWER = b"tapcast/v1/nfc/answer\x00"
@@ -245,12 +262,11 @@ class _Reader:
 @dataclass(frozen=True)
 class Hello:
     """Node -> handset. ``encoded`` = version(1) cert_len(2) cert nonce(16) eph(32)
-    time(8, uint64 unix s) sig(64); sig = Ed25519(node key, CTX_HELLO || encoded[:-64])."""
+    sig(64); sig = Ed25519(node key, CTX_HELLO || encoded[:-64])."""
 
     cert: bytes
     nonce: bytes
     ephemeral: bytes
-    time: int
     signature: bytes
     encoded: bytes
 
@@ -263,15 +279,14 @@ class Hello:
         cert = r.take(r.u16("cert length"), "cert")
         nonce = r.take(NONCE_LEN, "nonce")
         eph = r.take(X25519_LEN, "ephemeral key")
-        t = r.u64("time")
         sig = r.take(SIG_LEN, "signature")
         r.end()
-        return cls(cert, nonce, eph, t, sig, bytes(data))
+        return cls(cert, nonce, eph, sig, bytes(data))
 
 
-def encode_hello_body(cert: bytes, nonce: bytes, ephemeral: bytes, t: int) -> bytes:
+def encode_hello_body(cert: bytes, nonce: bytes, ephemeral: bytes) -> bytes:
     return (bytes([PROTOCOL_VERSION]) + struct.pack(">H", len(cert)) + cert + nonce
-            + ephemeral + struct.pack(">Q", t))
+            + ephemeral)
 
 
 @dataclass(frozen=True)
@@ -377,7 +392,7 @@ class NodeSession:
     consent: int
     session_key: bytes
     node_id: str
-    started: float  # unix time of the hello
+    started: float  # the node's best time (unix s) at the hello: a label, not a check
 
 
 @dataclass(frozen=True)
@@ -408,14 +423,24 @@ RevocationSource = Container[str] | Callable[[], Container[str]]
 
 
 class NodeAuth:
-    """Node credentials + policy (hub key, revocations, clock); ``begin()`` per tap."""
+    """Node credentials + policy (trusted hub keys, revocations, time); ``begin()`` per tap.
+
+    ``clock``: the node's best time (tapcast.clock.BestTime.now on a node), used only for
+    certificate validity. ``clock_trusted``: whether that time comes from a trustworthy
+    source; without one, not-before cannot be checked and is skipped (expiry still is).
+    ``monotonic``: for the answer deadline, immune to the wall clock being set mid-tap."""
 
     def __init__(self, credentials: NodeCredentials,
                  revoked: RevocationSource = frozenset(),
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *,
+                 clock_trusted: Callable[[], bool] = lambda: True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.credentials = credentials
+        self.hub_keyring = credentials.hub_keyring
         self._revoked = revoked
         self._clock = clock
+        self._clock_trusted = clock_trusted
+        self.monotonic = monotonic
 
     def revoked(self) -> Container[str]:
         return self._revoked() if callable(self._revoked) else self._revoked
@@ -431,6 +456,9 @@ class NodeAuth:
     def now(self) -> float:
         return self._clock()
 
+    def clock_trusted(self) -> bool:
+        return self._clock_trusted()
+
 
 @dataclass
 class NodeHandshake:
@@ -439,15 +467,16 @@ class NodeHandshake:
     auth: NodeAuth
     nonce: bytes
     ephemeral: X25519PrivateKey
-    time: int
+    time: int  # best time at the start (NodeSession.started); not sent
     hello: bytes = b""
+    began: float = 0.0  # auth.monotonic() when the HELLO was built
     _confirm_mac: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         creds = self.auth.credentials
-        body = encode_hello_body(creds.cert, self.nonce, _raw_x25519_public(self.ephemeral),
-                                 self.time)
+        body = encode_hello_body(creds.cert, self.nonce, _raw_x25519_public(self.ephemeral))
         self.hello = body + creds.private_key.sign(CTX_HELLO + body)
+        self.began = self.auth.monotonic()
 
     def select_apdu(self) -> bytes:
         return select_apdu()
@@ -460,7 +489,8 @@ class NodeHandshake:
         return _expect_ok(response, "SELECT")
 
     def check_answer(self, response: bytes, now: float | None = None) -> NodeVerdict:
-        """Verify the handset's response to HELLO (status word included)."""
+        """Verify the handset's response to HELLO (status word included). ``now``
+        overrides the best time used for certificate validity (tests)."""
         try:
             return self._check_answer(response, self.auth.now() if now is None else now)
         except ProtocolError as exc:
@@ -474,8 +504,9 @@ class NodeHandshake:
             return NodeVerdict("rejected_by_handset", detail="handset refused this node")
         if sw != SW.OK:
             return NodeVerdict("protocol_error", detail=f"HELLO answered {sw:04X}")
-        if now - self.time > ANSWER_DEADLINE:
-            return NodeVerdict("stale", detail=f"answer {now - self.time:.1f} s after hello")
+        elapsed = self.auth.monotonic() - self.began
+        if elapsed > ANSWER_DEADLINE:
+            return NodeVerdict("stale", detail=f"answer {elapsed:.1f} s after hello")
         r = _Reader(data, "answer")
         version = r.u8("version")
         if version != PROTOCOL_VERSION:
@@ -493,7 +524,8 @@ class NodeHandshake:
         payload = AnswerPayload.decode(plain)
         cert = Certificate.decode(payload.cert)
         creds = self.auth.credentials
-        cert.verify(creds.hub_public_key, now, KIND_HANDSET)
+        cert.verify(self.auth.hub_keyring, now, KIND_HANDSET, early=NODE_CLOCK_SKEW,
+                    check_not_before=self.auth.clock_trusted())
         if cert.subject_id in self.auth.revoked():
             return NodeVerdict("revoked", detail=f"handset {cert.subject_id} is revoked")
         th2 = transcript_hash_2(th1, payload.signed_part())
@@ -563,6 +595,7 @@ class HandsetCard:
         if not 0 <= consent <= 0xFFFF:
             raise ValueError(f"consent flags {consent} do not fit in uint16")
         self.credentials = credentials
+        self.hub_keyring = credentials.hub_keyring
         self.ble_address = parse_ble_address(ble_address)
         self.ble_address_type = ble_address_type
         self.consent = consent
@@ -637,7 +670,8 @@ class HandsetCard:
         now = self._clock()
         creds = self.credentials
         try:
-            cert.verify(creds.hub_public_key, now, KIND_NODE)
+            cert.verify(self.hub_keyring, now, KIND_NODE, early=HANDSET_CLOCK_TOLERANCE,
+                        late=HANDSET_CLOCK_TOLERANCE)
         except CertificateError as exc:
             return self._reject(exc.reason)
         try:
@@ -645,8 +679,6 @@ class HandsetCard:
                 hello.signature, CTX_HELLO + hello.encoded[:-SIG_LEN])
         except InvalidSignature:
             return self._reject("bad_signature")
-        if abs(now - hello.time) > HELLO_WINDOW:
-            return self._reject(f"stale (hello time {hello.time}, now {now:.0f})")
         eph = self._ephemeral_factory()
         try:
             shared = _x25519(eph, hello.ephemeral)
