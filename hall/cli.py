@@ -202,6 +202,72 @@ def hub_init_db(config_path: Path | None) -> None:
     click.echo(f"hub database ready: {db.path.resolve()}")
 
 
+@hub.group("token")
+def hub_token() -> None:
+    """Interim API tokens for /api/v1 and the operator page (users and roles come
+    later). Stored hashed next to the hub database; the value is shown only once."""
+
+
+def _token_store(config_path: Path | None):  # noqa: ANN202 - hub.tokens.TokenStore
+    from hub.tokens import TokenError, token_store
+
+    try:
+        return token_store(_hub_config(config_path).hub.database)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@hub_token.command("create")
+@_HUB_CONFIG_OPTION
+@click.option("--name", required=True, help="who or what uses it, e.g. alice or grafana")
+def hub_token_create(config_path: Path | None, name: str) -> None:
+    """Create a token and print it once (only its hash is kept)."""
+    from hub.tokens import TokenError
+
+    store = _token_store(config_path)
+    try:
+        token = store.create(name)
+    except (TokenError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
+    click.echo(f"token {name!r} created; it is shown only this once. Send it as "
+               "'Authorization: Bearer <token>', or paste it into the hub page's sign-in "
+               "form.", err=True)
+
+
+@hub_token.command("list")
+@_HUB_CONFIG_OPTION
+def hub_token_list(config_path: Path | None) -> None:
+    """Names and creation times of the tokens (never their values)."""
+    import time
+
+    from hub.tokens import TokenError
+
+    try:
+        records = _token_store(config_path).records()
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not records:
+        click.echo("no tokens: create one with `tapcast hub token create --name NAME`")
+    for record in records:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
+        click.echo(f"{record.name}\tcreated {created} UTC")
+
+
+@hub_token.command("revoke")
+@_HUB_CONFIG_OPTION
+@click.argument("name")
+def hub_token_revoke(config_path: Path | None, name: str) -> None:
+    """Revoke a token: API requests and page sessions using it stop at once."""
+    from hub.tokens import TokenError
+
+    try:
+        _token_store(config_path).revoke(name)
+    except (TokenError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"token {name!r} revoked")
+
+
 @main.command()
 @click.option("--nodes", default=3, show_default=True, help="Simulated nodes (hall displays), each its own process.")
 @click.option("--handsets", default=5, show_default=True, help="Simulated handsets tapping.")

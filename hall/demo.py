@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.config import HubConfig
+from hub.tokens import token_store
 from tapcast import config as cfg
 from tapcast.mqttclient import parse_broker_url
 
@@ -185,6 +186,9 @@ class HubProcesses:
             "hub": {"database": str(self.dir / "hub.db"), "port": port},
             "mqtt": {"broker": broker}}, environ={})
         self.config_path.write_text(cfg.dump(conf))
+        # The demo's own API token, made as `tapcast hub token create` makes it: the demo
+        # reads /api/v1/stats with it, and prints it for signing in to the hub page.
+        self.token = token_store(conf.hub.database).create(f"demo-{os.getpid()}")
         self.port = port
         self.url = ""
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -233,8 +237,10 @@ class HubProcesses:
 
     def stored_events(self) -> int | None:
         """Events stored at the hub, from its API (None when it does not answer)."""
+        request = urllib.request.Request(f"{self.url}/api/v1/stats",
+                                         headers={"Authorization": f"Bearer {self.token}"})
         try:
-            with urllib.request.urlopen(f"{self.url}/api/v1/stats", timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=2) as response:
                 return int(json.load(response)["events"]["total"])
         except (OSError, urllib.error.URLError, ValueError, KeyError, TypeError):
             return None
@@ -295,15 +301,19 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
         await hub.start()
         summary.hub_url = hub.url
         print(f"Tapcast demo: {nodes} nodes, {handsets} handsets, {duration:.0f} s, broker {broker}\n"
-              f"hub: {hub.url}  (API: {hub.url}/api/v1/nodes)   files: {workdir}\n"
+              f"hub: {hub.url}  sign in with token {hub.token}\n"
+              f"  (API: curl -H 'Authorization: Bearer {hub.token}' {hub.url}/api/v1/nodes)"
+              f"   files: {workdir}\n"
               "Ctrl-C stops early.", flush=True)
         await _run_hall(workdir, broker, nodes, handsets, duration, seed, summary, hub, stop)
         print(summary.render(), flush=True)
         if keep_hub and not stop.is_set():
-            print(f"hub still up at {hub.url} (--keep-hub); Ctrl-C stops it", flush=True)
+            print(f"hub still up at {hub.url} (--keep-hub; sign in with token {hub.token});"
+                  " Ctrl-C stops it", flush=True)
             await stop.wait()
         elif keep_hub:
-            print(f"hub still up at {hub.url} (--keep-hub); Ctrl-C again stops it", flush=True)
+            print(f"hub still up at {hub.url} (--keep-hub; sign in with token {hub.token});"
+                  " Ctrl-C again stops it", flush=True)
             stop.clear()
             await stop.wait()
     finally:

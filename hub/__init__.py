@@ -49,9 +49,10 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.config["TAPCAST"] = config
     app.json.sort_keys = False  # keep documented field order in API answers
 
-    from hub import api, pages
+    from hub import api, pages, tokens
 
     init_db(app)
+    tokens.init_app(app)  # session key, token store, sign-in views (interim credential)
     init_worker_header(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

@@ -1,12 +1,16 @@
 """JSON API under /api/v1: nodes, events, stats, and its OpenAPI document.
 
 Every error is JSON ``{"error": "..."}`` saying what to fix; unknown query parameters
-are refused (a typo such as ``?node=n1`` must not silently return everything).
+are refused (a typo such as ``?node=n1`` must not silently return everything), and so is
+a parameter given twice. Every value is bounded before it reaches the database (integers
+to SQLite's signed 64 bits, strings by length), so no input can make a 500. Every route
+but the OpenAPI document needs a credential (hub/tokens.py).
 """
 from __future__ import annotations
 
 import logging
 import math
+import re
 import typing
 from typing import Any
 
@@ -14,8 +18,10 @@ from flask import Blueprint, Flask, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from tapcast.keys import MAX_ID_LEN
 from tapcast.protocol.mqtt import ID_RE, EventKind
 
+from hub import tokens
 from hub.db import MAX_EVENTS_LIMIT, QueryError
 
 log = logging.getLogger(__name__)
@@ -24,6 +30,16 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 EVENT_KINDS: tuple[str, ...] = typing.get_args(EventKind)
 DEFAULT_EVENTS_LIMIT = 50
+#: SQLite's INTEGER is signed 64-bit: the upper bound of every integer parameter.
+MAX_INT = 2**63 - 1
+#: Cursors this API returns are about 30 characters.
+MAX_CURSOR_LEN = 200
+#: A number parameter's text, at most (a unix time with microseconds is 17).
+MAX_NUMBER_LEN = 64
+#: since_ts bounds (unix seconds): 1e11 is the year 5138.
+MAX_TS = 1e11
+_INT_TEXT = re.compile(r"-?[0-9]{1,20}")
+_NUMBER_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 
 class BadRequest(ValueError):
@@ -39,44 +55,70 @@ def _stale_after() -> float:
     return current_app.config["TAPCAST"].hub.stale_after
 
 
+def _shown(raw: str, limit: int = 40) -> str:
+    """A client's text as quoted in an error: repr, cut short (it may be megabytes)."""
+    return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
+
+
+@bp.before_request
+def require_credential() -> ResponseReturnValue | None:
+    """Every route but the OpenAPI document needs a token or the page's session."""
+    if request.endpoint == "api.openapi":
+        return None
+    return tokens.require_credential()
+
+
 def _check_params(allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
-        raise BadRequest(f"unknown query parameter(s) {', '.join(unknown)}; "
-                         f"accepted: {', '.join(allowed) or 'none'}")
+        raise BadRequest(f"unknown query parameter(s) {', '.join(_shown(u) for u in unknown[:5])}"
+                         f"; accepted: {', '.join(allowed) or 'none'}")
+    repeated = sorted(k for k in request.args if len(request.args.getlist(k)) > 1)
+    if repeated:
+        raise BadRequest(f"query parameter(s) {', '.join(repeated)} given more than once; "
+                         "give each once")
 
 
-def _int_arg(name: str, lo: int, hi: int | None = None) -> int | None:
+def _int_arg(name: str, lo: int, hi: int = MAX_INT) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}") from None
-    if value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise BadRequest(f"{name} must be {bound}, got {value}")
+    if not _INT_TEXT.fullmatch(raw):
+        raise BadRequest(f"{name} must be an integer (decimal digits), got {_shown(raw)}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo} and {hi}, got {_shown(raw)}")
     return value
 
 
-def _float_arg(name: str) -> float | None:
+def _float_arg(name: str, lo: float, hi: float) -> float | None:
     raw = request.args.get(name)
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a number (unix seconds), got {raw!r}") from None
+    if len(raw) > MAX_NUMBER_LEN or not _NUMBER_TEXT.fullmatch(raw):
+        raise BadRequest(f"{name} must be a number (unix seconds, such as 1700000000.5), "
+                         f"got {_shown(raw)}")
+    value = float(raw)
     if not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number, got {raw!r}")
+        raise BadRequest(f"{name} must be a finite number, got {_shown(raw)}")
+    if not lo <= value <= hi:
+        raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, got {_shown(raw)}")
     return value
 
 
 def _node_id_arg(value: str | None) -> str | None:
-    if value is not None and not ID_RE.fullmatch(value):
-        raise BadRequest(f"node_id {value!r} is not a node id: use letters, digits, '_' and '-'")
+    if value is not None and (len(value) > MAX_ID_LEN or not ID_RE.fullmatch(value)):
+        raise BadRequest(f"node_id {_shown(value)} is not a node id: use 1..{MAX_ID_LEN} "
+                         "letters, digits, '_' and '-'")
     return value
+
+
+def _cursor_arg() -> str | None:
+    raw = request.args.get("cursor")
+    if raw is not None and (not raw or len(raw) > MAX_CURSOR_LEN):
+        raise BadRequest(f"cursor {_shown(raw)} is not one this API returned; pass "
+                         "next_cursor from a previous page unchanged")
+    return raw
 
 
 def _public_node(node: dict[str, Any], *, with_state: bool) -> dict[str, Any]:
@@ -110,13 +152,13 @@ def list_events() -> ResponseReturnValue:
     node_id = _node_id_arg(request.args.get("node_id"))
     kind = request.args.get("kind")
     if kind is not None and kind not in EVENT_KINDS:
-        raise BadRequest(f"kind {kind!r} is not an event kind; use one of "
+        raise BadRequest(f"kind {_shown(kind)} is not an event kind; use one of "
                          f"{', '.join(EVENT_KINDS)}")
     limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_EVENTS_LIMIT
     try:
         events, next_cursor = _db().list_events(
             node_id=node_id, kind=kind, since_seq=_int_arg("since_seq", 0),
-            since_ts=_float_arg("since_ts"), cursor=request.args.get("cursor"), limit=limit)
+            since_ts=_float_arg("since_ts", 0.0, MAX_TS), cursor=_cursor_arg(), limit=limit)
     except QueryError as exc:
         raise BadRequest(str(exc)) from None
     next_url = None
@@ -139,6 +181,7 @@ def stats() -> ResponseReturnValue:
         "events": db.event_totals(),
         "nodes": {"total": len(nodes), "online": online, "offline": len(nodes) - online},
         "ingest": ingest.counters.snapshot() if ingest is not None else None,
+        "api": {"auth_failures": tokens.auth_failures()},
     })
 
 

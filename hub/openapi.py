@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.api import DEFAULT_EVENTS_LIMIT, EVENT_KINDS
+from tapcast.keys import MAX_ID_LEN
+
+from hub.api import (DEFAULT_EVENTS_LIMIT, EVENT_KINDS, MAX_CURSOR_LEN, MAX_INT,
+                     MAX_NUMBER_LEN, MAX_TS)
 from hub.db import MAX_EVENTS_LIMIT
+from hub.tokens import HOW_TO_GET_ONE
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -24,6 +28,23 @@ def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema,
             "description": description}
+
+
+_NODE_ID = {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$", "minLength": 1,
+            "maxLength": MAX_ID_LEN}
+
+#: Every route but the document itself: the responses a credential check can give, and
+#: the 400 that an unknown or repeated query parameter gives anywhere.
+_GUARDED = {
+    "400": _error("a parameter is wrong (unknown, repeated, malformed or out of "
+                  "bounds); the message says which and what to fix"),
+    "401": {"description": f"no valid credential: send 'Authorization: Bearer <token>'; "
+                           f"{HOW_TO_GET_ONE}",
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"},
+                                             "description": 'Bearer realm="tapcast-hub"'}},
+            "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Error"}}}},
+}
 
 
 _COUNTS = {
@@ -63,44 +84,54 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/nodes": {"get": {
                 "summary": "All nodes that have reported, by id",
                 "operationId": "listNodes",
-                "responses": {"200": _ok("NodeList")}}},
+                "responses": {"200": _ok("NodeList"), **_GUARDED}}},
             "/api/v1/nodes/{node_id}": {"get": {
                 "summary": "One node, with its last state snapshot",
                 "operationId": "getNode",
                 "parameters": [{"name": "node_id", "in": "path", "required": True,
-                                "schema": {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$"}}],
-                "responses": {"200": _ok("NodeDetail"),
-                              "400": _error("node_id is not a valid id"),
+                                "schema": _NODE_ID}],
+                "responses": {"200": _ok("NodeDetail"), **_GUARDED,
                               "404": _error("no such node")}}},
             "/api/v1/events": {"get": {
                 "summary": "Events, newest stored first, paginated by cursor",
                 "operationId": "listEvents",
                 "parameters": [
-                    _query("node_id", {"type": "string"}, "only this node"),
+                    _query("node_id", _NODE_ID, "only this node"),
                     _query("kind", {"enum": list(EVENT_KINDS)}, "only this kind"),
-                    _query("since_seq", {"type": "integer", "minimum": 0},
+                    _query("since_seq", {"type": "integer", "minimum": 0,
+                                         "maximum": MAX_INT},
                            "only seq > this (needs node_id)"),
-                    _query("since_ts", {"type": "number"},
-                           "only events whose ts (unix seconds) is after this"),
+                    _query("since_ts", {"type": "number", "minimum": 0, "maximum": MAX_TS},
+                           "only events whose ts (unix seconds) is after this; decimal "
+                           f"text of at most {MAX_NUMBER_LEN} characters"),
                     _query("limit", {"type": "integer", "minimum": 1,
                                      "maximum": MAX_EVENTS_LIMIT,
                                      "default": DEFAULT_EVENTS_LIMIT}, "page size"),
-                    _query("cursor", {"type": "string"},
-                           "next_cursor from the previous page"),
+                    _query("cursor", {"type": "string", "minLength": 1,
+                                      "maxLength": MAX_CURSOR_LEN},
+                           "next_cursor from the previous page, unchanged"),
                 ],
-                "responses": {"200": _ok("EventPage"),
-                              "400": _error("a parameter is wrong; the message says which")}}},
+                "responses": {"200": _ok("EventPage"), **_GUARDED}}},
             "/api/v1/stats": {"get": {
                 "summary": "Event counts per kind, node counts, ingest counters",
                 "operationId": "getStats",
-                "responses": {"200": _ok("Stats")}}},
+                "responses": {"200": _ok("Stats"), **_GUARDED}}},
             "/api/v1/openapi.json": {"get": {
                 "summary": "This document",
                 "operationId": "getOpenApi",
+                "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1 document",
                                       "content": {"application/json": {}}}}}},
         },
-        "components": {"schemas": {
+        "security": [{"bearerToken": []}, {"operatorSession": []}],
+        "components": {"securitySchemes": {
+            "bearerToken": {"type": "http", "scheme": "bearer",
+                            "description": "interim hub-issued token: "
+                                           f"{HOW_TO_GET_ONE}"},
+            "operatorSession": {"type": "apiKey", "in": "cookie", "name": "tapcast_session",
+                                "description": "the operator page's session, set by "
+                                               "signing in at / with a token"},
+        }, "schemas": {
             "Error": {"type": "object", "required": ["error"],
                       "properties": {"error": {"type": "string"}}},
             "Counts": _COUNTS,
@@ -128,6 +159,10 @@ def openapi_document() -> dict[str, Any]:
                     "offline": {"type": "integer"}}},
                 "ingest": {"type": ["object", "null"],
                            "additionalProperties": {"type": "integer"},
-                           "description": "null when the app runs without ingest"}}},
+                           "description": "null when the app runs without ingest"},
+                "api": {"type": "object", "properties": {
+                    "auth_failures": {"type": "integer", "description":
+                                      "requests refused for want of a valid credential "
+                                      "since hub web started (all its workers)"}}}}},
         }},
     }

@@ -2,6 +2,7 @@
 
 Rendered on the server first (usable without JavaScript, testable with the Flask test
 client), then refreshed by hub/static/hub.js polling the JSON API every few seconds.
+Without a session (hub/tokens.py) ``/`` shows the sign-in form instead of any data.
 """
 from __future__ import annotations
 
@@ -21,14 +22,20 @@ REFRESH_SECONDS = 3
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
+    """The data for a signed-in operator (or a bearer token); the sign-in form else."""
     from hub import get_db
+    from hub.tokens import SignOutForm, current_credential, sign_in_page
 
+    record, _ = current_credential()
+    if record is None:
+        return sign_in_page()
     db = get_db()
     stale_after = current_app.config["TAPCAST"].hub.stale_after
     events, _ = db.list_events(limit=LATEST_EVENTS)
     return render_template("index.html", nodes=db.list_nodes(stale_after=stale_after),
                            totals=db.event_totals(), events=events, now=time.time(),
-                           refresh_ms=REFRESH_SECONDS * 1000, latest=LATEST_EVENTS)
+                           refresh_ms=REFRESH_SECONDS * 1000, latest=LATEST_EVENTS,
+                           signed_in_as=record.name, signout_form=SignOutForm())
 
 
 @bp.app_template_filter("clock")

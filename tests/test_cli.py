@@ -150,6 +150,7 @@ def test_demo_on_the_embedded_broker_with_five_nodes_shows_no_traceback(tmp_path
 def test_demo_keep_hub_keeps_the_hub_up_until_ctrl_c(tmp_path: Path) -> None:
     import re
     import signal
+    import urllib.error
     import urllib.request
 
     proc = subprocess.Popen(
@@ -158,14 +159,20 @@ def test_demo_keep_hub_keeps_the_hub_up_until_ctrl_c(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     try:
-        url = ""
+        url = token = ""
         for line in proc.stdout:
             if line.startswith("hub still up at"):
-                url = re.search(r"http://\S+", line).group(0)  # type: ignore[union-attr]
+                url = re.search(r"http://[^\s;)]+", line).group(0)  # type: ignore[union-attr]
+                token = re.search(r"token (tc1_\S+?)\)", line).group(1)  # type: ignore[union-attr]
                 break
         assert url, "the demo never said the hub stays up"
-        with urllib.request.urlopen(f"{url}/api/v1/stats", timeout=5) as response:
+        request = urllib.request.Request(f"{url}/api/v1/stats",
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=5) as response:
             assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:  # the hub is not open to all
+            urllib.request.urlopen(f"{url}/api/v1/stats", timeout=5)
+        assert refused.value.code == 401
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
@@ -174,6 +181,8 @@ def test_demo_keep_hub_keeps_the_hub_up_until_ctrl_c(tmp_path: Path) -> None:
     try:
         urllib.request.urlopen(f"{url}/api/v1/stats", timeout=2)
         raise AssertionError("the hub is still up after Ctrl-C")
+    except urllib.error.HTTPError:  # an answer, even a 401, means it is still up
+        raise AssertionError("the hub is still up after Ctrl-C") from None
     except OSError:
         pass
 

@@ -1,4 +1,5 @@
-"""JSON API /api/v1 with Flask's test client over a real SQLite hub database."""
+"""JSON API /api/v1 with Flask's test client over a real SQLite hub database: what it
+answers, that it needs a token, and that no parameter can make it fail."""
 from __future__ import annotations
 
 import time
@@ -9,8 +10,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from hall.testing.hub import api_get, api_token
 from hub import create_app, get_db
 from hub.config import HubConfig
+from hub.tokens import token_store
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
 
@@ -38,8 +41,79 @@ def app(tmp_path: Path) -> Iterator[Flask]:
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def token(app: Flask) -> str:
+    return api_token(app.config["TAPCAST"], "api-test")
+
+
+@pytest.fixture
+def client(app: Flask, token: str) -> FlaskClient:
+    """A client that sends the token with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return client
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+# ------------------------------------------------------------------ credential
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nodes", "/api/v1/nodes/n1", "/api/v1/events",
+                                  "/api/v1/stats"])
+def test_without_a_token_every_route_is_401_saying_how_to_get_one(anonymous: FlaskClient,
+                                                                  path: str) -> None:
+    r = anonymous.get(path)
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="tapcast-hub"'
+    assert "Authorization: Bearer" in r.json["error"]
+    assert "tapcast hub token create" in r.json["error"]
+
+
+@pytest.mark.parametrize("header", ["Bearer tc1_not-a-token", "Bearer ", "Basic dXNlcjpwdw==",
+                                    "tc1_abc", "Bearer " + "x" * 10_000])
+def test_a_wrong_or_malformed_token_is_401_invalid_token(anonymous: FlaskClient,
+                                                        header: str) -> None:
+    r = anonymous.get("/api/v1/nodes", headers={"Authorization": header})
+    assert r.status_code == 401
+    assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    assert "nodes" not in r.json
+
+
+def test_a_good_token_is_200(anonymous: FlaskClient, token: str) -> None:
+    r = anonymous.get("/api/v1/nodes", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and len(r.json["nodes"]) == 2
+
+
+def test_a_revoked_token_is_401_at_its_next_request(app: Flask, anonymous: FlaskClient) -> None:
+    token = api_token(app.config["TAPCAST"], "leaver")
+    auth = {"Authorization": f"Bearer {token}"}
+    assert anonymous.get("/api/v1/stats", headers=auth).status_code == 200
+    token_store(app.config["TAPCAST"].hub.database).revoke("leaver")
+    assert anonymous.get("/api/v1/stats", headers=auth).status_code == 401
+
+
+def test_the_openapi_document_needs_no_token(anonymous: FlaskClient) -> None:
+    assert anonymous.get("/api/v1/openapi.json").status_code == 200
+
+
+def test_refusals_are_counted_in_stats_and_logged_without_the_token(
+        anonymous: FlaskClient, client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    before = client.get("/api/v1/stats").json["api"]["auth_failures"]
+    for _ in range(5):
+        anonymous.get("/api/v1/nodes", headers={"Authorization": "Bearer tc1_secret-guess"})
+    assert client.get("/api/v1/stats").json["api"]["auth_failures"] == before + 5
+    refusals = [r for r in caplog.records if "without a valid API credential" in r.message]
+    assert len(refusals) <= 1  # at most one line a minute, however many were refused
+    assert "tc1_secret-guess" not in caplog.text
+
+
+def test_token_file_keeps_only_hashes(app: Flask, token: str) -> None:
+    path = token_store(app.config["TAPCAST"].hub.database).path
+    assert token not in path.read_text()
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_nodes_lists_every_node_with_status_queue_depth_and_counts(client: FlaskClient) -> None:
@@ -96,15 +170,32 @@ def test_events_pagination_follows_next_links_to_the_end(client: FlaskClient) ->
 
 @pytest.mark.parametrize("query,message", [
     ("limit=0", "limit must be between 1 and 500"),
+    ("limit=99999999999999999999999", "limit must be an integer"),
+    ("limit=1_0", "limit must be an integer"),
+    ("limit=%D9%A1", "limit must be an integer"),  # an Arabic-Indic digit one
+    ("limit=1&limit=2", "limit given more than once"),
+    ("node_id=n1&since_seq=9223372036854775808", "since_seq must be between 0 and "
+                                                 "9223372036854775807"),
+    ("node_id=n1&since_seq=" + "9" * 5000, "since_seq must be an integer"),
+    ("since_ts=1e400", "finite"),
+    ("since_ts=-1", "since_ts must be between 0 and 1e+11"),
+    ("since_ts=" + "1" * 100, "since_ts must be a number"),
+    ("cursor=" + "A" * 1000, "not one this API returned"),
+    ("cursor=" + "c2VxOjk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5OTk5", "not one this API returned"),
+    ("node_id=n1&cursor=c2VxOjk5OTk5OTk5OTk5OTk5OTk5OTk", "not one this API returned"),
+    ("node_id=n%00", "not a node id"),
+    ("node_id=" + "n" * 65, "not a node id: use 1..64"),
+    ("kind=" + "k" * 100_000, "not an event kind"),
+    ("x%00y=1", "unknown query parameter(s)"),
     ("limit=501", "limit must be between 1 and 500"),
     ("limit=ten", "limit must be an integer"),
     ("kind=purchase", "not an event kind"),
     ("since_seq=3", "since_seq needs node_id"),
-    ("node_id=n1&since_seq=-1", "since_seq must be >= 0"),
+    ("node_id=n1&since_seq=-1", "since_seq must be between 0 and"),
     ("since_ts=yesterday", "since_ts must be a number"),
-    ("since_ts=nan", "finite"),
+    ("since_ts=nan", "since_ts must be a number"),
     ("cursor=!!!", "not one this API returned"),
-    ("node=n1", "unknown query parameter(s) node"),
+    ("node=n1", "unknown query parameter(s) 'node'; accepted: node_id, kind"),
     ("node_id=a/b", "not a node id"),
 ])
 def test_bad_event_query_is_400_saying_what_to_fix(client: FlaskClient, query: str,
@@ -112,6 +203,18 @@ def test_bad_event_query_is_400_saying_what_to_fix(client: FlaskClient, query: s
     r = client.get(f"/api/v1/events?{query}")
     assert r.status_code == 400
     assert message in r.json["error"]
+    assert len(r.json["error"]) < 300  # a huge value is quoted cut short
+
+
+@pytest.mark.parametrize("node_id", ["n" * 65, "n%00", "%F0%9F%98%80", "a" * 5000])
+def test_bad_node_id_in_the_path_is_400(client: FlaskClient, node_id: str) -> None:
+    r = client.get(f"/api/v1/nodes/{node_id}")
+    assert r.status_code == 400 and "not a node id" in r.json["error"]
+
+
+def test_largest_seq_sqlite_holds_is_accepted(client: FlaskClient) -> None:
+    r = client.get(f"/api/v1/events?node_id=n1&since_seq={2**63 - 1}")
+    assert r.status_code == 200 and r.json["events"] == []
 
 
 def test_stats_counts_kinds_auth_verdicts_and_nodes(client: FlaskClient) -> None:
@@ -162,7 +265,6 @@ def test_init_db_command_reports_the_database(app: Flask) -> None:
 
 
 def test_serve_runs_ingest_and_api_until_shutdown(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
-    import json
     import urllib.request
 
     from hall.testing.hub import serve
@@ -183,8 +285,7 @@ def test_serve_runs_ingest_and_api_until_shutdown(mosquitto, tmp_path: Path) -> 
         from hub import get_ingest
         ingest = get_ingest(hub.app)
         assert ingest is not None and ingest.wait_stored(2, 10)
-        with urllib.request.urlopen(f"{hub.url}/api/v1/stats", timeout=10) as r:
-            stats = json.load(r)
+        stats = hub.get("/api/v1/stats")
         assert stats["events"]["total"] == 2 and stats["ingest"]["stored"] == 2
     finally:
         hub.shutdown()
@@ -195,7 +296,6 @@ def test_serve_runs_ingest_and_api_until_shutdown(mosquitto, tmp_path: Path) -> 
 
 def test_served_requests_do_not_leak_database_connections(tmp_path: Path) -> None:
     import os
-    import urllib.request
 
     from hall.testing.hub import serve
 
@@ -215,7 +315,7 @@ def test_served_requests_do_not_leak_database_connections(tmp_path: Path) -> Non
     try:
         before = open_fds()
         for _ in range(30):  # each request runs on a fresh server thread
-            urllib.request.urlopen(f"{hub.url}/api/v1/nodes", timeout=10).close()
+            api_get(f"{hub.url}/api/v1/nodes", hub.token)
         assert open_fds() <= before + 3  # at most one connection (db, wal, shm) left over
     finally:
         hub.shutdown()

@@ -1,4 +1,5 @@
-"""Operator page "/": nodes, counts and latest events, server-rendered then polled."""
+"""Operator page "/": sign-in with an API token, then nodes, counts and latest events,
+server-rendered then polled."""
 from __future__ import annotations
 
 import re
@@ -10,8 +11,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from hall.testing.hub import api_token
 from hub import create_app, get_db
 from hub.config import HubConfig
+from hub.tokens import token_store
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
 
@@ -24,9 +27,120 @@ def app(tmp_path: Path) -> Iterator[Flask]:
     get_db(app).close()
 
 
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, "no CSRF token in the form"
+    return match.group(1)
+
+
+def sign_in(client: FlaskClient, token: str) -> object:
+    """What a person does: open /, paste the token, press Sign in."""
+    form = client.get("/").get_data(as_text=True)
+    return client.post("/signin", data={"token": token, "csrf_token": csrf_token(form)})
+
+
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def token(app: Flask) -> str:
+    return api_token(app.config["TAPCAST"], "operator")
+
+
+@pytest.fixture
+def client(app: Flask, token: str) -> FlaskClient:
+    """A browser that has signed in."""
+    client = app.test_client()
+    assert sign_in(client, token).status_code == 303
+    return client
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+# -------------------------------------------------------------------- sign-in
+
+
+def test_page_without_a_session_shows_the_sign_in_form_not_the_data(
+        app: Flask, anonymous: FlaskClient) -> None:
+    get_db(app).write_batch([], statuses=[("secret-node", "online", time.time())])
+    r = anonymous.get("/")
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200 and 'data-testid="signin-form"' in html
+    assert "secret-node" not in html and 'data-testid="nodes-table"' not in html
+    assert "tapcast hub token create" in html
+
+
+def test_signing_in_shows_the_page_and_lets_its_fetches_use_the_api(
+        anonymous: FlaskClient, token: str) -> None:
+    r = sign_in(anonymous, token)
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+    html = anonymous.get("/").get_data(as_text=True)
+    assert 'data-testid="nodes-table"' in html
+    assert 'data-testid="signed-in-as">operator<' in html
+    assert anonymous.get("/api/v1/stats").status_code == 200  # the session, no header
+
+
+def test_session_cookie_is_signed_http_only_and_holds_no_token(anonymous: FlaskClient,
+                                                               token: str) -> None:
+    cookie = sign_in(anonymous, token).headers["Set-Cookie"]
+    assert cookie.startswith("tapcast_session=") and "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie and token not in cookie
+
+
+def test_a_wrong_token_at_sign_in_is_refused_and_counted(anonymous: FlaskClient,
+                                                         token: str) -> None:
+    r = sign_in(anonymous, "tc1_guess")
+    assert r.status_code == 401
+    assert "not valid here" in r.get_data(as_text=True)
+    assert 'data-testid="nodes-table"' not in anonymous.get("/").get_data(as_text=True)
+    stats = anonymous.get("/api/v1/stats", headers={"Authorization": f"Bearer {token}"})
+    assert stats.json["api"]["auth_failures"] >= 1
+
+
+def test_sign_in_without_the_forms_csrf_token_is_refused(anonymous: FlaskClient,
+                                                         token: str) -> None:
+    r = anonymous.post("/signin", data={"token": token})
+    assert r.status_code == 400 and "sign in again" in r.get_data(as_text=True)
+    assert anonymous.get("/api/v1/stats").status_code == 401
+
+
+def test_sign_out_ends_the_session(client: FlaskClient) -> None:
+    html = client.get("/").get_data(as_text=True)
+    r = client.post("/signout", data={"csrf_token": csrf_token(html)})
+    assert r.status_code == 303
+    assert 'data-testid="signin-form"' in client.get("/").get_data(as_text=True)
+    assert client.get("/api/v1/nodes").status_code == 401
+
+
+def test_revoking_the_token_ends_its_sessions(app: Flask, client: FlaskClient) -> None:
+    token_store(app.config["TAPCAST"].hub.database).revoke("operator")
+    assert 'data-testid="signin-form"' in client.get("/").get_data(as_text=True)
+    assert client.get("/api/v1/nodes").status_code == 401
+
+
+def test_every_worker_of_one_hub_accepts_the_same_session(app: Flask,
+                                                          client: FlaskClient) -> None:
+    """gunicorn workers each build their own app: they share the session key file."""
+    other = create_app(app.config["TAPCAST"])
+    try:
+        assert other.secret_key == app.secret_key
+        cookie = client.get_cookie("tapcast_session")
+        assert cookie is not None
+        browser = other.test_client()
+        browser.set_cookie("tapcast_session", cookie.value)
+        assert browser.get("/api/v1/nodes").status_code == 200
+    finally:
+        get_db(other).close()
+
+
+def test_session_key_file_is_private(app: Flask) -> None:
+    from pathlib import Path
+
+    key = Path(app.config["TAPCAST"].hub.database + ".secret")
+    assert key.stat().st_mode & 0o777 == 0o600
+
+
+# ----------------------------------------------------------------------- page
 
 
 def _row(html: str, node_id: str) -> str:

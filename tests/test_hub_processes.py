@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from hall.testing.hub import HubProcess, hub_config
+from hall.testing.hub import HubProcess, api_token, hub_config
 from hall.testing.mqtt import NodePublisher
 from hall.testing.mosquitto import Mosquitto, free_port
 from tapcast import config as cfg
@@ -32,9 +32,16 @@ TIMEOUT = 15.0
 # ------------------------------------------------------------------ helpers
 
 
+#: The API token of the hub the current test's write_config describes.
+TOKEN: dict[str, str] = {}
+
+
 def write_config(tmp_path: Path, broker: str, **hub: Any) -> Path:
+    """hub.toml for a test, and an API token for that hub (``get`` sends it)."""
     path = tmp_path / "hub.toml"
-    path.write_text(cfg.dump(hub_config(tmp_path / "var" / "hub.db", broker, **hub)))
+    config = hub_config(tmp_path / "var" / "hub.db", broker, **hub)
+    path.write_text(cfg.dump(config))
+    TOKEN["value"] = api_token(config)
     return path
 
 
@@ -45,7 +52,9 @@ def batch(node_id: str, seqs: range) -> bytes:
 
 
 def get(url: str) -> tuple[Any, dict[str, str]]:
-    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+    request = urllib.request.Request(url, headers={
+        "Authorization": f"Bearer {TOKEN.get('value', '')}"})
+    with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
         return json.load(response), dict(response.headers)
 
 
@@ -153,9 +162,11 @@ def test_create_app_opens_no_mqtt_connection(tmp_path: Path) -> None:
     nobody.setblocking(False)
     try:
         port = nobody.getsockname()[1]
-        app = create_app(hub_config(tmp_path / "hub.db", f"mqtt://127.0.0.1:{port}"))
+        config = hub_config(tmp_path / "hub.db", f"mqtt://127.0.0.1:{port}")
+        app = create_app(config)
         client = app.test_client()
-        stats = client.get("/api/v1/stats")
+        stats = client.get("/api/v1/stats",
+                           headers={"Authorization": f"Bearer {api_token(config)}"})
         assert stats.status_code == 200 and stats.json["ingest"] is None
         assert stats.headers["X-Tapcast-Worker"] == str(os.getpid())
         assert client.get("/").status_code == 200

@@ -2,7 +2,10 @@
 
 * ``serve(config, wait_ingest=...)`` / ``HubServer``: web app on werkzeug's threaded
   server plus the MQTT ingest, in this process; ``server.app`` gives
-  ``hub.get_db`` / ``hub.get_ingest``. For tests that look inside the hub.
+  ``hub.get_db`` / ``hub.get_ingest``; ``server.token`` is an API token made for the
+  test (``server.get(path)`` sends it). For tests that look inside the hub.
+* ``api_token(config)``: a new API token for a hub, made as ``tapcast hub token
+  create`` makes it.
 * ``hub_config(...)`` and ``HubProcess``: ``tapcast hub web|ingest|serve`` as real
   processes, waited for by their ready line. For tests of what is deployed.
 
@@ -10,6 +13,7 @@ Never what ``tapcast hub web`` or ``tapcast hub serve`` run.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +32,21 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from hub import attach_ingest, close_app, create_app, get_db
 from hub.ingest import Ingest
+from hub.tokens import token_store
 from tapcast import config as cfg
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HubServer", "serve", "hub_config", "HubProcess"]
-
-__all__ = ["HubServer", "serve"]
+__all__ = ["HubServer", "serve", "hub_config", "HubProcess", "api_token", "api_get"]
 
 
 class HubServer:
     """A running in-process hub (threaded WSGI server + ingest) that another thread can
     stop."""
 
-    def __init__(self, app: Flask, server: BaseWSGIServer) -> None:
+    def __init__(self, app: Flask, server: BaseWSGIServer, token: str = "") -> None:
         self.app = app
+        self.token = token
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="hub-http",
                                         daemon=True)
@@ -51,6 +56,10 @@ class HubServer:
     @property
     def url(self) -> str:
         return f"http://{self._server.host}:{self._server.server_port}"
+
+    def get(self, path: str, timeout: float = 10.0) -> Any:
+        """GET ``path`` of the API with this server's token; the decoded JSON."""
+        return api_get(self.url + path, self.token, timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until shutdown() was called (True) or the timeout passed (False)."""
@@ -81,9 +90,29 @@ def serve(config: HubConfig, *, start_ingest: bool = True,
     except BaseException:
         close_app(app)
         raise
-    hub = HubServer(app, server)
+    hub = HubServer(app, server, api_token(config, "test"))
     log.info("in-process hub serving on %s", hub.url)
     return hub
+
+
+def api_token(config: HubConfig, name: str = "test") -> str:
+    """A new API token for the hub of ``config`` (what ``tapcast hub token create``
+    does); the name gets a counter when taken."""
+    store = token_store(config.hub.database)
+    taken = {r.name for r in store.records()}
+    unique, n = name, 1
+    while unique in taken:
+        n += 1
+        unique = f"{name}-{n}"
+    return store.create(unique)
+
+
+def api_get(url: str, token: str, timeout: float = 10.0) -> Any:
+    """GET an API URL with ``Authorization: Bearer <token>``; the decoded JSON (an
+    HTTPError for a non-2xx answer)."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
 
 
 def hub_config(database: Path | str, broker: str, *, port: int = 0, **hub: Any) -> HubConfig:

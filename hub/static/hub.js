@@ -74,6 +74,10 @@
   }
   async function getJson(url) {
     const r = await fetch(url, { headers: { Accept: "application/json" } });
+    if (r.status === 401) {  // signed out or token revoked: the reload shows the form
+      window.location.reload();
+      throw new Error("signed out");
+    }
     if (!r.ok) throw new Error(url + ": HTTP " + r.status);
     return r.json();
   }
