@@ -28,6 +28,30 @@ def test_node_run_without_key_files_says_what_is_missing(tmp_path: Path) -> None
     assert "tapcast keys node" in result.output
 
 
+def test_hub_token_commands_create_list_and_revoke(tmp_path: Path) -> None:
+    from hub.tokens import token_store
+
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\ndatabase = "{tmp_path / "hub.db"}"\n')
+    runner = CliRunner()
+    created = runner.invoke(main, ["hub", "token", "create", "--config", str(config),
+                                   "--name", "alice"])
+    assert created.exit_code == 0, created.output
+    token = created.stdout.strip()
+    assert token.startswith("tc1_") and len(token) == 47
+    assert "shown only this once" in created.stderr
+    assert token_store(str(tmp_path / "hub.db")).check(token).name == "alice"
+    again = runner.invoke(main, ["hub", "token", "create", "--config", str(config),
+                                 "--name", "alice"])
+    assert again.exit_code == 1 and "revoke it first" in again.output
+    listed = runner.invoke(main, ["hub", "token", "list", "--config", str(config)])
+    assert listed.output.startswith("alice\tcreated ") and token not in listed.output
+    revoked = runner.invoke(main, ["hub", "token", "revoke", "--config", str(config), "alice"])
+    assert revoked.exit_code == 0 and token_store(str(tmp_path / "hub.db")).check(token) is None
+    gone = runner.invoke(main, ["hub", "token", "revoke", "--config", str(config), "alice"])
+    assert gone.exit_code == 1 and "no token named 'alice'" in gone.output
+
+
 @pytest.mark.slow
 def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
     """Mosquitto, hub web + hub ingest processes, 2 node processes, 2 handsets, as
@@ -39,6 +63,7 @@ def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "result: ok" in proc.stdout
     assert "hub: http://127.0.0.1:" in proc.stdout
+    assert "sign in with token tc1_" in proc.stdout  # the demo's own token, for the page
     assert "2 node processes serving taps" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     taps = int(proc.stdout.split("taps")[-1].split()[0])

@@ -1,5 +1,6 @@
 """What an operator sees: the hub page in headless Chromium (Debian's /usr/bin/chromium,
-driven by Playwright), updating itself while a virtual hall is tapped."""
+driven by Playwright): the sign-in form first, then the page updating itself while a
+virtual hall is tapped, until the operator signs out."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -42,6 +43,11 @@ async def test_operator_page_shows_taps_and_node_going_offline(
     await hall.start()
     try:
         await page.goto(running_hub.url + "/")
+        await expect(page.get_by_test_id("signin-form")).to_be_visible()
+        await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
+        await page.get_by_test_id("signin-token").fill(running_hub.token)
+        await page.get_by_test_id("signin-submit").click()
+        await expect(page.get_by_test_id("signed-in-as")).to_have_text("test")
         row = page.locator('[data-testid="node-row"][data-node-id="node-1"]')
         await expect(row.locator('[data-testid="node-status"]')).to_have_text("online",
                                                                               timeout=10_000)
@@ -57,3 +63,29 @@ async def test_operator_page_shows_taps_and_node_going_offline(
         await hall.stop()
     await expect(row.locator('[data-testid="node-status"]')).to_have_text("offline",
                                                                           timeout=10_000)
+    await expect(page.get_by_test_id("refresh-error")).to_be_hidden()
+    await page.get_by_test_id("signout").click()
+    await expect(page.get_by_test_id("signin-form")).to_be_visible()
+    await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
+
+
+async def test_page_goes_back_to_the_sign_in_form_when_its_token_is_revoked(
+        page, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    from hall.testing.hub import hub_config, serve
+    from hub.tokens import token_store
+
+    config = hub_config(tmp_path / "hub.db", "mqtt://127.0.0.1:1")
+    hub = serve(config, start_ingest=False)
+    try:
+        await page.goto(hub.url + "/")
+        await page.get_by_test_id("signin-token").fill(hub.token)
+        await page.get_by_test_id("signin-submit").click()
+        await expect(page.get_by_test_id("nodes-table")).to_be_visible()
+        token_store(config.hub.database).revoke("test")
+        # The next 3 s refresh gets a 401 and reloads: the form, no data.
+        await expect(page.get_by_test_id("signin-form")).to_be_visible(timeout=10_000)
+        await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
+    finally:
+        hub.shutdown()

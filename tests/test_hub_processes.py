@@ -155,6 +155,48 @@ def test_web_workers_and_one_ingest_store_each_event_once(
         no_traceback(ingest, web)
 
 
+def test_every_web_worker_takes_a_new_token_drops_a_revoked_one_and_counts_refusals(
+        tmp_path: Path) -> None:
+    """Tokens made and revoked with the CLI while `hub web` runs count in every worker
+    at its next request; refusals are one count across all workers."""
+    import urllib.error
+
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1")
+    with HubProcess("web", config, "--workers", "3") as web:
+        url = web.wait_line("hub web on http://127.0.0.1:").split()[3]
+
+        def status(token: str) -> tuple[int, int]:
+            request = urllib.request.Request(f"{url}/api/v1/nodes",
+                                             headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
+                    return response.status, int(response.headers["X-Tapcast-Worker"])
+            except urllib.error.HTTPError as exc:
+                return exc.code, int(exc.headers["X-Tapcast-Worker"])
+
+        created = subprocess.run(
+            [sys.executable, "-m", "hall.cli", "hub", "token", "create", "--config",
+             str(config), "--name", "late"], capture_output=True, text=True, timeout=60)
+        assert created.returncode == 0, created.stderr
+        late = created.stdout.strip()
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(status, [late] * 24))
+            assert {code for code, _ in answers} == {200}
+            assert len({pid for _, pid in answers}) >= 2  # more than one worker said yes
+            revoked = subprocess.run(
+                [sys.executable, "-m", "hall.cli", "hub", "token", "revoke", "--config",
+                 str(config), "late"], capture_output=True, text=True, timeout=60)
+            assert revoked.returncode == 0, revoked.stderr
+            answers = list(pool.map(status, [late] * 24))
+        assert {code for code, _ in answers} == {401}
+        assert len({pid for _, pid in answers}) >= 2
+        stats, _ = get(f"{url}/api/v1/stats")
+        assert stats["api"]["auth_failures"] == 24  # one count, whichever worker refused
+        assert late not in "\n".join(web.stdout + web.stderr)
+        assert web.stop() == 0
+        no_traceback(web)
+
+
 def test_create_app_opens_no_mqtt_connection(tmp_path: Path) -> None:
     from hub import create_app
 
