@@ -16,18 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from tapcast import __version__
+from tapcast.clock import FLOOR_FILE, BestTime
 from tapcast.keys import NodeCredentials, load_node_credentials
 from tapcast.protocol import ble
 from tapcast.protocol.mqtt import NodeState
 from tapcast.protocol.nfc import NodeAuth
 
 from node.config import NodeConfig
-from node.nfc_reader import NfcReader, TapOutcome
+from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome, open_frontend
 from node.outbox import Outbox
 from node.store import ContentStore, Item, load_library
 from node.uplink import Uplink
 
 log = logging.getLogger(__name__)
+
+TIME_PERSIST_INTERVAL = 300.0  # seconds between writes of the time floor (SD card wear)
 
 
 class NodeStartError(RuntimeError):
@@ -68,6 +71,9 @@ class NodeDaemon:
     so the same daemon runs on a Pi and as a process of the virtual hall. ``push`` may
     be given to use an already-open BLE adapter (tests)."""
 
+    #: How the NFC reader's device path is opened (nfcpy); tests wrap it to unplug one.
+    open_nfc_device: Callable[[str], Any] = staticmethod(open_frontend)
+
     def __init__(self, config: NodeConfig, *, base_dir: Path | str = ".",
                  push: Any = None, credentials: NodeCredentials | None = None,
                  revoked: Container[str] = frozenset(),
@@ -90,7 +96,12 @@ class NodeDaemon:
         self.outbox = Outbox(self.data_dir / "outbox.db")
         self.counters = Counters()
         self.revoked: Container[str] = revoked
-        self.auth = NodeAuth(self.credentials, revoked=lambda: self.revoked)
+        # Certificate validity is checked against the node's best time (tapcast.clock):
+        # a Pi without a real-time clock may boot offline days off.
+        self.best_time = BestTime(self.data_dir / FLOOR_FILE)
+        self.auth = NodeAuth(self.credentials, revoked=lambda: self.revoked,
+                             clock=self.best_time.now,
+                             clock_trusted=lambda: self.best_time.trusted)
         self.push = push if push is not None else BlePush.from_config(config.ble)
         self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, zone=config.node.zone,
                              version=__version__, state_provider=self.state, base_dir=base)
@@ -99,6 +110,7 @@ class NodeDaemon:
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
         self._stopped = asyncio.Event()
+        self._time_task: asyncio.Task[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -126,7 +138,8 @@ class NodeDaemon:
         nfc = self.config.nfc
         self.reader = NfcReader(nfc.device, nfc.poll_interval, self.auth.begin, loop,
                                 self._on_outcome, sens_res_timeout=nfc.sens_res_timeout,
-                                hold_off=nfc.hold_off)
+                                hold_off=nfc.hold_off, on_status=self._on_reader_status,
+                                open_device=self.open_nfc_device)
         try:
             # Opening a USB/serial reader can take a moment; keep the loop free meanwhile.
             await asyncio.to_thread(self.reader.start)
@@ -136,11 +149,27 @@ class NodeDaemon:
                 f"NFC reader {nfc.device!r} cannot be opened ({exc}). Is it plugged in and "
                 "is [nfc] device right? `python -m nfc` lists the readers nfcpy finds") from None
         log.info("node %s serving taps on %s", self.node_id, nfc.device)
+        self._time_task = loop.create_task(self._persist_time())
+        if not self.best_time.trusted:
+            log.warning("no trustworthy time yet (clock not synchronised, no hub time): "
+                        "certificate not-before is not checked; expiry against %s",
+                        self.best_time.source())
+
+    async def _persist_time(self) -> None:
+        """Persist the time floor now and then: a Pi loses power without a clean stop."""
+        while True:
+            await asyncio.to_thread(self.best_time.persist)
+            await asyncio.sleep(TIME_PERSIST_INTERVAL)
 
     async def stop(self) -> None:
         if self.reader is not None:
             await asyncio.to_thread(self.reader.stop)
             self.reader = None
+        if self._time_task is not None:
+            self._time_task.cancel()
+            await asyncio.gather(self._time_task, return_exceptions=True)
+            self._time_task = None
+        self.best_time.persist()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -153,6 +182,28 @@ class NodeDaemon:
         """Until every tap handed over so far is served and its events are recorded."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    @property
+    def reader_state(self) -> dict[str, Any]:
+        """The NFC reader's health for the state heartbeat: state ("ok", "failed",
+        "starting", "stopped"), device, since, reason, failures, retry_in."""
+        if self.reader is None:
+            return {"state": "stopped", "device": self.config.nfc.device, "since": 0.0,
+                    "reason": "", "failures": 0, "retry_in": 0.0}
+        return self.reader.status.as_dict()
+
+    @property
+    def time_state(self) -> dict[str, Any]:
+        """Where the node's best time comes from, for the state heartbeat."""
+        return {"best": round(self.best_time.now(), 3), "trusted": self.best_time.trusted,
+                "source": self.best_time.source()}
+
+    def _on_reader_status(self, status: ReaderStatus) -> None:
+        """Runs on the loop. A failure is one "error" event (the reader logged it);
+        recovery shows in reader_state."""
+        if status.state == "failed":
+            self._record(("error", {"component": "nfc_reader", "device": status.device,
+                                    "reason": status.reason}))
 
     def describe(self) -> str:
         """The one line `tapcast node run` prints when the node serves taps."""
