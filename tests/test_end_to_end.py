@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def hall(mosquitto: Mosquitto, running_hub: HubServer, tmp_path: Path) -> AsyncIterator[VirtualHall]:
     h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=2, handsets=2, seed=7, hold_off=0.0,
-                    processes=False)
+                    processes=False, stream_secret=running_hub.stream_secret)
     await h.start()
     yield h
     await h.stop()
@@ -75,7 +75,7 @@ async def test_taps_deliver_content_and_every_event_reaches_the_hub_once(
     # trusts our hub (so it answers our node) but was certified by another hub
     (lambda hall: dataclasses.replace(
         make_handset_credentials(HubAuthority.generate(), "stranger", time.time() + 3600),
-        hub_public_key=hall.authority.public_key_bytes), "unknown_issuer"),
+        hub_public_key=hall.authority.public_key_bytes), "unknown_key_id"),
 ])
 async def test_bad_certificate_is_refused_and_reported_to_the_hub(
         hall: VirtualHall, running_hub: HubServer, make_bad, reason: str) -> None:
@@ -99,14 +99,16 @@ async def test_malformed_mqtt_payload_is_counted_and_ingest_keeps_storing(
     rogue.loop_start()
     try:
         for payload in (b"{not json", b'{"node_id":"node-1","events":[{"seq":"x"}]}',
-                        m.encode(m.EventBatch(node_id="node-2", events=[]))):  # wrong node
+                        m.seal_batch(m.stream_key(bytes(32), "node-1"), m.EventBatch(
+                            node_id="node-1", epoch="e", low=1, first=1, last=1,
+                            events=[]))):  # tagged with a guessed key
             rogue.publish(m.events_topic("node-1"), payload, qos=1).wait_for_publish(5)
     finally:
         rogue.loop_stop()
         rogue.disconnect()
     ingest = get_ingest(running_hub.app)
     assert ingest is not None
-    assert await asyncio.to_thread(ingest.wait_for, lambda c: c.malformed >= 3, 10.0)
+    assert await asyncio.to_thread(ingest.wait_for, lambda c: c.forged >= 3, 10.0)
     report = await hall.tap(hall.handsets[0], hall.nodes[0])
     assert report.ok, report.error
     assert await hall.drain(10.0)

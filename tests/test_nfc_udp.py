@@ -328,3 +328,27 @@ async def test_reader_on_a_missing_device_raises_a_clear_error() -> None:
 async def test_handset_alone_times_out_without_a_session(hub: HubAuthority, path: str) -> None:
     loop = asyncio.get_running_loop()
     assert await loop.run_in_executor(None, emulate_card, path, card_for(hub), 0.2) is None
+
+
+@pytest.mark.parametrize("days", [-3, 3])
+async def test_tap_on_a_node_whose_clock_is_days_off_authenticates_and_a_replay_fails(
+        hub: HubAuthority, path: str, days: int) -> None:
+    """A Pi without a real-time clock, booted offline: its best time is untrusted and
+    days off. Taps still authenticate (freshness is the nonces'), replays still fail."""
+    skewed = NodeAuth(make_node_credentials(hub, "node-1", "hall-a", time.time() + 365 * 86400,
+                                            not_before=time.time() - 30 * 86400),
+                      clock=lambda: time.time() + days * 86400, clock_trusted=lambda: False)
+    hall = Hall(path, skewed)
+    hall.reader.start()
+    try:
+        honest = card_for(hub, expires_in=365 * 86400)  # a clock ahead ends validity early
+        outcome, session = await hall.tap(honest)
+        assert outcome.reason == "ok", outcome.error
+        assert session is not None and outcome.session is not None
+        assert session.session_key == outcome.session.session_key
+        recorded = honest.response_to(0x10)  # type: ignore[attr-defined]
+        replay, stolen = await hall.tap(card_for(hub, expires_in=365 * 86400,
+                                                 cls=ReplayingCard, replay=recorded))
+    finally:
+        hall.reader.stop()
+    assert (replay.reason, replay.session, stolen) == ("bad_signature", None, None)
