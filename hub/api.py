@@ -151,6 +151,9 @@ def list_events() -> ResponseReturnValue:
     _check_params(allowed)
     node_id = _node_id_arg(request.args.get("node_id"))
     kind = request.args.get("kind")
+    # TODO(issue 6, event stream part): when the hub stores kinds it does not know
+    # (tapcast.protocol.mqtt's kind pattern), accept any kind of that shape here and in
+    # hub/openapi.py, so those events can be listed by kind too.
     if kind is not None and kind not in EVENT_KINDS:
         raise BadRequest(f"kind {_shown(kind)} is not an event kind; use one of "
                          f"{', '.join(EVENT_KINDS)}")
