@@ -1,9 +1,18 @@
 """The simulated handset radio: a bumble GATT peripheral speaking the Tapcast BLE protocol.
 
-It plays what the Android app does after a tap: advertise connectable for a short
-window only (so a phone is not connectable all day), accept the node's connection,
-reassemble, open and acknowledge what the node pushes, and answer over ``tx``
-notifications (request, offer response, ack, bye).
+It plays what the Android app does after a tap: advertise the tap's token (a 128-bit
+service UUID derived from the session key, tapcast.protocol.ble.session_token)
+connectable for a short window only (so a phone is not connectable all day and not
+trackable across taps), accept the node's connection, reassemble, open and acknowledge
+what the node pushes, and answer over ``tx`` notifications (request, offer response,
+ack, bye).
+
+Anyone in range may connect in the window. The session binds to the first connection
+that proves the session key (an authentic frame); until then the handset keeps
+advertising, so a stranger connecting first cannot lock the node out, and a connection
+that has not proven the key within ``bind_timeout`` is dropped. Frames that fail
+authentication, come from another connection or exceed MTU-3 are dropped unread and
+counted in :attr:`BlePeripheral.dropped`.
 
 bumble facts that matter here (bumble 0.0.236): a GATT write callback that raises
 anything but ``ATT_Error`` leaves a write-with-response client waiting 30 s, so every
@@ -15,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
-from bumble import att, gatt, hci
+from bumble import att, core, gatt, hci
 from bumble.device import Connection, Device
 
 from tapcast.radio.bumble import PUBLIC, RANDOM, HciAdapter
 from tapcast.protocol.ble import (
     INFO_UUID, RX_UUID, SERVICE_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, Delivered,
-    DataFrame, Endpoint, FrameError, Info, Message, QueryFrame, Reply, parse_frame,
+    Endpoint, Frame, FrameError, Info, Message, QueryFrame, Reply, Unauthentic,
 )
 
 log = logging.getLogger(__name__)
@@ -36,15 +46,18 @@ class BlePeripheral:
     """One handset's BLE side on a bumble :class:`HciAdapter` (which it owns and closes).
 
     Call :meth:`start` inside the running loop, then :meth:`open_window` after each tap.
-    Received messages land in :attr:`messages` (and ``on_message`` if given); frames
-    that were rejected land in :attr:`errors` as FrameError. ``on_frame(index, total)``
-    is called for each DATA frame received (diagnostics; tests use it to drop a link
-    mid-message).
+    Received messages land in :attr:`messages` (and ``on_message`` if given); authentic
+    frames that were refused land in :attr:`errors` as FrameError; frames dropped unread
+    are counted in :attr:`dropped` by reason ("unauthentic", "other_connection",
+    "oversized", "no_session"), and connections dropped for not proving the key in
+    ``dropped["unproven_connection"]``. ``on_frame(index, total)`` is called for each
+    authentic DATA frame received (diagnostics; tests use it to drop a link mid-message).
     """
 
     def __init__(self, adapter: HciAdapter, *, name: str = "handset",
                  address_type: int = RANDOM, window: float = 3.0,
                  advertising_interval_ms: float = 20.0, ack_timeout: float = 2.0,
+                 bind_timeout: float = 1.0,
                  on_message: Callable[[Message], None] | None = None,
                  on_frame: Callable[[int, int], None] | None = None) -> None:
         if address_type not in (PUBLIC, RANDOM):
@@ -57,6 +70,8 @@ class BlePeripheral:
         self.window = window
         self.advertising_interval_ms = advertising_interval_ms
         self.ack_timeout = ack_timeout
+        self.bind_timeout = bind_timeout
+        self.dropped: Counter[str] = Counter()
         self.on_message = on_message
         self.on_frame = on_frame
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
@@ -65,7 +80,8 @@ class BlePeripheral:
         self.window_closed = asyncio.Event()
         self._acks: asyncio.Queue[AckReceived] = asyncio.Queue()
         self._device: Device | None = None
-        self._connection: Connection | None = None
+        self._connection: Connection | None = None  # the session's, once bound
+        self._links: set[Connection] = set()  # every live link, bound or not
         self._endpoint: Endpoint | None = None
         self._window_open_until = 0.0
         self._window_task: asyncio.Task[None] | None = None
@@ -128,6 +144,7 @@ class BlePeripheral:
             self._window_task.cancel()
             self._window_task = None
         self._endpoint = None
+        self._drop_unbound_links()
         stale = self.drop_link()
         if stale is not None:
             await stale
@@ -141,6 +158,7 @@ class BlePeripheral:
         # to a dead session (other key): drop it, or this handset would never advertise
         # for the new one.
         self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
+        self._drop_unbound_links()
         stale = self.drop_link()
         if stale is not None:
             await stale
@@ -151,6 +169,16 @@ class BlePeripheral:
             self._window_task.cancel()
         self._window_task = asyncio.create_task(self._close_window_later())
         await self._advertise(device)
+
+    @property
+    def link_count(self) -> int:
+        """Live links, bound to the session or not (``connected`` is set once bound)."""
+        return len(self._links)
+
+    @property
+    def token(self) -> str | None:
+        """The UUID this handset advertises for the current session (None before a tap)."""
+        return self._endpoint.token if self._endpoint is not None else None
 
     @property
     def window_open(self) -> bool:
@@ -166,11 +194,19 @@ class BlePeripheral:
 
     async def _advertise_locked(self, device: Device) -> None:
         async with self._adv_lock:
-            if device.is_advertising or self._connection is not None:
+            endpoint = self._endpoint
+            if device.is_advertising or self._connection is not None or endpoint is None \
+                    or not self.window_open:
                 return
+            data = core.AdvertisingData([
+                (core.AdvertisingData.FLAGS, bytes([0x06])),  # LE general discoverable, no BR/EDR
+                (core.AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+                 core.UUID(endpoint.token).to_bytes(force_128=True)),
+            ])
             await device.start_advertising(
                 own_address_type=(hci.OwnAddressType.PUBLIC if self.address_type == PUBLIC
                                   else hci.OwnAddressType.RANDOM),
+                advertising_data=bytes(data),
                 advertising_interval_min=self.advertising_interval_ms,
                 advertising_interval_max=self.advertising_interval_ms)
 
@@ -188,16 +224,55 @@ class BlePeripheral:
 
     # ----------------------------------------------------------------- connection
     def _on_connection(self, connection: Connection) -> None:
+        self._links.add(connection)
+        connection.on("disconnection", lambda _reason, c=connection: self._on_disconnection(c))
+        if self._connection is None and self.window_open and self._device is not None:
+            # Not bound yet: whoever this is, keep the door open for the node (a stranger
+            # connecting first must not lock it out), and drop this link unless it
+            # proves the session key in time.
+            self._spawn(self._advertise(self._device))
+            self._spawn(self._expire_unproven(connection))
+
+    async def _expire_unproven(self, connection: Connection) -> None:
+        await asyncio.sleep(self.bind_timeout)
+        if connection in self._links and connection is not self._connection:
+            self.dropped["unproven_connection"] += 1
+            log.info("%s: dropping a link that did not prove the session key in %.1f s",
+                     self.name, self.bind_timeout)
+            self._dead.add(connection)
+            await self._disconnect(connection)
+
+    def _bind(self, connection: Connection) -> None:
+        """The first connection that proves the session key owns the session: others
+        are dropped and advertising stops."""
         self._connection = connection
         self.connected.set()
-        connection.on("disconnection", self._on_disconnection)
+        for other in list(self._links - {connection}):
+            self._dead.add(other)
+            self._spawn(self._disconnect(other))
+        self._spawn(self._stop_advertising_locked())
 
-    def _on_disconnection(self, reason: int) -> None:
-        self._dead.discard(self._connection)  # type: ignore[arg-type]
+    @staticmethod
+    async def _disconnect(connection: Connection) -> None:
+        try:
+            await connection.disconnect()
+        except (core.BaseBumbleError, hci.HCI_Error) as exc:  # already gone
+            log.debug("disconnect: %r", exc)
+
+    def _on_disconnection(self, connection: Connection) -> None:
+        self._links.discard(connection)
+        self._dead.discard(connection)
+        if connection is not self._connection:
+            return
         self._connection = None
         self.connected.clear()
         if self.window_open and self._device is not None:
             self._spawn(self._advertise(self._device))  # let the node come back
+
+    def _drop_unbound_links(self) -> None:
+        for other in list(self._links - {self._connection}):
+            self._dead.add(other)
+            self._spawn(self._disconnect(other))
 
     def drop_link(self) -> asyncio.Task[None] | None:
         """Break the link from this side, as when the customer walks out of range:
@@ -207,7 +282,7 @@ class BlePeripheral:
         if connection is None:
             return None
         self._dead.add(connection)
-        task = asyncio.ensure_future(connection.disconnect())
+        task = asyncio.ensure_future(self._disconnect(connection))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -223,34 +298,67 @@ class BlePeripheral:
         if connection in self._dead:
             return  # the link was dropped: this never arrived
         try:
-            if self._endpoint is None:
-                raise FrameError("no session: open_window() was not called")
-            event = self._endpoint.handle(bytes(value))
-            if isinstance(event, Delivered):
-                self.messages.put_nowait(event.message)
-                if self.on_message is not None:
-                    self.on_message(event.message)
-                await self.send_frame(event.reply)
-            elif isinstance(event, Reply):
-                if self.on_frame is not None:
-                    frame = parse_frame(value)  # parsed fine a moment ago in handle()
-                    if isinstance(frame, DataFrame):
-                        self.on_frame(frame.index, frame.total)
-                if event.reply is not None:
-                    await self.send_frame(event.reply)
-            else:
-                self._acks.put_nowait(event)
-        except FrameError as exc:
-            log.warning("%s: rejected frame: %s", self.name, exc)
-            self.errors.put_nowait(exc)
-            if exc.reply is not None:
-                await self.send_frame(exc.reply)
-            raise att.ATT_Error(ATT_FRAME_ERROR, message=str(exc)) from None
+            await self._receive(connection, bytes(value))
         except att.ATT_Error:
             raise
         except Exception as exc:
             log.exception("%s: rx write failed", self.name)
             raise att.ATT_Error(att.ATT_UNLIKELY_ERROR_ERROR, message=repr(exc)) from None
+
+    def _drop(self, reason: str, detail: str) -> None:
+        """A frame dropped unread: counted, one debug line, an ATT error for a write
+        request (nothing else: no state, no reply)."""
+        self.dropped[reason] += 1
+        log.debug("%s: dropped frame (%s): %s", self.name, reason, detail)
+        raise att.ATT_Error(ATT_FRAME_ERROR, message=f"{reason}: {detail}")
+
+    async def _receive(self, connection: Connection, value: bytes) -> None:
+        endpoint = self._endpoint
+        if endpoint is None:
+            self._drop("no_session", "open_window() was not called")
+            return
+        if len(value) > connection.att_mtu - 3:  # bumble accepts long (prepared) writes
+            self._drop("oversized", f"{len(value)} bytes exceeds MTU-3 = {connection.att_mtu - 3}")
+        if self._connection is not None and connection is not self._connection:
+            self._drop("other_connection", "the session is bound to another link")
+        try:
+            event = endpoint.handle(value)
+        except Unauthentic as exc:
+            self._drop("unauthentic", str(exc))
+            return
+        except FrameError as exc:  # authentic, but refused: the peer holds the key
+            if self._connection is None:
+                self._bind(connection)
+            log.warning("%s: refused frame: %s", self.name, exc)
+            self.errors.put_nowait(exc)
+            if exc.reply is not None:
+                await self._send_control(exc.reply)
+            raise att.ATT_Error(ATT_FRAME_ERROR, message=str(exc)) from None
+        if self._connection is None:
+            self._bind(connection)
+        if isinstance(event, Delivered):
+            self.messages.put_nowait(event.message)
+            if self.on_message is not None:
+                self.on_message(event.message)
+            await self._send_control(event.reply)
+        elif isinstance(event, Reply):
+            if self.on_frame is not None and endpoint.last_data is not None:
+                self.on_frame(*endpoint.last_data)
+            if event.reply is not None:
+                await self._send_control(event.reply)
+        else:
+            self._acks.put_nowait(event)
+
+    async def _send_control(self, frame: Frame) -> None:
+        try:
+            await self.send_frame(self._require_endpoint().wrap(frame))
+        except ConnectionError as exc:  # the link went; the node will QUERY again
+            log.info("%s: could not send control frame: %s", self.name, exc)
+
+    def _require_endpoint(self) -> Endpoint:
+        if self._endpoint is None:
+            raise ConnectionError(f"{self.name}: no session")
+        return self._endpoint
 
     async def send_frame(self, frame: bytes) -> None:
         """Notify one raw frame on ``tx`` (send() frames messages; this is for acks,
@@ -269,19 +377,25 @@ class BlePeripheral:
         ack. Returns the message id. Raises ConnectionError when no node is connected
         or the link drops (the handset does not resume; the node does), FrameError when
         the node rejects the message, TimeoutError when no ack comes."""
+        if self._connection is None and self._links and self._endpoint is not None:
+            try:  # connected, but the node's HELLO (proof of the key) is still on its way
+                await asyncio.wait_for(self.connected.wait(), self.ack_timeout)
+            except TimeoutError:
+                pass
         connection = self._connection
         if connection is None or self._endpoint is None:
             raise ConnectionError(f"{self.name}: no node connected")
-        outgoing = self._endpoint.seal(message)
-        frames = outgoing.frames(connection.att_mtu - 3)
+        endpoint = self._endpoint
+        outgoing = endpoint.seal(message)
+        frames = outgoing.chunks(connection.att_mtu - 3)
         start = 0
         for _attempt in range(3):
             for frame in frames[start:]:
-                await self.send_frame(frame)
+                await self.send_frame(endpoint.wrap(frame))
             try:
                 ack = await self._wait_ack(outgoing.msg_id)
             except TimeoutError:
-                await self.send_frame(QueryFrame(outgoing.msg_id).encode())
+                await self.send_frame(endpoint.wrap(QueryFrame(outgoing.msg_id)))
                 ack = await self._wait_ack(outgoing.msg_id)
             if ack.status == AckStatus.DONE:
                 return outgoing.msg_id

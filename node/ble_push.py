@@ -1,32 +1,43 @@
 """Node side of the BLE push, through bleak's public API only.
 
-The same code runs on a Pi (bleak's BlueZ backend: connecting to an address does a
-scan that stops at the first sighting of it) and in the virtual hall (bleak with the
-bumble backend from tapcast.radio.bumble, on a controller of the hall's virtual air). No general scan: the address comes from the tap.
+The same code runs on a Pi (bleak's BlueZ backend) and in the virtual hall (bleak with
+the bumble client and scanner backends from tapcast.radio.bumble, on a controller of the
+hall's virtual air).
+
+Finding the handset: phones cannot tell their own address, so the handset advertises a
+per-tap token derived from the session key (a 128-bit service UUID) and the node scans
+filtered for exactly that token and connects at the first sighting (:meth:`BlePush.open`).
+No general scan; the address the handset sent over NFC is only a hint (logged when it
+differs). :func:`open_session` still connects to a known address directly.
 
 A session: connect, subscribe to ``tx``, read ``info``; then ``send`` seals a message,
-writes its frames (write-without-response, each at most MTU-3) and waits for the
-handset's DONE ack. If the link drops, it reconnects to the same address (the handset
-keeps advertising while its window is open), asks which frames arrived (QUERY) and
-resumes from the first missing one.
+writes its frames (write-without-response, each at most MTU-3, each authenticated just
+before it is written) and waits for the handset's DONE ack. If the link drops, it
+reconnects to the same address (the handset keeps advertising while its window is
+open), asks which frames arrived (QUERY) and resumes from the first missing one.
+Notifications that fail authentication are dropped and counted in ``dropped``; they
+cannot complete, reset or block anything.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from bleak import BleakClient
+from bleak import BleakClient, BleakScanner
 from bleak.backends.client import BaseBleakClient
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
 from node.config import BleSection
 from tapcast.radio import parse_ble_adapter
 from tapcast.protocol.ble import (
     INFO_UUID, RX_UUID, TX_UUID, AckFrame, AckReceived, AckStatus, ContentItem, Bye, Delivered,
-    Endpoint, FrameError, Info, Message, QueryFrame, Reply,
+    HELLO, Endpoint, Frame, FrameError, Info, Message, QueryFrame, Reply, Unauthentic, session_token,
 )
 
 log = logging.getLogger(__name__)
@@ -51,7 +62,9 @@ class PushSession:
         #: (benchmarks: tap -> first content byte).
         self.first_content_at: float | None = None
         self.info: Info | None = None
-        self.errors: list[FrameError] = []  # frames from the handset that were rejected
+        self.errors: list[FrameError] = []  # authentic frames from the handset that were refused
+        #: Frames dropped unread, by reason ("unauthentic": failed MAC, replayed, too short).
+        self.dropped: Counter[str] = Counter()
         self.reconnects = 0
         self._incoming: asyncio.Queue[Message] = asyncio.Queue()
         self._acks: asyncio.Queue[AckFrame] = asyncio.Queue()
@@ -67,6 +80,9 @@ class PushSession:
         self._link_lost.clear()
         await self.client.start_notify(TX_UUID, self._on_notify)
         self.info = Info.decode(bytes(await self.client.read_gatt_char(INFO_UUID)))
+        # HELLO proves the session key, so the handset binds this link (and drops any
+        # stranger's) before it sends or accepts anything.
+        await self.client.write_gatt_char(RX_UUID, self.endpoint.wrap(HELLO), response=False)
 
     def _on_disconnect(self, client: BleakClient) -> None:
         self._link_lost.set()
@@ -98,6 +114,10 @@ class PushSession:
     def _on_notify(self, _char: Any, data: bytearray) -> None:
         try:
             event = self.endpoint.handle(bytes(data))
+        except Unauthentic as exc:  # hostile or stale: counted, never answered
+            self.dropped["unauthentic"] += 1
+            log.debug("dropped frame from %s: %s", self.client.address, exc)
+            return
         except FrameError as exc:
             log.warning("rejected frame from handset: %s", exc)
             self.errors.append(exc)
@@ -112,9 +132,9 @@ class PushSession:
         elif isinstance(event, Reply) and event.reply is not None:
             self._spawn(self._write_control(event.reply))
 
-    async def _write_control(self, frame: bytes) -> None:
+    async def _write_control(self, frame: Frame) -> None:
         try:
-            await self.client.write_gatt_char(RX_UUID, frame, response=False)
+            await self.client.write_gatt_char(RX_UUID, self.endpoint.wrap(frame), response=False)
         except BleakError as exc:  # link gone; the peer will QUERY again
             log.info("could not send control frame: %s", exc)
 
@@ -138,7 +158,7 @@ class PushSession:
             await self._reconnect()
         outgoing = self.endpoint.seal(message)
         frame_size = self.frame_size
-        frames = outgoing.frames(frame_size)
+        frames = outgoing.chunks(frame_size)
         start = 0
         rounds = 0
         while True:
@@ -158,7 +178,8 @@ class PushSession:
                 start = resume
             try:
                 for index in range(start, len(frames)):
-                    await self.client.write_gatt_char(RX_UUID, frames[index], response=False)
+                    await self.client.write_gatt_char(RX_UUID, self.endpoint.wrap(frames[index]),
+                                                      response=False)
                     if self.first_content_at is None and isinstance(message, ContentItem):
                         self.first_content_at = time.perf_counter()
                         if self.on_first_content is not None:
@@ -185,7 +206,8 @@ class PushSession:
         """Ask where to resume: the first missing frame, -1 if already done, None if
         the link dropped again."""
         try:
-            await self.client.write_gatt_char(RX_UUID, QueryFrame(msg_id).encode(), response=True)
+            await self.client.write_gatt_char(RX_UUID, self.endpoint.wrap(QueryFrame(msg_id)),
+                                              response=True)
         except BleakError as exc:
             log.info("query failed: %s", exc)
             return None
@@ -238,13 +260,14 @@ class PushSession:
             await self.client.disconnect()
 
 
-async def open_session(address: str, address_type: int, session_key: bytes, *,
+async def open_session(address: str | BLEDevice, address_type: int, session_key: bytes, *,
                        backend: type[BaseBleakClient] | None = None,
                        backend_kwargs: dict[str, Any] | None = None,
                        connect_timeout: float = 5.0, ack_timeout: float = 2.0,
                        max_reconnects: int = 3,
                        on_first_content: Callable[[float], None] | None = None) -> PushSession:
-    """Connect to the handset at ``address`` (learned from the tap) and open a session.
+    """Connect to the handset at ``address`` (a BLEDevice from :func:`find_handset`, or
+    an address string) and open a session.
 
     ``backend=None`` is bleak's platform backend (BlueZ on a Pi); there the address
     type is learned from the advertisement and ``backend_kwargs`` may name the HCI
@@ -253,7 +276,7 @@ async def open_session(address: str, address_type: int, session_key: bytes, *,
     Raises TimeoutError if the handset does not come up within ``connect_timeout``.
     """
     kwargs: dict[str, Any] = dict(backend_kwargs or {})
-    if backend is not None:
+    if backend is not None and isinstance(address, str):
         kwargs["address_type"] = address_type
     session: PushSession | None = None
 
@@ -274,15 +297,32 @@ async def open_session(address: str, address_type: int, session_key: bytes, *,
     return session
 
 
+async def find_handset(token: str, *, timeout: float,
+                       backend: type[BaseBleakScanner] | None = None,
+                       backend_kwargs: dict[str, Any] | None = None) -> BLEDevice | None:
+    """The first device seen advertising ``token`` (a 128-bit service UUID) within
+    ``timeout`` seconds, or None. The scan is filtered for exactly that UUID (BlueZ and
+    the bumble backend filter in the stack; bleak filters again)."""
+
+    def wanted(_device: BLEDevice, adv: AdvertisementData) -> bool:
+        return token in adv.service_uuids
+
+    return await BleakScanner.find_device_by_filter(
+        wanted, timeout=timeout, service_uuids=[token], backend=backend,
+        **dict(backend_kwargs or {}))
+
+
 class BlePush:
     """Opens push sessions on one configured adapter, so the daemon picks the radio from
     config ``[ble] adapter`` and the rest of the node does not care."""
 
     def __init__(self, *, backend: type[BaseBleakClient] | None = None,
+                 scanner_backend: type[BaseBleakScanner] | None = None,
                  backend_kwargs: dict[str, Any] | None = None, connect_timeout: float = 5.0,
                  ack_timeout: float = 2.0, max_reconnects: int = 3,
                  adapter: Any = None) -> None:
         self.backend = backend
+        self.scanner_backend = scanner_backend
         self.backend_kwargs = dict(backend_kwargs or {})
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
@@ -299,12 +339,13 @@ class BlePush:
             kwargs = {"bluez": {"adapter": spec.target}} if spec.target else {}
             return cls(backend_kwargs=kwargs, connect_timeout=ble.connect_timeout)
         try:
-            from tapcast.radio.bumble import BumbleBleakClient, HciAdapter
+            from tapcast.radio.bumble import BumbleBleakClient, BumbleBleakScanner, HciAdapter
         except ImportError as exc:
             raise ValueError(f"[ble] adapter = {ble.adapter!r} needs bumble ({exc.name} is not "
                              "installed): pip install 'tapcast[sim]'") from None
         adapter = HciAdapter(spec.target, name="tapcast-node")
-        return cls(backend=BumbleBleakClient, backend_kwargs={"hci_adapter": adapter},
+        return cls(backend=BumbleBleakClient, scanner_backend=BumbleBleakScanner,
+                   backend_kwargs={"hci_adapter": adapter},
                    connect_timeout=ble.connect_timeout, adapter=adapter)
 
     async def start(self) -> None:
@@ -319,8 +360,20 @@ class BlePush:
 
     async def open(self, address: str, address_type: int, session_key: bytes, *,
                    on_first_content: Callable[[float], None] | None = None) -> PushSession:
+        """Find the handset by the tap's token and open a session with it. ``address``
+        and ``address_type`` (sent over NFC) are only a hint: a phone cannot know its
+        address. Raises TimeoutError when no device advertises the token in time."""
+        token = session_token(session_key)
+        device = await find_handset(token, timeout=self.connect_timeout,
+                                    backend=self.scanner_backend,
+                                    backend_kwargs=self.backend_kwargs)
+        if device is None:
+            raise TimeoutError(f"no handset advertised the tap's token {token} within "
+                               f"{self.connect_timeout} s")
+        if device.address.upper() != address.upper():
+            log.debug("handset with token %s is at %s (hint was %s)", token, device.address, address)
         return await open_session(
-            address, address_type, session_key, backend=self.backend,
+            device, address_type, session_key, backend=self.backend,
             backend_kwargs=self.backend_kwargs, connect_timeout=self.connect_timeout,
             ack_timeout=self.ack_timeout, max_reconnects=self.max_reconnects,
             on_first_content=on_first_content)

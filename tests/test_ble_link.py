@@ -3,12 +3,15 @@ the handset a real bumble GATT peripheral, both on controllers of one virtual ai
 event loop (tests/test_ble_air.py puts them in separate processes)."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
+from bleak import BleakClient
 from bleak.exc import BleakError, BleakGATTProtocolError
 
 from handset_app.ble_peripheral import ATT_FRAME_ERROR, BlePeripheral
@@ -17,8 +20,8 @@ from node.config import BleSection
 from hall.air import VirtualAir
 from tapcast.radio.bumble import PUBLIC, RANDOM, BumbleBleakClient, HciAdapter
 from tapcast.protocol.ble import (
-    RX_UUID, AckFrame, AckStatus, Bye, ContentItem, DataFrame, Endpoint, FrameError,
-    OfferResponse, Request,
+    HELLO, RX_UUID, AckFrame, AckStatus, Bye, ContentItem, Endpoint, OfferResponse, QueryFrame,
+    Request,
 )
 
 pytestmark = pytest.mark.timeout(20)
@@ -136,53 +139,192 @@ async def test_wrong_address_type_finds_nobody(air: VirtualAir, radio: HciAdapte
                            backend_kwargs={"hci_adapter": radio}, connect_timeout=0.2)
 
 
-def tampered_tag_frame(key: bytes) -> bytes:
-    frame = bytearray(Endpoint(key, "node").seal(Request(item_id="x")).frames(100)[0])
-    frame[-1] ^= 0x80
-    return bytes(frame)
+async def stranger(air: VirtualAir, handset: BlePeripheral, name: str = "stranger") -> BleakClient:
+    """Someone else's central, connected to the handset inside its window (the address
+    is on air in every advertisement)."""
+    client = BleakClient(handset.address, timeout=1.0, backend=BumbleBleakClient,
+                         hci_adapter=air.local_adapter(name), address_type=handset.address_type)
+    await client.connect()
+    return client
 
 
-@pytest.mark.parametrize("make_frame, reason", [
-    (tampered_tag_frame, "failed authentication"),
-    (lambda key: Endpoint(os.urandom(32), "node").seal(Request(item_id="x")).frames(100)[0],
-     "wrong key or tampered"),
-    (lambda key: bytes.fromhex("0100000001"), "truncated DATA header"),
-    (lambda key: DataFrame(9999, 0, 1, b"z" * 30).encode(), "unknown message id 9999"),
-], ids=["bad-tag", "wrong-key", "truncated-header", "unknown-message-id"])
-async def test_bad_frame_is_rejected_and_the_link_keeps_working(
-        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes,
-        make_frame: Callable[[bytes], bytes], reason: str) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Wait for a condition that has no event of its own (a counter, a dropped link)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+def forged_frames(key: bytes) -> dict[str, bytes]:
+    """What a stranger can write: garbage, frames under another key (data, DONE, ACK,
+    QUERY, HELLO), a genuine frame with one bit flipped."""
+    other = Endpoint(os.urandom(32), "node")
+    genuine = bytearray(Endpoint(key, "node").seal(Request(item_id="x")).frames(100)[0])
+    genuine[-1] ^= 0x80
+    return {
+        "garbage-10": bytes.fromhex("01000000010001000100"),
+        "wrong-key-data": other.seal(Request(item_id="evil")).frames(100)[0],
+        "forged-done": other.wrap(AckFrame(1, 0xFFFF, AckStatus.DONE)),
+        "forged-partial": other.wrap(AckFrame(1, 0, AckStatus.PARTIAL)),
+        "forged-query": other.wrap(QueryFrame(1)),
+        "forged-hello": other.wrap(HELLO),
+        "tampered": bytes(genuine),
+    }
+
+
+async def test_a_strangers_forged_frames_inside_the_window_do_not_block_the_genuine_message(
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
-    session = await connect(radio, handset, session_key)
-    with pytest.raises(BleakGATTProtocolError) as err:
-        await session.client.write_gatt_char(RX_UUID, make_frame(session_key), response=True)
+    intruder = await stranger(air, handset)
+    forged = forged_frames(session_key)
+    for frame in forged.values():
+        await intruder.write_gatt_char(RX_UUID, frame, response=False)
+    with pytest.raises(BleakGATTProtocolError) as err:  # a write request gets an ATT error
+        await intruder.write_gatt_char(RX_UUID, forged["forged-done"], response=True)
     assert err.value.args[0] == ATT_FRAME_ERROR
-    rejected = await handset.errors.get()
-    assert isinstance(rejected, FrameError) and reason in str(rejected)
+    session = await connect(radio, handset, session_key)
     await session.send(item(1000))
     assert (await handset.messages.get()).body == item(1000).body
+    assert handset.dropped["unauthentic"] == len(forged) + 1
+    assert handset.errors.empty()
     await session.close()
 
 
-async def test_node_gets_frame_error_when_handset_holds_another_key(
+async def test_an_oversized_long_write_from_a_stranger_is_dropped_and_counted(
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    intruder = await stranger(air, handset)
+    rx = intruder.services.get_characteristic(RX_UUID)
+    # bleak refuses writes over MTU-3; bumble itself turns one into a prepared write
+    link = intruder._backend._connection  # type: ignore[attr-defined]
+    with pytest.raises(Exception):  # (bumble drops long writes over 512 bytes silently)
+        await link.gatt_client.write_value(rx.handle, b"\x01" * 400, with_response=True)
+    assert handset.dropped["oversized"] == 1
+    session = await connect(radio, handset, session_key)
+    await session.send(item(500))
+    assert (await handset.messages.get()).body == item(500).body
+    await session.close()
+
+
+async def test_the_session_binds_to_the_node_and_drops_the_stranger_who_connected_first(
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    intruder = await stranger(air, handset)
+    session = await connect(radio, handset, session_key)
+    await until(lambda: not intruder.is_connected)
+    await session.send(item(300))
+    assert (await handset.messages.get()).body == item(300).body
+    await session.close()
+
+
+async def test_genuine_frames_replayed_by_a_stranger_after_a_dropped_link_are_refused(
+        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(session_key)
+    replica = Endpoint(session_key, "node")  # the node's first frames, byte for byte
+    recorded = [replica.wrap(HELLO), *replica.seal(Request(item_id="x")).frames(244)]
+    session = await connect(radio, handset, session_key)
+    await session.send(Request(item_id="x"))
+    assert await handset.messages.get() == Request(item_id="x")
+    await handset.drop_link()  # the customer stepped away; the handset advertises again
+    intruder = await stranger(air, handset)  # gets there first and replays what it heard
+    for frame in recorded:
+        await intruder.write_gatt_char(RX_UUID, frame, response=False)
+    await until(lambda: handset.dropped["unauthentic"] == len(recorded))
+    await session.send(Request(item_id="y"))  # the node reconnects and carries on
+    assert await handset.messages.get() == Request(item_id="y")
+    assert session.reconnects == 1 and handset.messages.empty()
+    await session.close()
+
+
+async def test_a_link_that_does_not_prove_the_key_in_time_is_dropped(
+        air: VirtualAir, session_key: bytes) -> None:
+    handset = await make_handset(air, bind_timeout=0.2)
+    await handset.open_window(session_key)
+    intruder = await stranger(air, handset)
+    await until(lambda: not intruder.is_connected)
+    assert handset.dropped["unproven_connection"] == 1
+    assert not handset.connected.is_set()
+    await handset.close()
+
+
+async def test_a_node_holding_another_key_is_never_bound_and_gives_up(
         air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(os.urandom(32))
-    session = await connect(radio, handset, session_key)
-    with pytest.raises(FrameError, match="handset rejected message 1"):
+    session = await connect(radio, handset, session_key, ack_timeout=0.3, max_reconnects=1)
+    with pytest.raises(PushError):
         await session.send(item(500))
-    assert "failed authentication" in str(await handset.errors.get())
+    assert handset.dropped["unauthentic"] >= 2  # HELLO and the item's frames
+    assert handset.messages.empty() and not handset.connected.is_set()
     await session.client.disconnect()
+
+
+async def test_a_forged_done_from_a_peripheral_records_no_delivery(
+        air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
+    # A stranger's phone the node reached (say it cloned the token) answers every write
+    # with DONE acks for messages 1-3 under a key of its own.
+    class Forger(BlePeripheral):
+        async def _receive(self, connection: Any, value: bytes) -> None:
+            self._connection = connection
+            other = Endpoint(os.urandom(32), "handset")
+            for msg_id in (1, 2, 3):
+                await self.send_frame(other.wrap(AckFrame(msg_id, 0xFFFF, AckStatus.DONE)))
+
+    forger = Forger(air.local_adapter("forger"))
+    await forger.start()
+    await forger.open_window(os.urandom(32))
+    session = await open_session(forger.address, forger.address_type, session_key,
+                                 backend=BumbleBleakClient, backend_kwargs={"hci_adapter": radio},
+                                 connect_timeout=1.0, ack_timeout=0.3, max_reconnects=0)
+    with pytest.raises(PushError):
+        await session.send(item(300))
+    assert session.dropped["unauthentic"] >= 3
+    await session.client.disconnect()
+    await forger.close()
 
 
 async def test_bad_frame_from_the_handset_is_recorded_and_the_node_carries_on(
         air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
     session = await connect(radio, handset, session_key)
-    await handset.send_frame(AckFrame(42, 0, AckStatus.DONE).encode())
+    await handset.connected.wait()  # bound: the node's HELLO arrived
+    await handset.send_frame(b"\x02" * 14)  # unauthentic: dropped and counted
+    await handset.send_frame(handset._require_endpoint().wrap(AckFrame(42, 0, AckStatus.DONE)))
     await handset.send(Request(item_id="after"))
     assert await session.receive() == Request(item_id="after")
     assert [str(e) for e in session.errors] == ["ACK for unknown message id 42 (last sent 0)"]
+    assert session.dropped["unauthentic"] == 1
     await session.close()
+
+
+async def test_token_binding_finds_the_tapped_handset_among_several_advertising(
+        air: VirtualAir, session_key: bytes) -> None:
+    others = [await make_handset(air) for _ in range(3)]
+    for other in others:
+        await other.open_window(os.urandom(32))
+    tapped = await make_handset(air)
+    await tapped.open_window(session_key)
+    push = BlePush.from_config(BleSection(adapter=await air.serve("node-token"), connect_timeout=1.0))
+    await push.start()
+    # the address sent over NFC is only a hint: a wrong one does not matter
+    session = await push.open(others[0].address, others[0].address_type, session_key)
+    assert session.client.address == tapped.address
+    await session.send(item(300))
+    assert (await tapped.messages.get()).body == item(300).body
+    assert all(o.messages.empty() and not o.connected.is_set() for o in others)
+    await session.close()
+    await push.close()
+    for handset in [*others, tapped]:
+        await handset.close()
+
+
+async def test_no_handset_with_the_token_times_out_with_a_clear_error(
+        air: VirtualAir, handset: BlePeripheral, session_key: bytes) -> None:
+    await handset.open_window(os.urandom(32))  # another tap's token
+    push = BlePush.from_config(BleSection(adapter=await air.serve("node-none"), connect_timeout=0.3))
+    await push.start()
+    with pytest.raises(TimeoutError, match="no handset advertised the tap's token"):
+        await push.open(handset.address, handset.address_type, session_key)
+    await push.close()
 
 
 async def test_no_connection_after_the_window_closes(air: VirtualAir, radio: HciAdapter,

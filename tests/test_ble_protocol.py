@@ -1,4 +1,5 @@
-"""BLE push wire format: test vectors (also in docs/protocol.md, BLE part) and the receiver rules."""
+"""BLE push wire format: test vectors (also in docs/protocol.md, BLE part), the receiver
+rules, and what a stranger's or replayed frame can do (nothing)."""
 from __future__ import annotations
 
 import hashlib
@@ -6,26 +7,32 @@ import hmac
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from tapcast.protocol.ble import (
-    AckFrame, AckReceived, AckStatus, ContentItem, DataFrame, Delivered, Direction, Endpoint,
-    FrameError, Info, OfferResponse, QueryFrame, Reply, Request, decode_message, direction_key,
-    encode_message, parse_frame, seal, split,
+    HELLO, MAC_SIZE, REPLAY_WINDOW, AckFrame, AckReceived, AckStatus, ContentItem, DataFrame,
+    Delivered, Direction, Endpoint, FrameError, Info, OfferResponse, QueryFrame, Reply, Request,
+    Unauthentic, chunk, decode_message, direction_key, encode_frame, encode_message, frame_key,
+    frame_mac, open_frame, seal, session_token,
 )
 
 KEY = bytes(range(32))  # session key of the vectors
 
 VECTOR_NODE_TO_HANDSET_KEY = "abb849f72188501eb25d03e78d659a9fd3ea5120042e9675a29583f9136669c2"
 VECTOR_HANDSET_TO_NODE_KEY = "02b3390c2e6eadc468020b215891c6c7c6b1c689dd0c051ac80852200c0265cd"
+VECTOR_FRAME_KEY_N2H = "e6ebba3f62afc40f734c0a8e4e96392fa13b457acc7e3819991029a0aa06ccd4"
+VECTOR_FRAME_KEY_H2N = "460d2ef07b1cae307dd8c0b74f3577ce39498dfb352b826730c2ad639e107c6b"
+VECTOR_TOKEN = "afe76bbf-b4e8-9358-0337-cc138e22e08f"
 VECTOR_REQUEST = "82a174a772657175657374a76974656d5f6964a6636f66666565"
 VECTOR_SEALED = ("c59d9efcdcd6ac97fcd624428b6957f42f06eea06c7f72b97d70b429833646a2"
                  "23180de7b32a0f5ecb0c")
-VECTOR_FRAMES = [
-    "010000000100000004c59d9efcdcd6ac97fcd624",
-    "010000000100010004428b6957f42f06eea06c7f",
-    "01000000010002000472b97d70b429833646a223",
-    "010000000100030004180de7b32a0f5ecb0c",
+VECTOR_FRAMES = [  # handset -> node, 40-byte frames (25 payload bytes each)
+    "0100000001000100000002c59d9efcdcd6ac97fcd624428b6957f42f06eea06c7f72b97df7515ea7",
+    "010000000200010001000270b429833646a223180de7b32a0f5ecb0c51f80cd2",
 ]
+VECTOR_HELLO = "03000000010000c41b56a0"  # node -> handset, counter 1
+VECTOR_DONE = "02000000020001ffff011f0ed52d"  # node -> handset, counter 2
+VECTOR_QUERY_7 = "030000000300076b877ff3"  # node -> handset, counter 3
 
 
 def item(size: int = 3000) -> ContentItem:
@@ -38,16 +45,41 @@ def pair(key: bytes = KEY) -> tuple[Endpoint, Endpoint]:
     return Endpoint(key, "node"), Endpoint(key, "handset")
 
 
+def signed(direction: Direction, raw: bytes, key: bytes = KEY) -> bytes:
+    """``raw`` (type | counter | fields) with a valid MAC: malformed but authentic."""
+    return raw + frame_mac(frame_key(key, direction), raw)
+
+
 # ------------------------------------------------------------------- test vectors
 
 
+def hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
+    # RFC 5869 written out with hmac, so the vectors do not just echo the code.
+    prk = hmac.new(b"tapcast-ble-v1", ikm, hashlib.sha256).digest()
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()[:length]
+
+
 def test_direction_keys_are_hkdf_sha256_of_the_session_key() -> None:
-    # HKDF (RFC 5869) written out with hmac, so the vector does not just echo the code.
-    prk = hmac.new(b"tapcast-ble-v1", KEY, hashlib.sha256).digest()
-    okm = hmac.new(prk, b"tapcast ble node->handset" + b"\x01", hashlib.sha256).hexdigest()
-    assert okm == VECTOR_NODE_TO_HANDSET_KEY
+    assert hkdf_sha256(KEY, b"tapcast ble node->handset", 32).hex() == VECTOR_NODE_TO_HANDSET_KEY
     assert direction_key(KEY, Direction.NODE_TO_HANDSET).hex() == VECTOR_NODE_TO_HANDSET_KEY
     assert direction_key(KEY, Direction.HANDSET_TO_NODE).hex() == VECTOR_HANDSET_TO_NODE_KEY
+
+
+def test_frame_keys_are_hkdf_sha256_of_the_session_key() -> None:
+    assert hkdf_sha256(KEY, b"tapcast ble frame node->handset", 32).hex() == VECTOR_FRAME_KEY_N2H
+    assert hkdf_sha256(KEY, b"tapcast ble frame handset->node", 32).hex() == VECTOR_FRAME_KEY_H2N
+    assert frame_key(KEY, Direction.NODE_TO_HANDSET).hex() == VECTOR_FRAME_KEY_N2H
+    assert frame_key(KEY, Direction.HANDSET_TO_NODE).hex() == VECTOR_FRAME_KEY_H2N
+
+
+def test_token_is_16_hkdf_bytes_read_as_a_uuid() -> None:
+    raw = hkdf_sha256(KEY, b"tapcast ble token", 16).hex()
+    assert VECTOR_TOKEN.replace("-", "") == raw
+    assert session_token(KEY) == VECTOR_TOKEN
+
+
+def test_tokens_differ_per_session() -> None:
+    assert session_token(os.urandom(32)) != session_token(os.urandom(32))
 
 
 def test_message_encoding_is_a_msgpack_map_tagged_t() -> None:
@@ -60,22 +92,36 @@ def test_sealed_request_matches_vector() -> None:
     assert sealed.hex() == VECTOR_SEALED
 
 
-def test_sealed_request_splits_into_vector_frames_at_mtu_23() -> None:
-    frames = split(1, bytes.fromhex(VECTOR_SEALED), 20)
-    assert [f.hex() for f in frames] == VECTOR_FRAMES
+def test_sealed_request_frames_match_vectors() -> None:
+    handset = Endpoint(KEY, "handset")
+    assert [f.hex() for f in handset.seal(Request(item_id="coffee")).frames(40)] == VECTOR_FRAMES
 
 
-def test_node_opens_the_vector_frames() -> None:
+def test_frame_mac_is_truncated_hmac_sha256_over_everything_before_it() -> None:
+    frame = bytes.fromhex(VECTOR_FRAMES[1])
+    key = bytes.fromhex(VECTOR_FRAME_KEY_H2N)
+    assert frame[-MAC_SIZE:] == hmac.new(key, frame[:-MAC_SIZE], hashlib.sha256).digest()[:4]
+
+
+def test_node_opens_the_vector_frames_and_answers_with_the_vector_frames() -> None:
     node = Endpoint(KEY, "node")
+    assert node.wrap(HELLO).hex() == VECTOR_HELLO
     events = [node.handle(bytes.fromhex(f)) for f in VECTOR_FRAMES]
-    assert events[-1] == Delivered(1, Request(item_id="coffee"), bytes.fromhex("0200000001ffff01"))
+    assert events[-1] == Delivered(1, Request(item_id="coffee"), AckFrame(1, 0xFFFF, AckStatus.DONE))
+    assert node.wrap(events[-1].reply).hex() == VECTOR_DONE  # type: ignore[union-attr]
+    assert node.wrap(QueryFrame(7)).hex() == VECTOR_QUERY_7
 
 
-def test_control_frames_and_info_match_vectors() -> None:
-    assert AckFrame(1, 0xFFFF, AckStatus.DONE).encode().hex() == "0200000001ffff01"
-    assert QueryFrame(7).encode().hex() == "0300000007"
-    assert Info().encode().hex() == "0100010000ffff"
-    assert Info.decode(bytes.fromhex("0100010000ffff")) == Info(1, 65536, 65535)
+def test_control_frame_vectors_parse_back() -> None:
+    key = bytes.fromhex(VECTOR_FRAME_KEY_N2H)
+    assert open_frame(key, bytes.fromhex(VECTOR_HELLO)) == (1, QueryFrame(0))
+    assert open_frame(key, bytes.fromhex(VECTOR_DONE)) == (2, AckFrame(1, 0xFFFF, AckStatus.DONE))
+    assert encode_frame(key, 3, QueryFrame(7)).hex() == VECTOR_QUERY_7
+
+
+def test_info_matches_vector() -> None:
+    assert Info().encode().hex() == "0200010000ffff"
+    assert Info.decode(bytes.fromhex("0200010000ffff")) == Info(2, 65536, 65535)
 
 
 def test_offer_response_carries_signed_bytes_as_msgpack_bin() -> None:
@@ -98,6 +144,12 @@ def test_message_larger_than_many_frames_arrives_intact() -> None:
     assert isinstance(events[-1], Delivered) and events[-1].message == item(3000)
 
 
+def test_frames_fit_the_frame_size_they_were_cut_for() -> None:
+    node, _ = pair()
+    for size in (20, 23, 244):
+        assert max(len(f) for f in node.seal(item(2000)).frames(size)) == size
+
+
 def test_each_direction_uses_its_own_counter() -> None:
     node, handset = pair()
     assert node.seal(Request(item_id="a")).msg_id == 1
@@ -105,13 +157,13 @@ def test_each_direction_uses_its_own_counter() -> None:
     assert handset.seal(Request(item_id="c")).msg_id == 1
 
 
-def test_duplicate_frames_are_ignored() -> None:
+def test_resent_frames_with_fresh_counters_are_ignored_as_duplicates() -> None:
     node, handset = pair()
-    frames = node.seal(item(200)).frames(40)
-    for f in frames[:-1]:
-        handset.handle(f)
-        handset.handle(f)
-    event = handset.handle(frames[-1])
+    chunks = node.seal(item(200)).chunks(40)
+    for c in chunks[:-1]:
+        handset.handle(node.wrap(c))
+        handset.handle(node.wrap(c))
+    event = handset.handle(node.wrap(chunks[-1]))
     assert isinstance(event, Delivered) and event.message == item(200)
 
 
@@ -120,7 +172,7 @@ def test_gap_is_reported_with_the_first_missing_frame_when_the_last_frame_arrive
     frames = node.seal(item(200)).frames(40)
     for f in frames[:3] + frames[5:]:
         event = handset.handle(f)
-    assert event == Reply(AckFrame(1, 3, AckStatus.PARTIAL).encode())
+    assert event == Reply(AckFrame(1, 3, AckStatus.PARTIAL))
 
 
 def test_query_answers_where_to_resume_and_resumed_message_opens() -> None:
@@ -128,100 +180,195 @@ def test_query_answers_where_to_resume_and_resumed_message_opens() -> None:
     frames = node.seal(item(200)).frames(40)
     for f in frames[:4]:
         handset.handle(f)
-    assert handset.handle(QueryFrame(1).encode()) == Reply(AckFrame(1, 4, AckStatus.PARTIAL).encode())
+    assert handset.handle(node.wrap(QueryFrame(1))) == Reply(AckFrame(1, 4, AckStatus.PARTIAL))
     events = [handset.handle(f) for f in frames[4:]]
     assert isinstance(events[-1], Delivered)
-    assert handset.handle(QueryFrame(1).encode()) == Reply(AckFrame(1, 0xFFFF, AckStatus.DONE).encode())
+    assert handset.handle(node.wrap(QueryFrame(1))) == Reply(AckFrame(1, 0xFFFF, AckStatus.DONE))
+
+
+def test_hello_proves_the_key_and_is_not_answered() -> None:
+    node, handset = pair()
+    assert not handset.proven
+    assert handset.handle(node.wrap(HELLO)) == Reply(None)
+    assert handset.proven
 
 
 def test_resent_complete_message_is_acked_done_but_not_delivered_twice() -> None:
     node, handset = pair()
-    frames = node.seal(Request(item_id="x")).frames(100)
-    assert isinstance(handset.handle(frames[0]), Delivered)
-    assert handset.handle(frames[0]) == Reply(AckFrame(1, 0xFFFF, AckStatus.DONE).encode())
+    out = node.seal(Request(item_id="x"))
+    assert isinstance(handset.handle(out.frames(100)[0]), Delivered)
+    assert handset.handle(out.frames(100)[0]) == Reply(AckFrame(1, 0xFFFF, AckStatus.DONE))
 
 
 def test_ack_for_a_sent_message_is_passed_to_the_sender() -> None:
     node, handset = pair()
     out = node.seal(Request(item_id="x"))
     reply = handset.handle(out.frames(100)[0]).reply  # type: ignore[union-attr]
-    assert node.handle(reply) == AckReceived(AckFrame(1, 0xFFFF, AckStatus.DONE))
+    assert node.handle(handset.wrap(reply)) == AckReceived(AckFrame(1, 0xFFFF, AckStatus.DONE))
 
 
-# ----------------------------------------------------------------- rejections
+def test_frames_reordered_within_the_window_are_accepted() -> None:
+    node, handset = pair()
+    frames = node.seal(item(400)).frames(40)
+    last = frames[-1]
+    events = [handset.handle(f) for f in [frames[1], frames[0], *frames[2:-1]]]
+    assert all(isinstance(e, Reply) for e in events)
+    assert isinstance(handset.handle(last), Delivered)
 
 
-def test_tampered_frame_is_rejected_with_a_rejected_ack_to_send_back() -> None:
+# ----------------------------------------------------------------- forgeries
+
+
+def test_tampered_frame_is_dropped_unread() -> None:
     node, handset = pair()
     frame = bytearray(node.seal(Request(item_id="x")).frames(100)[0])
-    frame[-1] ^= 0x01  # flip a tag bit
-    with pytest.raises(FrameError, match="failed authentication") as err:
+    frame[-1] ^= 0x01  # flip a MAC bit
+    with pytest.raises(Unauthentic, match="failed authentication"):
         handset.handle(bytes(frame))
-    assert err.value.reply == AckFrame(1, 0, AckStatus.REJECTED).encode()
+    assert not handset.proven
 
 
-def test_message_sealed_with_another_key_is_rejected() -> None:
-    node = Endpoint(os.urandom(32), "node")
-    handset = Endpoint(KEY, "handset")
-    with pytest.raises(FrameError, match="wrong key or tampered"):
-        handset.handle(node.seal(Request(item_id="x")).frames(100)[0])
-
-
-def test_rejected_message_does_not_block_the_genuine_one() -> None:
+def test_frame_from_another_session_is_dropped_and_does_not_block_the_genuine_message() -> None:
     node, handset = pair()
-    forged = Endpoint(os.urandom(32), "node").seal(Request(item_id="evil")).frames(100)[0]
-    with pytest.raises(FrameError):
-        handset.handle(forged)
-    event = handset.handle(node.seal(Request(item_id="x")).frames(100)[0])
-    assert isinstance(event, Delivered) and event.message == Request(item_id="x")
+    stranger = Endpoint(os.urandom(32), "node")
+    for f in stranger.seal(item(300)).frames(40):
+        with pytest.raises(Unauthentic):
+            handset.handle(f)
+    frames = node.seal(item(300)).frames(40)
+    events = [handset.handle(f) for f in frames]
+    assert isinstance(events[-1], Delivered) and events[-1].message == item(300)
 
 
-def test_frame_from_the_other_direction_is_rejected() -> None:
-    # A handset->node frame reflected back at the handset: right key set, wrong direction.
+def test_frame_from_the_other_direction_is_dropped() -> None:
+    # A handset->node frame reflected back at the handset: right session, wrong direction.
     _, handset = pair()
     other_handset = Endpoint(KEY, "handset")
-    with pytest.raises(FrameError, match="failed authentication"):
+    with pytest.raises(Unauthentic, match="failed authentication"):
         handset.handle(other_handset.seal(Request(item_id="x")).frames(100)[0])
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty frame"),
-    (bytes.fromhex("0100000001"), "truncated DATA header"),
-    (bytes.fromhex("010000000100000001"), "has no payload"),
-    (bytes.fromhex("01000000000000000100"), "message id 0 is reserved"),
-    (bytes.fromhex("01000000010002000200"), "out of range"),
-    (bytes.fromhex("02000000010000"), "ACK frame is 7 bytes"),
-    (bytes.fromhex("0200000001000009"), "unknown status 9"),
-    (bytes.fromhex("0300"), "QUERY frame is 2 bytes"),
-    (bytes.fromhex("7f00"), "unknown frame type 0x7f"),
+def test_replayed_frame_is_refused() -> None:
+    node, handset = pair()
+    frames = node.seal(item(200)).frames(40)
+    handset.handle(frames[0])
+    with pytest.raises(Unauthentic, match="replayed"):
+        handset.handle(frames[0])
+
+
+def test_replayed_query_after_delivery_is_refused() -> None:
+    node, handset = pair()
+    query = node.wrap(QueryFrame(1))
+    handset.handle(query)
+    handset.handle(node.seal(Request(item_id="x")).frames(100)[0])
+    with pytest.raises(Unauthentic, match="replayed"):
+        handset.handle(query)
+
+
+def test_frame_older_than_the_replay_window_is_refused() -> None:
+    node, handset = pair()
+    old = node.wrap(HELLO)
+    for _ in range(REPLAY_WINDOW):
+        handset.handle(node.wrap(HELLO))
+    with pytest.raises(Unauthentic, match="too old"):
+        handset.handle(old)
+
+
+def test_forged_done_ack_completes_nothing() -> None:
+    node, _ = pair()
+    node.seal(item(300))  # message 1 in flight
+    forged = encode_frame(os.urandom(32), 1, AckFrame(1, 0xFFFF, AckStatus.DONE))
+    with pytest.raises(Unauthentic):
+        node.handle(forged)
+
+
+def test_replayed_done_ack_is_refused() -> None:
+    node, handset = pair()
+    out = node.seal(Request(item_id="x"))
+    done = handset.wrap(handset.handle(out.frames(100)[0]).reply)  # type: ignore[union-attr]
+    node.handle(done)
+    with pytest.raises(Unauthentic, match="replayed"):
+        node.handle(done)
+
+
+def test_unauthenticated_frames_leave_partial_state_alone() -> None:
+    node, handset = pair()
+    frames = node.seal(item(400)).frames(40)
+    for f in frames[:3]:
+        handset.handle(f)
+    for forged in (b"\x01" * 10, DataFrame(1, 0, 2, b"x").fields(), bytes(500),
+                   encode_frame(os.urandom(32), 99, DataFrame(2, 0, 1, b"y" * 20))):
+        with pytest.raises(Unauthentic):
+            handset.handle(forged)
+    events = [handset.handle(f) for f in frames[3:]]
+    assert isinstance(events[-1], Delivered) and events[-1].message == item(400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_are_refused_as_unauthentic_and_change_nothing(data: bytes) -> None:
+    node, handset = pair()
+    with pytest.raises(Unauthentic):
+        handset.handle(data)
+    assert not handset.proven and handset.last_accepted == 0
+    assert isinstance(handset.handle(node.seal(Request(item_id="x")).frames(100)[0]), Delivered)
+
+
+# -------------------------------------------------- authentic but malformed
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (bytes.fromhex("0000000000"), "frame counter 0 is reserved"),
+    (bytes.fromhex("0100000001000100"), "truncated DATA header"),
+    (bytes.fromhex("0100000001000100000001"), "has no payload"),
+    (bytes.fromhex("010000000100000000000100"), "message id 0 is reserved"),
+    (bytes.fromhex("010000000100010002000200"), "out of range"),
+    (bytes.fromhex("020000000100010000"), "ACK frame has 4 field bytes"),
+    (bytes.fromhex("02000000010001000009"), "unknown status 9"),
+    (bytes.fromhex("030000000100"), "QUERY frame has 1 field bytes"),
+    (bytes.fromhex("7f00000001"), "unknown frame type 0x7f"),
 ])
-def test_malformed_frames_raise_frame_error(data: bytes, reason: str) -> None:
-    with pytest.raises(FrameError, match=reason):
-        parse_frame(data)
+def test_malformed_authentic_frames_raise_frame_error(raw: bytes, reason: str) -> None:
+    with pytest.raises(FrameError, match=reason) as err:
+        open_frame(frame_key(KEY, Direction.NODE_TO_HANDSET), signed(Direction.NODE_TO_HANDSET, raw))
+    assert not isinstance(err.value, Unauthentic)
+
+
+def test_frame_too_short_to_carry_a_mac_is_unauthentic() -> None:
+    with pytest.raises(Unauthentic, match="shorter than the 9-byte minimum"):
+        open_frame(frame_key(KEY, Direction.NODE_TO_HANDSET), b"\x01\x00\x00")
 
 
 def test_data_for_a_message_id_far_ahead_is_unknown() -> None:
-    _, handset = pair()
+    node, handset = pair()
     with pytest.raises(FrameError, match="unknown message id 5000"):
-        handset.handle(DataFrame(5000, 0, 1, b"x" * 20).encode())
+        handset.handle(node.wrap(DataFrame(5000, 0, 1, b"x" * 20)))
 
 
 def test_ack_for_a_message_never_sent_is_unknown() -> None:
-    node, _ = pair()
+    node, handset = pair()
     with pytest.raises(FrameError, match="ACK for unknown message id 3"):
-        node.handle(AckFrame(3, 0, AckStatus.DONE).encode())
+        node.handle(handset.wrap(AckFrame(3, 0, AckStatus.DONE)))
 
 
 def test_frame_disagreeing_on_total_is_rejected() -> None:
-    _, handset = pair()
-    handset.handle(DataFrame(1, 0, 3, b"a" * 20).encode())
+    node, handset = pair()
+    handset.handle(node.wrap(DataFrame(1, 0, 3, b"a" * 20)))
     with pytest.raises(FrameError, match="says total 4, earlier frames said 3"):
-        handset.handle(DataFrame(1, 1, 4, b"b" * 20).encode())
+        handset.handle(node.wrap(DataFrame(1, 1, 4, b"b" * 20)))
+
+
+def test_message_that_does_not_open_is_rejected_with_a_rejected_ack() -> None:
+    node, handset = pair()
+    sealed = bytearray(node.seal(Request(item_id="x")).sealed)
+    sealed[-1] ^= 1  # authentic frames around a broken AEAD tag: a buggy peer
+    with pytest.raises(FrameError, match="failed authentication") as err:
+        handset.handle(node.wrap(DataFrame(1, 0, 1, bytes(sealed))))
+    assert err.value.reply == AckFrame(1, 0, AckStatus.REJECTED)
 
 
 def test_frame_size_below_ble_minimum_is_refused() -> None:
     with pytest.raises(ValueError, match="below the BLE minimum 20"):
-        split(1, b"x" * 50, 19)
+        chunk(1, b"x" * 50, 19)
 
 
 def test_session_key_must_be_32_bytes() -> None:
@@ -236,8 +383,8 @@ def test_sender_refuses_a_message_over_64_kib_and_points_to_media_url() -> None:
 
 
 def test_receiver_refuses_a_message_growing_over_64_kib() -> None:
-    _, handset = pair()
-    chunk = b"\xaa" * 235
+    node, handset = pair()
+    piece = b"\xaa" * 229
     with pytest.raises(FrameError, match="message 1 exceeds 65536 bytes"):
         for index in range(300):
-            handset.handle(DataFrame(1, index, 0xFFFF, chunk).encode())
+            handset.handle(node.wrap(DataFrame(1, index, 0xFFFF, piece)))

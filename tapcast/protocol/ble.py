@@ -5,22 +5,27 @@ the virtual hall, Android on a phone) both drive an :class:`Endpoint`.
 
 Why this shape:
 - ATT writes and notifications carry at most MTU-3 bytes, and the MTU is negotiated
-  per link (23 at worst), so every sealed message is split into frames with a 9-byte
-  header and reassembled on the other side.
+  per link (23 at worst), so every sealed message is split into frames and
+  reassembled on the other side.
 - BLE pairing is not used; the NFC tap already gave both sides a 32-byte session key.
   Each direction gets its own ChaCha20-Poly1305 key (HKDF), and the message id is the
-  per-direction counter that forms the nonce, so a key/nonce pair is never reused and
-  a replayed message id is refused.
+  per-direction counter that forms the nonce, so a key/nonce pair is never reused.
+- Anyone in radio range may connect and write during the advertising window, so every
+  frame (data or control) carries a per-direction frame counter and a truncated HMAC,
+  checked before any field is read: a stranger's or replayed frame touches no state.
+- Phones cannot tell their own Bluetooth address, so the handset advertises a per-tap
+  token derived from the session key (:func:`session_token`) and the node scans for it.
 - Links drop (the customer walks away mid-push). The receiver keeps the frames it has,
   and answers a QUERY with the first missing frame index, so the sender resumes there.
 """
 from __future__ import annotations
 
 import enum
+import hmac
 import logging
 import struct
 from dataclasses import dataclass, field
-from typing import Union
+from typing import ClassVar, Union
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -38,7 +43,7 @@ RX_UUID = "7a9ca500-0002-4c4e-8a5e-7a9ca57b1e00"  # write + write-without-respon
 TX_UUID = "7a9ca500-0003-4c4e-8a5e-7a9ca57b1e00"  # notify, handset -> node
 INFO_UUID = "7a9ca500-0004-4c4e-8a5e-7a9ca57b1e00"  # read: protocol version and limits
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Largest sealed message (ciphertext + 16-byte tag) either side accepts. Large media
 #: travels as a short-lived URL on the node's WLAN server instead (ContentItem.media_url).
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -56,7 +61,7 @@ class FrameError(ValueError):
     what; ``reply`` (if set) is the frame the receiver should send back (e.g. a
     REJECTED ack) so the sender stops waiting."""
 
-    def __init__(self, message: str, reply: bytes | None = None) -> None:
+    def __init__(self, message: str, reply: AckFrame | None = None) -> None:
         super().__init__(message)
         self.reply = reply
 
@@ -219,12 +224,61 @@ def open_sealed(key: bytes, direction: Direction, msg_id: int, sealed: bytes) ->
 
 
 # ---------------------------------------------------------------------------- framing
+#
+# Every frame, data or control, carries a per-direction frame counter and a truncated
+# HMAC over everything before it, under a per-direction frame key. The receiver checks
+# the MAC and the counter before it reads a single field, so a stranger's frame (or a
+# replayed genuine one) can neither start, corrupt, reset nor complete anything.
+
+
+_FRAME_INFO = {
+    Direction.NODE_TO_HANDSET: b"tapcast ble frame node->handset",
+    Direction.HANDSET_TO_NODE: b"tapcast ble frame handset->node",
+}
+_TOKEN_INFO = b"tapcast ble token"
+
+#: Truncated MAC per frame: 32 bits, as Bluetooth LE link encryption (AES-CCM MIC) and
+#: Bluetooth Mesh access PDUs use. A guess costs one ATT write on air (at most a few
+#: thousand a second) and a session lasts seconds; the whole message keeps its 16-byte
+#: AEAD tag on top. 8 bytes would leave 1 payload byte per frame at MTU 23.
+MAC_SIZE = 4
+#: How far behind the highest counter seen a frame may still arrive (it may not repeat).
+REPLAY_WINDOW = 64
+#: Largest message id (u16 on the wire); a session seals at most this many messages per
+#: direction.
+MAX_MSG_ID = 0xFFFF
+
+
+def frame_key(session_key: bytes, direction: Direction) -> bytes:
+    """HKDF-SHA256(ikm=session_key, salt="tapcast-ble-v1", info="tapcast ble frame <dir>"), 32 bytes."""
+    if len(session_key) != 32:
+        raise ValueError(f"session_key must be 32 bytes, got {len(session_key)}")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT,
+                info=_FRAME_INFO[direction]).derive(session_key)
+
+
+def session_token(session_key: bytes) -> str:
+    """The per-tap token the handset advertises as a 128-bit service UUID and the node
+    scans for: HKDF-SHA256(session_key, salt "tapcast-ble-v1", info "tapcast ble
+    token", L=16), the 16 bytes read big-endian as a UUID, in bleak's lowercase form.
+    Nothing in it is stable across taps, so it cannot track a phone."""
+    if len(session_key) != 32:
+        raise ValueError(f"session_key must be 32 bytes, got {len(session_key)}")
+    raw = HKDF(algorithm=hashes.SHA256(), length=16, salt=_HKDF_SALT,
+               info=_TOKEN_INFO).derive(session_key).hex()
+    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+
+
+def frame_mac(key: bytes, unsigned: bytes) -> bytes:
+    """HMAC-SHA256(frame key, type || counter || fields) truncated to MAC_SIZE bytes."""
+    return hmac.digest(key, unsigned, "sha256")[:MAC_SIZE]
 
 
 class FrameType(enum.IntEnum):
-    DATA = 0x01  # type | msg_id u32 | index u16 | total u16 | chunk
-    ACK = 0x02  # type | msg_id u32 | next_missing u16 | status u8
-    QUERY = 0x03  # type | msg_id u32   ("which frames of this message do you have?")
+    DATA = 0x01  # type | ctr u32 | msg_id u16 | index u16 | total u16 | chunk | mac
+    ACK = 0x02  # type | ctr u32 | msg_id u16 | next_missing u16 | status u8 | mac
+    QUERY = 0x03  # type | ctr u32 | msg_id u16 | mac  ("which frames of it do you have?";
+    #               msg_id 0 is HELLO: the node's first frame on each link, proving the key)
 
 
 class AckStatus(enum.IntEnum):
@@ -233,9 +287,18 @@ class AckStatus(enum.IntEnum):
     REJECTED = 2  # message reassembled but failed to open; do not resend it
 
 
-DATA_HEADER = struct.Struct(">BIHH")
-ACK_FORMAT = struct.Struct(">BIHB")
-QUERY_FORMAT = struct.Struct(">BI")
+FRAME_PREFIX = struct.Struct(">BI")  # type | frame counter
+DATA_FIELDS = struct.Struct(">HHH")
+ACK_FIELDS = struct.Struct(">HHB")
+QUERY_FIELDS = struct.Struct(">H")
+#: Bytes of a DATA frame that are not payload: prefix, fields, MAC (15).
+DATA_OVERHEAD = FRAME_PREFIX.size + DATA_FIELDS.size + MAC_SIZE
+MIN_AUTH_FRAME = FRAME_PREFIX.size + MAC_SIZE
+
+
+class Unauthentic(FrameError):
+    """A frame that failed the MAC or the replay check (or is too short to carry one):
+    nothing in it was looked at. Counted and dropped; never answered with state."""
 
 
 @dataclass(frozen=True)
@@ -245,8 +308,10 @@ class DataFrame:
     total: int
     chunk: bytes
 
-    def encode(self) -> bytes:
-        return DATA_HEADER.pack(FrameType.DATA, self.msg_id, self.index, self.total) + self.chunk
+    type: ClassVar[FrameType] = FrameType.DATA
+
+    def fields(self) -> bytes:
+        return DATA_FIELDS.pack(self.msg_id, self.index, self.total) + self.chunk
 
 
 @dataclass(frozen=True)
@@ -255,64 +320,118 @@ class AckFrame:
     next_missing: int
     status: AckStatus
 
-    def encode(self) -> bytes:
-        return ACK_FORMAT.pack(FrameType.ACK, self.msg_id, self.next_missing, self.status)
+    type: ClassVar[FrameType] = FrameType.ACK
+
+    def fields(self) -> bytes:
+        return ACK_FIELDS.pack(self.msg_id, self.next_missing, self.status)
 
 
 @dataclass(frozen=True)
 class QueryFrame:
     msg_id: int
 
-    def encode(self) -> bytes:
-        return QUERY_FORMAT.pack(FrameType.QUERY, self.msg_id)
+    type: ClassVar[FrameType] = FrameType.QUERY
+
+    def fields(self) -> bytes:
+        return QUERY_FIELDS.pack(self.msg_id)
 
 
 Frame = Union[DataFrame, AckFrame, QueryFrame]
 
+#: The node's first frame on every (re)connect: proves the session key so the handset
+#: binds the link before anything else happens. Not answered.
+HELLO = QueryFrame(0)
 
-def parse_frame(data: bytes) -> Frame:
-    """Parse one ATT value into a frame; FrameError says what is wrong with it."""
+
+def encode_frame(key: bytes, counter: int, frame: Frame) -> bytes:
+    """type u8 | counter u32 | fields | MAC (docs/protocol.md, BLE "Frames")."""
+    if not 0 < counter <= 0xFFFFFFFF:
+        raise ValueError(f"frame counter {counter} out of range 1..2^32-1")
+    unsigned = FRAME_PREFIX.pack(frame.type, counter) + frame.fields()
+    return unsigned + frame_mac(key, unsigned)
+
+
+def open_frame(key: bytes, data: bytes) -> tuple[int, Frame]:
+    """Check the MAC (raising :class:`Unauthentic`), then parse. Returns (counter, frame);
+    FrameError says what is wrong with an authentic but malformed frame."""
     data = bytes(data)
-    if not data:
-        raise FrameError("empty frame")
-    kind = data[0]
+    if len(data) < MIN_AUTH_FRAME:
+        raise Unauthentic(f"frame of {len(data)} bytes is shorter than the {MIN_AUTH_FRAME}-byte minimum")
+    unsigned, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
+    if not hmac.compare_digest(frame_mac(key, unsigned), mac):
+        raise Unauthentic(f"frame of {len(data)} bytes failed authentication (not from this session)")
+    kind, counter = FRAME_PREFIX.unpack_from(unsigned)
+    if counter == 0:
+        raise FrameError("frame counter 0 is reserved")
+    return counter, _parse_fields(kind, unsigned[FRAME_PREFIX.size:])
+
+
+def _parse_fields(kind: int, body: bytes) -> Frame:
     if kind == FrameType.DATA:
-        if len(data) < DATA_HEADER.size:
-            raise FrameError(f"truncated DATA header: {len(data)} bytes, need {DATA_HEADER.size}")
-        _, msg_id, index, total = DATA_HEADER.unpack_from(data)
+        if len(body) < DATA_FIELDS.size:
+            raise FrameError(f"truncated DATA header: {len(body)} field bytes, need {DATA_FIELDS.size}")
+        msg_id, index, total = DATA_FIELDS.unpack_from(body)
         if msg_id == 0:
             raise FrameError("message id 0 is reserved")
         if total == 0 or index >= total:
             raise FrameError(f"frame index {index} out of range for total {total}")
-        if len(data) == DATA_HEADER.size:
+        if len(body) == DATA_FIELDS.size:
             raise FrameError(f"DATA frame {index}/{total} of message {msg_id} has no payload")
-        return DataFrame(msg_id, index, total, data[DATA_HEADER.size:])
+        return DataFrame(msg_id, index, total, body[DATA_FIELDS.size:])
     if kind == FrameType.ACK:
-        if len(data) != ACK_FORMAT.size:
-            raise FrameError(f"ACK frame is {len(data)} bytes, expected {ACK_FORMAT.size}")
-        _, msg_id, next_missing, status = ACK_FORMAT.unpack(data)
+        if len(body) != ACK_FIELDS.size:
+            raise FrameError(f"ACK frame has {len(body)} field bytes, expected {ACK_FIELDS.size}")
+        msg_id, next_missing, status = ACK_FIELDS.unpack(body)
         try:
             return AckFrame(msg_id, next_missing, AckStatus(status))
         except ValueError:
             raise FrameError(f"ACK frame has unknown status {status}") from None
     if kind == FrameType.QUERY:
-        if len(data) != QUERY_FORMAT.size:
-            raise FrameError(f"QUERY frame is {len(data)} bytes, expected {QUERY_FORMAT.size}")
-        _, msg_id = QUERY_FORMAT.unpack(data)
+        if len(body) != QUERY_FIELDS.size:
+            raise FrameError(f"QUERY frame has {len(body)} field bytes, expected {QUERY_FIELDS.size}")
+        (msg_id,) = QUERY_FIELDS.unpack(body)
         return QueryFrame(msg_id)
     raise FrameError(f"unknown frame type 0x{kind:02x}")
 
 
-def split(msg_id: int, sealed: bytes, frame_size: int) -> list[bytes]:
-    """Cut a sealed message into DATA frames of at most ``frame_size`` bytes (MTU-3)."""
+class ReplayWindow:
+    """Frame counters seen in one direction: the highest, and a bitmap of the
+    REPLAY_WINDOW below it (RFC 4303, 3.4.3). A counter is accepted once, and only
+    within the window, so a small local reordering of writes is tolerated."""
+
+    def __init__(self) -> None:
+        self.highest = 0
+        self._bits = 0  # bit i set: counter highest - i was seen
+
+    def check(self, counter: int) -> None:
+        if counter > self.highest:
+            return
+        age = self.highest - counter
+        if age >= REPLAY_WINDOW:
+            raise Unauthentic(f"frame counter {counter} is too old (highest seen {self.highest})")
+        if self._bits >> age & 1:
+            raise Unauthentic(f"frame counter {counter} replayed")
+
+    def mark(self, counter: int) -> None:
+        if counter > self.highest:
+            shift = counter - self.highest
+            self._bits = ((self._bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self.highest = counter
+        else:
+            self._bits |= 1 << (self.highest - counter)
+
+
+def chunk(msg_id: int, sealed: bytes, frame_size: int) -> list[DataFrame]:
+    """Cut a sealed message into DATA frames of at most ``frame_size`` bytes (MTU-3)
+    once authenticated."""
     if frame_size < MIN_FRAME_SIZE:
         raise ValueError(f"frame_size {frame_size} is below the BLE minimum {MIN_FRAME_SIZE}")
     if len(sealed) > MAX_MESSAGE_SIZE:
         raise ValueError(f"sealed message is {len(sealed)} bytes; the limit is {MAX_MESSAGE_SIZE}"
                          " (send large media as a media_url)")
-    room = frame_size - DATA_HEADER.size
+    room = frame_size - DATA_OVERHEAD
     chunks = [sealed[i:i + room] for i in range(0, len(sealed), room)] or [b""]
-    return [DataFrame(msg_id, i, len(chunks), c).encode() for i, c in enumerate(chunks)]
+    return [DataFrame(msg_id, i, len(chunks), c) for i, c in enumerate(chunks)]
 
 
 @dataclass
@@ -335,13 +454,19 @@ class _Partial:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """A sealed message waiting to be framed; frame with :meth:`frames`."""
+    """A sealed message waiting to be framed. Senders authenticate each frame of
+    :meth:`chunks` with :meth:`Endpoint.wrap` right before writing it (so counters go
+    on air in order); :meth:`frames` does all of them at once."""
 
     msg_id: int
     sealed: bytes
+    endpoint: Endpoint = field(repr=False, compare=False)
+
+    def chunks(self, frame_size: int) -> list[DataFrame]:
+        return chunk(self.msg_id, self.sealed, frame_size)
 
     def frames(self, frame_size: int) -> list[bytes]:
-        return split(self.msg_id, self.sealed, frame_size)
+        return [self.endpoint.wrap(f) for f in self.chunks(frame_size)]
 
 
 @dataclass(frozen=True)
@@ -350,14 +475,14 @@ class Delivered:
 
     msg_id: int
     message: Message
-    reply: bytes
+    reply: AckFrame
 
 
 @dataclass(frozen=True)
 class Reply:
     """Nothing to deliver (yet), but send ``reply`` (an ACK) back, if not None."""
 
-    reply: bytes | None
+    reply: AckFrame | None
 
 
 @dataclass(frozen=True)
@@ -369,14 +494,15 @@ Event = Union[Delivered, Reply, AckReceived]
 
 
 class Endpoint:
-    """One side of a session: seals what it sends, reassembles and opens what it
-    receives, and answers QUERY frames. ``role`` is "node" or "handset".
+    """One side of a session: seals and authenticates what it sends, authenticates,
+    reassembles and opens what it receives, and answers QUERY frames. ``role`` is
+    "node" or "handset".
 
-    Receiving rules (docs/protocol.md, BLE "Receiver"): a DATA frame for an id at or
-    below the last accepted one is a duplicate and is answered DONE without delivering
-    again; an id above it starts (or continues) the one message in progress, and a
-    newer id abandons an older unfinished one; a message that fails to open is dropped
-    without advancing the accepted id, so forged frames cannot block the real message.
+    Receiving rules (docs/protocol.md, BLE "Receiver"): first the frame's MAC and
+    counter (:class:`Unauthentic` if either fails; nothing else is looked at). Then a
+    DATA frame for an id at or below the last accepted one is a duplicate and is
+    answered DONE without delivering again; an id above it starts (or continues) the
+    one message in progress, and a newer id abandons an older unfinished one.
     """
 
     def __init__(self, session_key: bytes, role: str) -> None:
@@ -389,27 +515,50 @@ class Endpoint:
             self.out_dir, self.in_dir = Direction.HANDSET_TO_NODE, Direction.NODE_TO_HANDSET
         self._out_key = direction_key(session_key, self.out_dir)
         self._in_key = direction_key(session_key, self.in_dir)
+        self._out_mac = frame_key(session_key, self.out_dir)
+        self._in_mac = frame_key(session_key, self.in_dir)
+        self.token = session_token(session_key)
         self.last_sent = 0  # id of the last message sealed by this side
         self.last_accepted = 0  # id of the last message received and delivered
+        self.frames_sent = 0  # counter of the last frame this side authenticated
+        self.proven = False  # an authentic frame has arrived: the peer holds the key
+        self._seen = ReplayWindow()
         self._partial: _Partial | None = None
+        #: (index, total) of the last authentic DATA frame (diagnostics).
+        self.last_data: tuple[int, int] | None = None
 
     # sending
     def seal(self, message: Message) -> Outgoing:
+        if self.last_sent >= MAX_MSG_ID:
+            raise ValueError(f"session has sealed {MAX_MSG_ID} messages; start a new one")
         self.last_sent += 1
-        return Outgoing(self.last_sent, seal(self._out_key, self.out_dir, self.last_sent, message))
+        return Outgoing(self.last_sent, seal(self._out_key, self.out_dir, self.last_sent, message), self)
+
+    def wrap(self, frame: Frame) -> bytes:
+        """Authenticate ``frame`` with this direction's next counter: call it right
+        before the write, so frames reach the air in counter order."""
+        self.frames_sent += 1
+        return encode_frame(self._out_mac, self.frames_sent, frame)
 
     # receiving
     def handle(self, data: bytes) -> Event:
-        """Process one received frame. Raises FrameError (with ``reply`` set when the
-        peer must be told) for anything malformed, unauthentic or out of place."""
-        frame = parse_frame(data)
+        """Process one received frame. Raises :class:`Unauthentic` for a frame that
+        failed the MAC or replay check (no state touched), FrameError (with ``reply``
+        set when the peer must be told) for an authentic frame that is out of place."""
+        self.last_data = None
+        counter, frame = open_frame(self._in_mac, data)
+        self._seen.check(counter)
+        self._seen.mark(counter)
+        self.proven = True
         if isinstance(frame, AckFrame):
             if frame.msg_id == 0 or frame.msg_id > self.last_sent:
                 raise FrameError(f"ACK for unknown message id {frame.msg_id} "
                                  f"(last sent {self.last_sent})")
             return AckReceived(frame)
         if isinstance(frame, QueryFrame):
-            return Reply(self._status(frame.msg_id).encode())
+            if frame.msg_id == 0:  # HELLO: proves the key on a new link; no answer
+                return Reply(None)
+            return Reply(self._status(frame.msg_id))
         return self._data(frame)
 
     def _status(self, msg_id: int) -> AckFrame:
@@ -422,8 +571,9 @@ class Endpoint:
         raise FrameError(f"QUERY for unknown message id {msg_id} (last accepted {self.last_accepted})")
 
     def _data(self, frame: DataFrame) -> Event:
+        self.last_data = (frame.index, frame.total)
         if frame.msg_id <= self.last_accepted:
-            return Reply(AckFrame(frame.msg_id, 0xFFFF, AckStatus.DONE).encode())
+            return Reply(AckFrame(frame.msg_id, 0xFFFF, AckStatus.DONE))
         if frame.msg_id > self.last_accepted + MAX_ID_GAP:
             raise FrameError(f"unknown message id {frame.msg_id}: last accepted is "
                              f"{self.last_accepted}, at most {MAX_ID_GAP} ahead is allowed")
@@ -447,13 +597,13 @@ class Endpoint:
             part.size += len(frame.chunk)
         if len(part.frames) < part.total:
             if frame.index == part.total - 1:  # sender is done but there is a gap
-                return Reply(AckFrame(part.msg_id, part.next_missing, AckStatus.PARTIAL).encode())
+                return Reply(AckFrame(part.msg_id, part.next_missing, AckStatus.PARTIAL))
             return Reply(None)
         self._partial = None
         sealed = b"".join(part.frames[i] for i in range(part.total))
         try:
             message = open_sealed(self._in_key, self.in_dir, part.msg_id, sealed)
         except FrameError as exc:
-            raise FrameError(str(exc), AckFrame(part.msg_id, 0, AckStatus.REJECTED).encode()) from None
+            raise FrameError(str(exc), AckFrame(part.msg_id, 0, AckStatus.REJECTED)) from None
         self.last_accepted = part.msg_id
-        return Delivered(part.msg_id, message, AckFrame(part.msg_id, 0xFFFF, AckStatus.DONE).encode())
+        return Delivered(part.msg_id, message, AckFrame(part.msg_id, 0xFFFF, AckStatus.DONE))

@@ -35,10 +35,11 @@ from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient, NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
 from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.backends.service import BleakGATTService, BleakGATTServiceCollection
 from bleak.exc import BleakError, BleakGATTProtocolError
 from bumble import att, core, gatt, hci
-from bumble.device import Connection, Device
+from bumble.device import Advertisement, Connection, Device
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ class HciAdapter:
         self._device: Device | None = None
         self._transport: Any = None
         self._lock: asyncio.Lock | None = None
+        self._scan_lock: asyncio.Lock | None = None
+        self._scanners: set[BumbleBleakScanner] = set()
         self.transport_losses = 0
 
     def __repr__(self) -> str:
@@ -141,6 +144,42 @@ class HciAdapter:
         device = self._device
         queue = device.host.le_acl_packet_queue if device is not None else None
         return queue.max_packet_size if queue is not None else 27
+
+    async def add_scanner(self, scanner: BumbleBleakScanner) -> None:
+        """Start scanning for ``scanner`` (the controller scans once, however many
+        scanners listen: a node may look for two handsets at once)."""
+        device = await self.device()
+        if self._scan_lock is None:
+            self._scan_lock = asyncio.Lock()
+        async with self._scan_lock:
+            first = not self._scanners
+            self._scanners.add(scanner)
+            if first:
+                device.on("advertisement", self._on_advertisement)
+                try:
+                    await device.start_scanning(active=False, filter_duplicates=False, legacy=True)
+                except (core.BaseBumbleError, hci.HCI_Error) as exc:
+                    self._scanners.discard(scanner)
+                    device.remove_listener("advertisement", self._on_advertisement)
+                    raise BleakError(f"scan on {self!r} failed: {exc!r}") from None
+
+    async def remove_scanner(self, scanner: BumbleBleakScanner) -> None:
+        if self._scan_lock is None or scanner not in self._scanners:
+            return
+        async with self._scan_lock:
+            self._scanners.discard(scanner)
+            device = self._device
+            if self._scanners or device is None:
+                return
+            device.remove_listener("advertisement", self._on_advertisement)
+            try:
+                await device.stop_scanning()
+            except (core.BaseBumbleError, hci.HCI_Error) as exc:
+                log.debug("%r: stop scanning: %r", self, exc)
+
+    def _on_advertisement(self, advertisement: Advertisement) -> None:
+        for scanner in list(self._scanners):
+            scanner.on_advertisement(advertisement)
 
     async def close(self) -> None:
         """Disconnect, stop advertising and release the transport (bounded: a dead
@@ -207,7 +246,11 @@ class BumbleBleakClient(BaseBleakClient):
         if address_type not in (PUBLIC, RANDOM):
             raise BleakError(f"address_type must be 0 (public) or 1 (random), got {address_type!r}")
         try:
-            self._peer = hci.Address(self.address, address_type)
+            if isinstance(address_or_ble_device, BLEDevice) and \
+                    isinstance(address_or_ble_device.details, hci.Address):
+                self._peer = address_or_ble_device.details  # from BumbleBleakScanner: typed
+            else:
+                self._peer = hci.Address(self.address, address_type)
         except (core.InvalidArgumentError, ValueError) as exc:
             raise BleakError(f"bad Bluetooth address {self.address!r}: {exc}") from None
         if not 23 <= mtu <= DEFAULT_MTU:
@@ -218,6 +261,7 @@ class BumbleBleakClient(BaseBleakClient):
         self._connection: Connection | None = None
         self._closing = False
         self._subscribers: dict[int, Callable[[bytes], None]] = {}
+        self._lost: asyncio.Future[int] | None = None  # resolved when the link drops
 
     # --------------------------------------------------------------- connectivity
     @property
@@ -255,16 +299,22 @@ class BumbleBleakClient(BaseBleakClient):
             raise BleakError(f"connect to {self._peer} failed: {exc!r}") from exc
         self._connection = connection
         self._closing = False
+        self._lost = asyncio.get_running_loop().create_future()
         connection.on("disconnection", self._on_disconnection)
         try:
-            await connection.gatt_client.request_mtu(self._mtu_request)
-            await self._discover()
+            await self._until_lost(connection.gatt_client.request_mtu(self._mtu_request))
+            await self._until_lost(self._discover())
+        except ConnectionError as exc:
+            await self.disconnect()
+            raise BleakError(str(exc)) from None
         except Exception:
             await self.disconnect()
             raise
         log.debug("connected to %s, mtu %d", self._peer, connection.att_mtu)
 
     def _on_disconnection(self, reason: int) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(reason)
         self._connection = None
         self.services = None
         if not self._closing and self._disconnected_callback is not None:
@@ -313,9 +363,23 @@ class BumbleBleakClient(BaseBleakClient):
             raise BleakError(f"not connected to {self._peer}")
         return self._connection
 
+    async def _until_lost(self, awaitable: Any) -> Any:
+        """Await ``awaitable`` unless the link drops first: bumble leaves an ATT request
+        pending for 30 s when the peer disconnects under it (a handset dropping a link
+        it did not bind). ConnectionError then."""
+        lost = self._lost
+        task = asyncio.ensure_future(awaitable)
+        if lost is None or task.done():
+            return await task
+        done, _ = await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        task.cancel()
+        raise ConnectionError(f"link to {self._peer} lost (reason 0x{lost.result():02x})")
+
     async def _call(self, what: str, awaitable: Any) -> Any:
         try:
-            return await awaitable
+            return await self._until_lost(awaitable)
         except att.ATT_Error as exc:
             raise BleakGATTProtocolError(exc.error_code) from exc
         except (core.BaseBumbleError, asyncio.TimeoutError, ConnectionError) as exc:
@@ -365,3 +429,49 @@ class BumbleBleakClient(BaseBleakClient):
         subscriber = self._subscribers.pop(characteristic.handle, None)
         await self._call("unsubscribe", connection.gatt_client.unsubscribe(
             characteristic.obj, subscriber))
+
+
+class BumbleBleakScanner(BaseBleakScanner):
+    """bleak scanner backend on a bumble central (:class:`HciAdapter`), passive.
+
+    Use through bleak: ``BleakScanner(service_uuids=[...], backend=BumbleBleakScanner,
+    hci_adapter=adapter)`` or ``BleakScanner.find_device_by_filter(...)`` with the same
+    keywords. A found :class:`BLEDevice` carries the bumble address (with its type) in
+    ``details``, so :class:`BumbleBleakClient` connects to it without being told the
+    type. Advertisements without a wanted service UUID are dropped here."""
+
+    def __init__(self, detection_callback: Any, service_uuids: list[str] | None,
+                 scanning_mode: str = "passive", *, hci_adapter: HciAdapter | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(detection_callback, service_uuids)
+        if hci_adapter is None:
+            raise BleakError("BumbleBleakScanner needs hci_adapter=HciAdapter(...) "
+                             "(pass it as a BleakScanner keyword argument)")
+        self._adapter = hci_adapter
+
+    async def start(self) -> None:
+        self.seen_devices = {}
+        await self._adapter.add_scanner(self)
+
+    async def stop(self) -> None:
+        await self._adapter.remove_scanner(self)
+
+    def on_advertisement(self, advertisement: Advertisement) -> None:
+        data = advertisement.data
+        uuids = [_uuid_str(u) for ad_type in (
+            core.AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+            core.AdvertisingData.INCOMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+            core.AdvertisingData.COMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS,
+            core.AdvertisingData.INCOMPLETE_LIST_OF_16_BIT_SERVICE_CLASS_UUIDS,
+        ) for uuids in data.get_all(ad_type) for u in uuids]
+        if not self.is_allowed_uuid(uuids):
+            return
+        name = data.get(core.AdvertisingData.COMPLETE_LOCAL_NAME)
+        address = advertisement.address
+        adv = AdvertisementData(
+            local_name=name if isinstance(name, str) else None, manufacturer_data={},
+            service_data={}, service_uuids=uuids, tx_power=None, rssi=advertisement.rssi,
+            platform_data=(advertisement,))
+        text = address.to_string(with_type_qualifier=False)
+        device = self.create_or_update_device(str(address), text, adv.local_name, address, adv)
+        self.call_detection_callbacks(device, adv)
