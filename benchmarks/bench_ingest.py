@@ -73,6 +73,11 @@ FLOOR_ACKS = ("batch", "none")
 SETTLE = 0.15
 #: How long the paced (latency) pass offers its load, seconds (--quick: a third).
 PACED_SECONDS = 2.0
+#: The stream secret of the benchmark's hub (its nodes' keys derive from it).
+BENCH_SECRET = bytes(range(32))
+#: What the floor puts in front of an ack so it has the size of the hub's sealed ack
+#: (the floor computes no tag: that is the product's work).
+FLOOR_ACK_PREFIX = b"t1." + b"0" * 32 + b"."
 
 
 # ----------------------------------------------------------------------- workload
@@ -105,9 +110,10 @@ class Workload:
 
 
 def build_workload(directory: Path, nodes: int, events: int, batch: int) -> Workload:
-    """Node-shaped batches as a node's uplink encodes them: seq 1.. per node, uuid4
-    ids, a delivery event's data (the commonest kind). JSON has no newlines, so each
-    line is one message for ``mosquitto_pub -l``."""
+    """Node-shaped batches as a node's uplink seals them (tagged with the node's stream
+    key from BENCH_SECRET): seq 1.. per node, uuid4 ids, a delivery event's data (the
+    commonest kind). A sealed batch is one line of text, so each line is one message
+    for ``mosquitto_pub -l``."""
     if events < nodes:
         raise ValueError(f"--events {events} is fewer than --nodes {nodes}")
     directory.mkdir(parents=True, exist_ok=True)
@@ -124,7 +130,9 @@ def build_workload(directory: Path, nodes: int, events: int, batch: int) -> Work
                                data={"handset_id": "hs-7Qx2", "item_id": "welcome",
                                      "kind": "article", "bytes": 180})
                        for seq in range(start, min(start + batch, per_node + 1))]
-                line = m.encode(m.EventBatch(node_id=node_id, events=evs))
+                line = m.seal_batch(m.stream_key(BENCH_SECRET, node_id), m.EventBatch(
+                    node_id=node_id, epoch="bench", low=1, first=evs[0].seq,
+                    last=evs[-1].seq, events=evs))
                 assert b"\n" not in line
                 out.write(line + b"\n")
         files[node_id] = path
@@ -303,7 +311,8 @@ def floor_side(url: str, workload: Workload, timeout: float,
         seq = acks.get(topic, 0) + 1  # a number of the right size; nothing is decoded
         acks[topic] = seq
         if acking:
-            client.publish(topic + "/ack", m.encode(m.EventAck(seq=seq)), qos=1)
+            client.publish(topic + "/ack", FLOOR_ACK_PREFIX + m.encode(
+                m.EventAck(epoch="bench", seq=seq, ts=time.time())), qos=1)
         latencies.append(time.monotonic() - t)
         if state["first"] is None:
             state["first"] = t
@@ -375,7 +384,7 @@ class _Probe:
             info = publish(topic, payload, qos, retain, properties)
             if topic.endswith("/events/ack"):
                 probe.acks[topic[:-4]].append(
-                    (time.monotonic(), json.loads(payload)["seq"]))
+                    (time.monotonic(), json.loads(payload.split(b".", 2)[2])["seq"]))
             return info
 
         client.on_message = on_message
@@ -410,8 +419,10 @@ def product_side(url: str, workload: Workload, db_path: Path,
     from hub.ingest import Ingest
     from tapcast import config as cfg
 
+    secret = db_path.parent / "stream.secret"
+    secret.write_text(BENCH_SECRET.hex() + "\n")
     conf = cfg.load(HubConfig, data={
-        "hub": {"database": str(db_path)},
+        "hub": {"database": str(db_path), "stream_secret": str(secret)},
         "mqtt": {"broker": url, "client_id": f"bench-hub-{uuid.uuid4().hex[:8]}"}},
         environ={})
     db = open_db(conf.hub.database)

@@ -75,13 +75,20 @@ def keys() -> None:
 @keys.command("init-hub")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), required=True)
 def keys_init_hub(directory: Path) -> None:
-    """Create the hub authority (hub.key, hub.pub). Keep hub.key offline."""
+    """Create the hub authority (hub.key, hub.pub) and the event stream's secret
+    (stream.secret). Keep hub.key offline; copy stream.secret to the box that runs
+    `tapcast hub ingest` ([hub] stream_secret)."""
     from tapcast.keys import HubAuthority
+    from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
 
     if (directory / "hub.key").exists():
         raise click.ClickException(f"{directory / 'hub.key'} exists; refusing to replace it")
+    if (directory / STREAM_SECRET_FILE).exists():
+        raise click.ClickException(f"{directory / STREAM_SECRET_FILE} exists; refusing to "
+                                   "replace it")
     HubAuthority.generate().save(directory)
-    click.echo(f"hub authority written to {directory}")
+    write_stream_secret(directory)
+    click.echo(f"hub authority and stream secret written to {directory}")
 
 
 @keys.command("node")
@@ -98,6 +105,7 @@ def keys_node(hub_dir: Path, out: Path, node_id: str, zone: str, days: int, forc
 
     from tapcast.config import KeysSection
     from tapcast.keys import HubAuthority, KeyFileError, write_node_credentials
+    from tapcast.streamkeys import STREAM_SECRET_FILE, load_stream_secret, write_node_stream_key
 
     existing = out / KeysSection().node_key
     if existing.exists() and not force:
@@ -107,6 +115,8 @@ def keys_node(hub_dir: Path, out: Path, node_id: str, zone: str, days: int, forc
     try:
         write_node_credentials(out, HubAuthority.load(hub_dir), node_id, zone,
                                time.time() + days * 86400)
+        write_node_stream_key(out, load_stream_secret(hub_dir / STREAM_SECRET_FILE), node_id,
+                              KeysSection().stream_key)
     except (KeyFileError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"node {node_id} ({zone}) credentials written to {out}")

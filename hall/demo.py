@@ -178,12 +178,13 @@ def check_hub_port(port: int) -> None:
 class HubProcesses:
     """`tapcast hub web` and `tapcast hub ingest`, each its own process, as deployed."""
 
-    def __init__(self, workdir: Path, broker: str, port: int) -> None:
+    def __init__(self, workdir: Path, broker: str, port: int, stream_secret: Path) -> None:
         self.dir = workdir / "hub"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "hub.toml"
         conf = cfg.load(HubConfig, data={
-            "hub": {"database": str(self.dir / "hub.db"), "port": port},
+            "hub": {"database": str(self.dir / "hub.db"), "port": port,
+                    "stream_secret": str(stream_secret)},
             "mqtt": {"broker": broker}}, environ={})
         self.config_path.write_text(cfg.dump(conf))
         # The demo's own API token, made as `tapcast hub token create` makes it: the demo
@@ -295,7 +296,12 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
         _check_broker(broker)
     else:
         broker, owned_broker = _start_broker(workdir, embedded=broker == EMBEDDED)
-    hub = HubProcesses(workdir, broker, hub_port)
+    # The hub authority's stream secret first: the hub's ingest checks the nodes'
+    # batches with it, and the hall provisions each node's stream key from it.
+    from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
+
+    write_stream_secret(workdir / "hub-authority")
+    hub = HubProcesses(workdir, broker, hub_port, workdir / "hub-authority" / STREAM_SECRET_FILE)
     summary = Summary(broker=broker)
     try:
         await hub.start()
@@ -328,7 +334,11 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
                     stop: asyncio.Event) -> None:
     from hall.virtual import NodeProcessError, VirtualHall
 
-    hall = VirtualHall(workdir, broker, nodes=nodes, handsets=handsets, seed=seed)
+    from tapcast.streamkeys import STREAM_SECRET_FILE, load_stream_secret
+
+    hall = VirtualHall(workdir, broker, nodes=nodes, handsets=handsets, seed=seed,
+                       stream_secret=load_stream_secret(
+                           workdir / "hub-authority" / STREAM_SECRET_FILE))
     t0 = time.monotonic()
     try:
         await hall.start()

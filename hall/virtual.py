@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -34,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any
 from node.config import NodeConfig
 from tapcast import config as cfg
 from tapcast.keys import HubAuthority, make_handset_credentials, write_node_credentials
+from tapcast.streamkeys import STREAM_SECRET_FILE, write_node_stream_key, write_stream_secret
 
 if TYPE_CHECKING:  # the hall wires the parts together; it imports them only when it runs
     from handset_app.sim import SimulatedHandset, TapReport
@@ -111,6 +113,7 @@ class VirtualHall:
     def __init__(self, workdir: Path, broker_url: str, *, nodes: int = 3, handsets: int = 5,
                  library: Path = LIBRARY, seed: int | None = None, hold_off: float = 0.2,
                  processes: bool = True, node_verbosity: int = 0,
+                 stream_secret: bytes | None = None,
                  on_tap: Callable[[TapRecord], None] | None = None) -> None:
         if nodes < 1 or handsets < 1:
             raise ValueError("a hall needs at least one node and one handset")
@@ -127,9 +130,17 @@ class VirtualHall:
         self.node_verbosity = node_verbosity  # -v flags for node processes (their logs)
         self.on_tap = on_tap
         self.authority = HubAuthority.generate()
+        # The hub's event-stream secret: the hub that ingests this hall's events needs
+        # the same one (hub.toml [hub] stream_secret = the file start() writes).
+        self.stream_secret = stream_secret or secrets.token_bytes(32)
         self.nodes: list[HallNode] = []
         self.handsets: list[SimulatedHandset] = []
         self.air: VirtualAir | None = None
+
+    @property
+    def stream_secret_path(self) -> Path:
+        """The hall's hub stream secret file, for the hub that ingests its events."""
+        return self.workdir / "hub-authority" / STREAM_SECRET_FILE
 
     def node_config(self, node_id: str, zone: str, nfc_device: str, ble_adapter: str) -> NodeConfig:
         return cfg.load(NodeConfig, data={
@@ -147,6 +158,8 @@ class VirtualHall:
         from hall.air import VirtualAir
 
         self.authority.save(self.workdir / "hub-authority")
+        if not self.stream_secret_path.exists():
+            write_stream_secret(self.workdir / "hub-authority", self.stream_secret)
         self.air = VirtualAir()
         expires = time.time() + CERT_LIFETIME
         for i in range(self.node_count):
@@ -157,6 +170,7 @@ class VirtualHall:
             adapter = await self.air.serve(node_id)
             conf = self.node_config(node_id, zone, nfc_device, adapter)
             write_node_credentials(node_dir, self.authority, node_id, zone, expires, conf.keys)
+            write_node_stream_key(node_dir, self.stream_secret, node_id, conf.keys.stream_key)
             config_path = node_dir / "node.toml"
             config_path.write_text(cfg.dump(conf))
             self.nodes.append(HallNode(node_id, zone, nfc_device, adapter, config_path,

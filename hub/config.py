@@ -20,6 +20,10 @@ class HubSection(msgspec.Struct, forbid_unknown_fields=True):
     # A node is shown offline when its last status says so, or when nothing was
     # heard from it for this many seconds.
     stale_after: float = 120.0
+    # The event stream's secret (64 hex digits, mode 0600), written by `tapcast keys
+    # init-hub` as stream.secret next to the hub authority. `hub ingest` derives each
+    # node's stream key from it to check batches and tag acks (docs/mqtt.md).
+    stream_secret: str = "var/hub/stream.secret"
 
 
 class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,41 +1,38 @@
-"""Hub storage: nodes, events (each (node_id, seq) stored once) and per-node acks.
+"""Hub storage: nodes, event streams, events (each (node, epoch, seq) stored once),
+incidents and quarantined batches.
 
 SQLite through sqlite-utils by default, in WAL mode so the web pages read while the
 ingest writes. Why the shape below:
 
-* ``events`` has UNIQUE (node_id, seq): a node re-sends everything the hub has not
-  acked, so duplicates are normal traffic; ``INSERT ... ON CONFLICT DO NOTHING`` drops
-  them inside the same transaction that stores the rest of the batch.
-* ``nodes.acked_seq`` is the highest seq such that every seq 1..acked_seq is stored. It
-  only moves forward and is recomputed for the nodes a batch touched, after the insert,
-  in the same transaction; the ingest publishes it to the node as EventAck.
+* ``events`` has UNIQUE (node_id, epoch, seq): a node re-sends everything the hub has
+  not acked, so duplicates are normal traffic. The writer reads the ids already stored
+  for the seqs a batch covers: the same (node, epoch, seq) with the same id is a
+  duplicate and dropped, with a different id a *conflict*, recorded as an incident and
+  never stored over the first.
+* One parse: the writer stores exactly the values ``decode_batch`` validated (msgspec,
+  bounded seqs and times), never re-reading the JSON text with SQLite's own parser
+  (the two disagreed on duplicate keys, escapes and integers past 2^63).
+* ``streams`` holds, per (node, epoch), ``acked_seq``: the highest seq such that every
+  seq up to it is stored or known lost. A batch carries ``low``, the lowest seq the node
+  still holds, so a hole below ``low`` will never be filled: the hub records a "lost"
+  incident with the count and moves past it (a forged ack, a database restored from an
+  older copy). ``nodes.acked_seq`` mirrors the node's current epoch for the API.
 * ``event_counts`` (per node and kind, plus how many carried ``data.ok = true``) is
-  updated in the same transaction from the rows actually inserted (rowid above the
-  highest before the insert), so the API never scans ``events`` to count. That is
-  cheaper than a per-row AFTER INSERT trigger, which cost 35% of insert throughput.
-* Events are listed newest first: per node by seq (the unique index), across nodes
-  by ``rowid`` (no extra index to maintain on the hot insert path; an index on ts
-  cost another 12%).
-* Batches: one transaction per batch. Per-row commits cap near 5k rows/s here; a
-  batch of 1,000 events commits at about 180-235k events/s (see ``write``).
-  ``synchronous=FULL`` makes each commit durable (fsync of the WAL) before the ingest
-  acks it; a batch amortises the fsync.
+  updated in the same transaction from the rows inserted, so the API never scans
+  ``events`` to count.
+* Events are listed newest first by ``rowid`` (storage order), per node through an
+  index on ``node_id``.
+* Batches: one transaction per batch of messages; ``synchronous=FULL`` makes each commit
+  durable (fsync of the WAL) before the ingest acks it; a batch amortises the fsync.
 
 Threads: sqlite3 connections must not be shared between threads while in use, so each
 thread gets its own connection (the ingest writer thread writes; request threads read
 and ``release()`` theirs after each request).
 
-PostgreSQL seam (not built): ``open_db(url)`` chooses the backend from the URL, and a
-PostgreSQL store would offer the same public methods as HubDB (``write``,
-``write_batch``, ``acked_seq``, ``list_nodes``, ``get_node``, ``event_totals``,
-``list_events``, ``count_events``, ``release``, ``close``); the ingest, API and tests
-only use those. The SQL is portable where that costs nothing (``ON CONFLICT ... DO
-NOTHING`` and the upserts are valid PostgreSQL). To port: ``json_each``/
-``json_extract`` become ``jsonb_array_elements``/``->>``; ``rowid`` becomes a BIGSERIAL
-``pk`` column (event order, cursors, and "rows this transaction inserted" for the
-counts, which with several writers needs ``RETURNING`` instead of a rowid range);
-``BEGIN IMMEDIATE`` becomes a row lock on ``nodes`` while recomputing ``acked_seq``
-when several ingest workers share a ``$share/hub/...`` subscription.
+PostgreSQL (issue 7): ``open_db(url)`` chooses the backend from the URL; a PostgreSQL
+store offers the same public methods. The SQL is portable where that costs nothing
+(``ON CONFLICT``, upserts); ``rowid`` becomes a BIGSERIAL column and ``BEGIN
+IMMEDIATE`` a row lock on ``streams`` when several ingest workers share a subscription.
 """
 from __future__ import annotations
 
@@ -48,7 +45,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -56,11 +53,11 @@ from urllib.parse import urlsplit
 import msgspec
 import sqlite_utils
 
-from tapcast.protocol.mqtt import Event, EventBatch, NodeState
+from tapcast.protocol.mqtt import MAX_EVENT_DATA, BatchHeader, Event, EventBatch, NodeState
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_EVENTS_LIMIT = 500
 
 _SCHEMA = """
@@ -72,18 +69,29 @@ CREATE TABLE IF NOT EXISTS nodes (
     state      TEXT,              -- last NodeState as JSON
     zone       TEXT,
     version    TEXT,
-    acked_seq  INTEGER NOT NULL DEFAULT 0
+    epoch      TEXT,              -- the node's current outbox epoch (newest stream)
+    acked_seq  INTEGER NOT NULL DEFAULT 0   -- of that epoch
+);
+CREATE TABLE IF NOT EXISTS streams (
+    node_id    TEXT NOT NULL,
+    epoch      TEXT NOT NULL,
+    acked_seq  INTEGER NOT NULL DEFAULT 0,  -- every seq <= it is stored or known lost
+    lost       INTEGER NOT NULL DEFAULT 0,  -- seqs the hub will never get
+    first_seen REAL NOT NULL,
+    PRIMARY KEY (node_id, epoch)
 );
 CREATE TABLE IF NOT EXISTS events (
     node_id  TEXT NOT NULL,
+    epoch    TEXT NOT NULL,
     seq      INTEGER NOT NULL,
     id       TEXT NOT NULL,
     kind     TEXT NOT NULL,
     ts       REAL NOT NULL,
     data     TEXT NOT NULL,       -- JSON object
     received REAL NOT NULL,
-    UNIQUE (node_id, seq)
+    UNIQUE (node_id, epoch, seq)
 );
+CREATE INDEX IF NOT EXISTS events_by_node ON events (node_id);
 CREATE TABLE IF NOT EXISTS event_counts (
     node_id TEXT NOT NULL,
     kind    TEXT NOT NULL,
@@ -91,26 +99,35 @@ CREATE TABLE IF NOT EXISTS event_counts (
     ok      INTEGER NOT NULL,     -- how many had data.ok = true (auth verdicts)
     PRIMARY KEY (node_id, kind)
 );
+CREATE TABLE IF NOT EXISTS incidents (
+    id       INTEGER PRIMARY KEY,
+    node_id  TEXT NOT NULL,
+    epoch    TEXT,
+    kind     TEXT NOT NULL,       -- lost, conflict, quarantined, new_epoch
+    count    INTEGER NOT NULL,    -- events concerned
+    detail   TEXT NOT NULL,
+    at       REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id       INTEGER PRIMARY KEY,
+    node_id  TEXT NOT NULL,
+    epoch    TEXT,
+    first    INTEGER,
+    last     INTEGER,
+    reason   TEXT NOT NULL,
+    digest   TEXT NOT NULL UNIQUE,  -- sha256 of the payload: a re-send is kept once
+    payload  BLOB NOT NULL,         -- verbatim, as it came off the broker
+    received REAL NOT NULL
+);
 """
 
-# One execution per EventBatch: ?1 node id (from the topic, checked against the
-# batch), ?2 arrival time, ?3 the batch JSON text. ("WHERE true" lets SQLite parse the
-# upsert clause after a SELECT.)
-_INSERT_BATCH = """
-INSERT INTO events (node_id, seq, id, kind, ts, data, received)
-SELECT ?1, json_extract(j.value, '$.seq'), json_extract(j.value, '$.id'),
-       json_extract(j.value, '$.kind'), json_extract(j.value, '$.ts'),
-       coalesce(json_extract(j.value, '$.data'), '{}'), ?2
-FROM json_each(?3, '$.events') AS j WHERE true
-ON CONFLICT (node_id, seq) DO NOTHING
+_INSERT_EVENT = """
+INSERT INTO events (node_id, epoch, seq, id, kind, ts, data, received)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (node_id, epoch, seq) DO NOTHING
 """
 
-# Count the rows this transaction inserted (rowid above the max before it).
-_COUNT_NEW = """
-INSERT INTO event_counts (node_id, kind, n, ok)
-SELECT node_id, kind, count(*),
-       sum(kind = 'auth' AND json_type(data, '$.ok') = 'true')
-FROM events NOT INDEXED WHERE rowid > ? GROUP BY node_id, kind
+_COUNT = """
+INSERT INTO event_counts (node_id, kind, n, ok) VALUES (?, ?, ?, ?)
 ON CONFLICT (node_id, kind) DO UPDATE SET n = n + excluded.n, ok = ok + excluded.ok
 """
 
@@ -125,19 +142,26 @@ class StorageError(RuntimeError):
     """The hub database cannot be used; the message says which and why, in one line."""
 
 
-class RawBatch(NamedTuple):
-    """One node's EventBatch as received, already validated by decode_batch."""
+class Quarantined(NamedTuple):
+    """An authentic batch (its tag verified) whose events did not decode: kept verbatim.
+    With its header (epoch and seq range) the hub acks past it; without, it cannot."""
 
     node_id: str
-    payload: str  # the EventBatch JSON text
-    events: int  # how many events it holds
+    payload: bytes
+    reason: str
+    header: BatchHeader | None
 
 
 @dataclass(frozen=True)
 class BatchResult:
     stored: int  # rows actually inserted
-    duplicates: int  # rows already present (same node_id, seq)
-    acked: dict[str, int]  # node_id -> acked_seq after the batch, for every node touched
+    duplicates: int  # events already stored with the same id (re-sent by a node)
+    acked: dict[str, int]  # node_id -> acked_seq after the write, for every node touched
+    acks: list[tuple[str, str, int]] = field(default_factory=list)  # (node, epoch, seq)
+    conflicts: int = 0  # same (node, epoch, seq) as a stored event, another id: refused
+    lost: int = 0  # seqs found lost for good (below a batch's low, never stored)
+    quarantined: int = 0  # batches newly put in quarantine
+    incidents: int = 0  # incident rows written
 
 
 def open_db(url: str) -> "HubDB":
@@ -237,6 +261,13 @@ class HubDB:
             if mode != "wal":  # the file system cannot do it; readers will wait on writes
                 log.warning("hub database stays in %s journal mode (no WAL)", mode)
                 break
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version not in (0, SCHEMA_VERSION):
+            raise StorageError(
+                f"hub database has schema version {version}, this hub writes version "
+                f"{SCHEMA_VERSION} (events keyed by outbox epoch) and cannot convert it: "
+                "move the old file aside and start with a new one (migrations come with "
+                "the storage layer of issue 7)")
         try:
             conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\n"
                                f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
@@ -283,52 +314,55 @@ class HubDB:
                 pass
         self._local = threading.local()
 
+    def __enter__(self) -> HubDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ----------------------------------------------------------------- writes
 
-    def write_batch(self, events: Sequence[tuple[str, Event]], **kwargs: Any) -> BatchResult:
-        """``write`` for ``(node_id, Event)`` pairs (tests, tools): encodes them as the
-        EventBatch JSON a node would have sent."""
+    def write_batch(self, events: Sequence[tuple[str, Event]], *, epoch: str = "e0",
+                    low: int = 1, **kwargs: Any) -> BatchResult:
+        """``write`` for ``(node_id, Event)`` pairs (tests, tools): one EventBatch per
+        node, in the given ``epoch``, saying the node still holds everything from
+        ``low`` on."""
         by_node: dict[str, list[Event]] = {}
         for node_id, event in events:
             by_node.setdefault(node_id, []).append(event)
-        raw = [RawBatch(node_id, _encode(EventBatch(node_id=node_id, events=evs)).decode(),
-                        len(evs)) for node_id, evs in by_node.items()]
-        return self.write(raw, **kwargs)
+        batches = [EventBatch(node_id=node_id, epoch=epoch, low=min(low, evs[0].seq),
+                              first=evs[0].seq, last=max(e.seq for e in evs), events=evs)
+                   for node_id, evs in by_node.items()]
+        return self.write(batches, **kwargs)
 
-    def write(self, batches: Sequence[RawBatch] = (), *,
+    def write(self, batches: Sequence[EventBatch] = (), *,
+              quarantined: Sequence[Quarantined] = (),
               states: Iterable[tuple[str, NodeState, float | None]] = (),
               statuses: Iterable[tuple[str, str, float | None]] = (),
               seen: dict[str, float] | None = None,
               received: float | None = None) -> BatchResult:
-        """Store event batches, node states and statuses in ONE transaction, then advance
-        ``acked_seq`` for every node that had events in it.
-
-        ``batches`` are EventBatch JSON texts already validated by
-        ``decode_batch`` (the ingest does that on paho's thread). SQLite's JSON
-        functions take the events apart, so the per-event work runs in C with the GIL
-        released instead of in Python: measured 235k events/s alone, and it leaves
-        the interpreter to the MQTT thread. (Passed as str, never bytes: SQLite 3.45+
-        reads a BLOB as its binary JSONB format.)
+        """Store event batches (already decoded and validated by ``decode_batch``),
+        quarantined batches, node states and statuses in ONE transaction, then advance
+        ``acked_seq`` for every stream touched.
 
         ``states``/``statuses`` carry the time they were heard live (None for a retained
         message replayed by the broker, which says nothing about the node being alive
         now); ``seen`` is the latest live time per node for the whole batch."""
         received = time.time() if received is None else received
         db = self.db
-        touched = sorted({b.node_id for b in batches})
+        streams: dict[tuple[str, str], list[EventBatch]] = {}
+        for batch in batches:
+            streams.setdefault((batch.node_id, batch.epoch), []).append(batch)
+        w = _Writer(db.conn, received)
         with self._immediate(db):
             conn = db.conn
-            for node_id in touched:
-                conn.execute("INSERT INTO nodes (node_id) VALUES (?) "
-                             "ON CONFLICT (node_id) DO NOTHING", (node_id,))
-            # Our write lock (BEGIN IMMEDIATE) makes every rowid above this one ours.
-            (before,) = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()
-            stored = 0
-            if batches:
-                stored = conn.executemany(
-                    _INSERT_BATCH, [(b.node_id, received, b.payload) for b in batches]
-                ).rowcount
-                conn.execute(_COUNT_NEW, (before,))
+            for q in quarantined:
+                w.quarantine(q)
+            for (node_id, epoch), group in streams.items():
+                w.stream_batches(node_id, epoch, group)
+            if w.rows:
+                conn.executemany(_INSERT_EVENT, w.rows)
+                conn.executemany(_COUNT, [(n, k, c, ok) for (n, k), (c, ok) in w.counts.items()])
             for node_id, status, heard in statuses:
                 conn.execute(
                     "INSERT INTO nodes (node_id, status, status_at) VALUES (?, ?, ?) "
@@ -351,9 +385,12 @@ class HubDB:
                     "ON CONFLICT (node_id) DO UPDATE SET "
                     "last_seen = max(coalesce(last_seen, 0), excluded.last_seen)",
                     (node_id, heard))
-            acked = {node_id: self._advance_ack(conn, node_id) for node_id in touched}
-        total = sum(b.events for b in batches)
-        return BatchResult(stored=stored, duplicates=total - stored, acked=acked)
+            acks = [(node_id, epoch, w.advance(node_id, epoch)) for node_id, epoch in w.touched]
+        total = sum(len(b.events) for b in batches)
+        return BatchResult(stored=len(w.rows), duplicates=total - len(w.rows) - w.conflicts,
+                           acked={node_id: seq for node_id, _, seq in acks}, acks=acks,
+                           conflicts=w.conflicts, lost=w.lost, quarantined=w.quarantined,
+                           incidents=w.incidents)
 
     @staticmethod
     @contextlib.contextmanager
@@ -367,23 +404,23 @@ class HubDB:
             raise
         db.conn.execute("COMMIT")
 
-    @staticmethod
-    def _advance_ack(conn: sqlite3.Connection, node_id: str) -> int:
-        """Move acked_seq up through the contiguous run of stored seqs above it: to the
-        first stored seq whose successor is missing. Walks the (node_id, seq) index in
-        order and stops there, so a permanent gap costs nothing on later batches."""
-        (acked,) = conn.execute("SELECT acked_seq FROM nodes WHERE node_id = ?",
-                                (node_id,)).fetchone()
-        row = conn.execute(
-            "SELECT e.seq FROM events AS e WHERE e.node_id = ?1 AND e.seq > ?2 "
-            "AND NOT EXISTS (SELECT 1 FROM events AS f "
-            "                WHERE f.node_id = ?1 AND f.seq = e.seq + 1) "
-            "AND EXISTS (SELECT 1 FROM events WHERE node_id = ?1 AND seq = ?2 + 1) "
-            "ORDER BY e.seq LIMIT 1", (node_id, acked)).fetchone()
-        if row is not None:
-            acked = row[0]
-            conn.execute("UPDATE nodes SET acked_seq = ? WHERE node_id = ?", (acked, node_id))
-        return acked
+    def list_incidents(self, *, node_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Incidents newest first (lost events, conflicts, quarantined batches, new
+        epochs): what an operator must look at, with counts."""
+        if not 1 <= limit <= MAX_EVENTS_LIMIT:
+            raise QueryError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
+        where, params = ("WHERE node_id = ?", [node_id]) if node_id is not None else ("", [])
+        return list(self.db.query(
+            f"SELECT id, node_id, epoch, kind, count, detail, at FROM incidents {where} "
+            "ORDER BY id DESC LIMIT ?", [*params, limit]))
+
+    def incident_totals(self) -> dict[str, int]:
+        """Incidents per kind, and how many batches sit in quarantine."""
+        out = {kind: n for kind, n in self.db.execute(
+            "SELECT kind, count(*) FROM incidents GROUP BY kind ORDER BY kind")}
+        (out["quarantined_batches"],) = self.db.execute(
+            "SELECT count(*) FROM quarantine").fetchone()
+        return out
 
     # ------------------------------------------------------------------ reads
 
@@ -451,11 +488,12 @@ class HubDB:
                     since_seq: int | None = None, since_ts: float | None = None,
                     cursor: str | None = None,
                     limit: int = 50) -> tuple[list[dict[str, Any]], str | None]:
-        """Events newest first: for one node by seq (walks the (node_id, seq) index),
-        across nodes by storage order (rowid; no extra index on the insert path).
+        """Events newest first, in storage order (rowid; per node through the index on
+        node_id).
         Returns (events, next_cursor); pass next_cursor back as ``cursor`` for the next
         (older) page; None on the last page. ``since_seq`` needs ``node_id`` (seqs are
-        per node); ``since_seq`` and ``since_ts`` are exclusive lower bounds.
+        per node, and restart at 1 in a new outbox epoch); ``since_seq`` and ``since_ts``
+        are exclusive lower bounds.
 
         Known cost: ``kind`` and ``since_ts`` filter while scanning (no index), so a
         rare kind on a big table is a long scan (about 20 ms per 100k events here)."""
@@ -463,8 +501,9 @@ class HubDB:
             raise QueryError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         if since_seq is not None and node_id is None:
             raise QueryError("since_seq needs node_id: seqs are numbered per node")
-        order = "seq" if node_id is not None else "rowid"
-        before = None if cursor is None else decode_cursor(cursor, order)
+        order = "rowid"
+        listing = "node" if node_id is not None else "all"  # a cursor is for one of them
+        before = None if cursor is None else decode_cursor(cursor, listing)
         clauses, params = [], []
         for clause, value in (("node_id = ?", node_id), ("kind = ?", kind),
                               ("seq > ?", since_seq), ("ts > ?", since_ts),
@@ -474,15 +513,156 @@ class HubDB:
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = list(self.db.query(
-            f"SELECT {order} AS _pos, node_id, seq, id, kind, ts, data, received FROM events "
+            f"SELECT {order} AS _pos, node_id, epoch, seq, id, kind, ts, data, received FROM events "
             f"{where} ORDER BY {order} DESC LIMIT ?", [*params, limit + 1]))
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = encode_cursor(order, rows[-1]["_pos"]) if more else None
+        next_cursor = encode_cursor(listing, rows[-1]["_pos"]) if more else None
         for row in rows:
             del row["_pos"]
             row["data"] = msgspec.json.decode(row["data"])
         return rows, next_cursor
+
+
+class _Writer:
+    """The per-transaction work of ``HubDB.write`` on one connection, inside its
+    BEGIN IMMEDIATE: stream bookkeeping, holes, duplicates and conflicts, quarantine."""
+
+    MAX_DETAIL_SEQS = 10  # seqs named in one incident's detail
+
+    def __init__(self, conn: sqlite3.Connection, received: float) -> None:
+        self.conn = conn
+        self.received = received
+        self.rows: list[tuple[Any, ...]] = []
+        self.counts: dict[tuple[str, str], tuple[int, int]] = {}
+        self.touched: list[tuple[str, str]] = []
+        self.conflicts = self.lost = self.quarantined = self.incidents = 0
+
+    def incident(self, node_id: str, epoch: str | None, kind: str, count: int,
+                 detail: str) -> None:
+        self.conn.execute("INSERT INTO incidents (node_id, epoch, kind, count, detail, at) "
+                          "VALUES (?, ?, ?, ?, ?, ?)",
+                          (node_id, epoch, kind, count, detail, self.received))
+        self.incidents += 1
+        log.warning("incident on node %s: %s (%d): %s", node_id, kind, count, detail)
+
+    def stream(self, node_id: str, epoch: str) -> int:
+        """The stream's acked_seq, creating the stream (and noting a new epoch)."""
+        if (node_id, epoch) not in self.touched:
+            self.touched.append((node_id, epoch))
+        row = self.conn.execute("SELECT acked_seq FROM streams WHERE node_id = ? AND epoch = ?",
+                                (node_id, epoch)).fetchone()
+        if row is not None:
+            return int(row[0])
+        self.conn.execute("INSERT INTO streams (node_id, epoch, first_seen) VALUES (?, ?, ?)",
+                          (node_id, epoch, self.received))
+        previous = self.conn.execute("SELECT epoch FROM nodes WHERE node_id = ?",
+                                     (node_id,)).fetchone()
+        if previous is not None and previous[0] is not None and previous[0] != epoch:
+            self.incident(node_id, epoch, "new_epoch", 0,
+                          f"outbox epoch {epoch} follows {previous[0]} (a new data dir: "
+                          f"what the old one had not sent is gone)")
+        self.conn.execute("INSERT INTO nodes (node_id, epoch, acked_seq) VALUES (?, ?, 0) "
+                          "ON CONFLICT (node_id) DO UPDATE SET epoch = excluded.epoch, "
+                          "acked_seq = 0", (node_id, epoch))
+        return 0
+
+    def skip_to(self, node_id: str, epoch: str, acked: int, low: int, why: str) -> int:
+        """The node holds nothing below ``low`` any more: seqs acked+1..low-1 that are
+        not stored will never come. Record them as lost and move the ack past them."""
+        if low <= acked + 1:
+            return acked
+        (have,) = self.conn.execute(
+            "SELECT count(*) FROM events WHERE node_id = ? AND epoch = ? AND seq > ? AND seq < ?",
+            (node_id, epoch, acked, low)).fetchone()
+        missing = (low - 1 - acked) - int(have)
+        if missing > 0:
+            self.lost += missing
+            self.incident(node_id, epoch, "lost", missing,
+                          f"seqs {acked + 1}..{low - 1}: {missing} never reached the hub and "
+                          f"the node no longer holds them ({why})")
+        self.conn.execute("UPDATE streams SET acked_seq = ?, lost = lost + ? "
+                          "WHERE node_id = ? AND epoch = ?",
+                          (low - 1, max(missing, 0), node_id, epoch))
+        return low - 1
+
+    def stream_batches(self, node_id: str, epoch: str, group: list[EventBatch]) -> None:
+        acked = self.stream(node_id, epoch)
+        low = max(b.low for b in group)
+        self.skip_to(node_id, epoch, acked, low, "below the lowest seq the node still holds")
+        lo, hi = min(b.first for b in group), max(b.last for b in group)
+        stored = dict(self.conn.execute(
+            "SELECT seq, id FROM events WHERE node_id = ? AND epoch = ? AND seq BETWEEN ? AND ?",
+            (node_id, epoch, lo, hi)).fetchall())
+        clashes: list[int] = []
+        for batch in group:
+            for e in batch.events:
+                known = stored.get(e.seq)
+                if known is not None:
+                    if known != e.id:
+                        clashes.append(e.seq)
+                    continue
+                data = _encode(e.data)
+                if len(data) > MAX_EVENT_DATA:  # bounded like the rest; keep the event
+                    data = _encode({"_truncated": len(data)})
+                stored[e.seq] = e.id
+                self.rows.append((node_id, epoch, e.seq, e.id, e.kind, e.ts, data.decode(),
+                                  self.received))
+                ok = 1 if e.kind == "auth" and e.data.get("ok") is True else 0
+                n, k = self.counts.get((node_id, e.kind), (0, 0))
+                self.counts[(node_id, e.kind)] = (n + 1, k + ok)
+        if clashes:
+            self.conflicts += len(clashes)
+            shown = ", ".join(map(str, clashes[:self.MAX_DETAIL_SEQS]))
+            self.incident(node_id, epoch, "conflict", len(clashes),
+                          f"seqs {shown}{' ...' if len(clashes) > self.MAX_DETAIL_SEQS else ''} "
+                          "arrived with other ids than the events stored under them; the "
+                          "first ones stored were kept")
+
+    def quarantine(self, q: Quarantined) -> None:
+        import hashlib
+
+        header = q.header
+        epoch = header.epoch if header is not None else None
+        cur = self.conn.execute(
+            "INSERT INTO quarantine (node_id, epoch, first, last, reason, digest, payload, "
+            "received) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+            (q.node_id, epoch, header.first if header else None, header.last if header else None,
+             q.reason[:500], hashlib.sha256(q.payload).hexdigest(), q.payload, self.received))
+        if cur.rowcount:
+            self.quarantined += 1
+            count = header.last - header.first + 1 if header else 0
+            where = f"seqs {header.first}..{header.last}" if header else "no readable header"
+            self.incident(q.node_id, epoch, "quarantined", count,
+                          f"a batch the hub cannot decode, kept verbatim ({where}): {q.reason[:300]}")
+        if header is None:
+            return
+        acked = self.stream(q.node_id, header.epoch)
+        acked = self.skip_to(q.node_id, header.epoch, acked, header.low,
+                             "below the lowest seq the node still holds")
+        if header.first <= acked + 1 <= header.last:  # ack past it once it is next in line
+            self.conn.execute("UPDATE streams SET acked_seq = ? WHERE node_id = ? AND epoch = ?",
+                              (header.last, q.node_id, header.epoch))
+
+    def advance(self, node_id: str, epoch: str) -> int:
+        """Move the stream's acked_seq up through the contiguous run of stored seqs
+        above it (walks the unique index in order and stops at the first gap)."""
+        (acked,) = self.conn.execute(
+            "SELECT acked_seq FROM streams WHERE node_id = ? AND epoch = ?",
+            (node_id, epoch)).fetchone()
+        row = self.conn.execute(
+            "SELECT e.seq FROM events AS e WHERE e.node_id = ?1 AND e.epoch = ?2 AND e.seq > ?3 "
+            "AND NOT EXISTS (SELECT 1 FROM events AS f WHERE f.node_id = ?1 AND f.epoch = ?2 "
+            "                AND f.seq = e.seq + 1) "
+            "AND EXISTS (SELECT 1 FROM events WHERE node_id = ?1 AND epoch = ?2 AND seq = ?3 + 1) "
+            "ORDER BY e.seq LIMIT 1", (node_id, epoch, acked)).fetchone()
+        if row is not None:
+            acked = int(row[0])
+            self.conn.execute("UPDATE streams SET acked_seq = ? WHERE node_id = ? AND epoch = ?",
+                              (acked, node_id, epoch))
+        self.conn.execute("UPDATE nodes SET acked_seq = ? WHERE node_id = ? AND epoch = ?",
+                          (acked, node_id, epoch))
+        return acked
 
 
 def _no_counts() -> dict[str, Any]:

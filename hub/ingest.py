@@ -7,11 +7,14 @@ the highest *contiguous* seq stored, so a lost batch in the middle is re-sent ra
 than skipped.
 
 Threads and why:
-* paho's network thread (``loop_start``) only decodes and validates (msgspec, a few
-  microseconds) and queues; it must stay fast, because the broker's delivery rate to
-  this client is the ceiling for the whole hub.
+* paho's network thread (``loop_start``) only authenticates (HMAC, about 2 us),
+  decodes and validates (msgspec, the one parse: the writer stores exactly these
+  values) and queues; it must stay fast, because the broker's delivery rate to this
+  client is the ceiling for the whole hub. A batch whose tag does not verify is counted
+  and dropped; an authentic one that does not decode is quarantined (kept verbatim) and
+  acked past, so one bad batch never wedges a node.
 * one writer thread takes everything queued (up to ``mqtt.batch_size`` events), writes
-  it in ONE transaction, then publishes one EventAck per node touched. Acks go out only
+  it in ONE transaction, then publishes one tagged EventAck per stream touched. Acks go out only
   after the commit, so an ack always means "on disk". While a commit runs, the next
   batch queues up, so batches grow with the load.
 
@@ -34,11 +37,14 @@ import paho.mqtt.client as mqtt
 
 from hub.config import HubConfig
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
-from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, EventAck, NodeState,
-                                   PayloadError, decode_batch, decode_state, decode_status,
-                                   encode, events_ack_topic, parse_node_topic)
+from tapcast.protocol.mqtt import (BATCH_CONTEXT, HUB_SUBSCRIPTIONS, EventAck, ForgedError,
+                                   NodeState, PayloadError, decode_batch, decode_batch_header,
+                                   decode_state, decode_status, events_ack_topic, open_sealed, parse_node_topic,
+                                   seal_ack, stream_key)
+from tapcast.ratelog import RateLimitedLog
+from tapcast.streamkeys import load_stream_secret
 
-from hub.db import HubDB, RawBatch
+from hub.db import HubDB, Quarantined
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,10 @@ class IngestCounters:
     stored: int = 0  # events written (first time seen)
     duplicates: int = 0  # events already stored (re-sent by a node), dropped
     malformed: int = 0  # messages dropped: bad topic, bad JSON, wrong schema, id mismatch
+    forged: int = 0  # batches whose tag did not verify (not from the node): dropped
+    quarantined: int = 0  # authentic batches that did not decode: kept verbatim
+    conflicts: int = 0  # events with a stored (node, epoch, seq) but another id: refused
+    lost: int = 0  # seqs found lost for good (below what a node still holds)
     write_errors: int = 0  # transactions that failed (nothing acked; nodes re-send)
     transactions: int = 0  # write transactions committed
     acks_sent: int = 0  # EventAck messages published
@@ -80,6 +90,10 @@ class Ingest:
         self.config = config
         self.db = db
         self.counters = IngestCounters()
+        # Raises StreamKeyError (a ValueError: one line at start-up) when it is missing.
+        self._secret = load_stream_secret(config.hub.stream_secret)
+        self._keys: dict[str, bytes] = {}
+        self._ratelog = RateLimitedLog(log)
         self._cond = threading.Condition()
         self._ready = threading.Event()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -215,11 +229,7 @@ class Ingest:
         try:
             node_id, leaf = parse_node_topic(msg.topic)
             if leaf == "events":
-                # Validate here; the writer hands the same JSON text to SQLite.
-                n = len(decode_batch(msg.payload, node_id).events)
-                counters.received += n
-                self._queue.put(("events", node_id, RawBatch(node_id, msg.payload.decode(), n),
-                                 heard))
+                self._on_batch(node_id, msg.topic, msg.payload, heard)
             elif leaf == "state":
                 state = decode_state(msg.payload)
                 if state.node_id != node_id:
@@ -230,15 +240,49 @@ class Ingest:
                 self._queue.put(("status", node_id, decode_status(msg.payload), heard))
             else:
                 raise PayloadError(f"the hub does not handle topic leaf {leaf!r}")
+        except ForgedError as exc:
+            with self._cond:
+                self.counters.forged += 1
+                self._cond.notify_all()
+            self._ratelog.warn("forged", "dropped a batch on %r that is not from that node "
+                               "(%s); %d so far", msg.topic, exc, self.counters.forged)
         except PayloadError as exc:
             self._dropped(msg, str(exc))
         except Exception as exc:  # noqa: BLE001 - must not kill paho's loop
-            log.exception("unexpected error handling %s", msg.topic)
+            self._ratelog.warn("unexpected", "unexpected error handling %s: %s: %s",
+                               msg.topic, type(exc).__name__, exc, level=logging.ERROR)
             self._dropped(msg, f"unexpected {type(exc).__name__}: {exc}")
 
+    def _key(self, node_id: str) -> bytes:
+        key = self._keys.get(node_id)
+        if key is None:
+            if len(self._keys) >= 100_000:  # bounded: topics are chosen by whoever publishes
+                self._keys.clear()
+            key = self._keys[node_id] = stream_key(self._secret, node_id)
+        return key
+
+    def _on_batch(self, node_id: str, topic: str, payload: bytes, heard: float | None) -> None:
+        """Authenticate (ForgedError), then decode once; an authentic batch that does not
+        decode goes to quarantine (verbatim), acked past when its header is readable."""
+        body = open_sealed(self._key(node_id), BATCH_CONTEXT, topic, payload)
+        try:
+            batch = decode_batch(body, node_id)
+        except PayloadError as exc:
+            try:
+                header = decode_batch_header(body, node_id)
+            except PayloadError:
+                header = None
+            self._ratelog.warn("quarantine", "quarantined a batch from node %s: %s",
+                               node_id, exc)
+            self._queue.put(("quarantine", node_id,
+                             Quarantined(node_id, bytes(payload), str(exc), header), heard))
+            return
+        self.counters.received += len(batch.events)
+        self._queue.put(("events", node_id, batch, heard))
+
     def _dropped(self, msg: mqtt.MQTTMessage, reason: str) -> None:
-        log.warning("dropped malformed message on %r (%d bytes): %s",
-                    msg.topic, len(msg.payload), reason)
+        self._ratelog.warn("malformed", "dropped a malformed message on %r (%d bytes): %s",
+                           msg.topic[:200], len(msg.payload), reason[:300])
         with self._cond:
             self.counters.malformed += 1
             self._cond.notify_all()
@@ -253,7 +297,7 @@ class Ingest:
             if first is _STOP:
                 break
             items = [first]
-            n = first[2].events if first[0] == "events" else 1
+            n = _weight(first)
             while n < batch_size:
                 try:
                     item = self._queue.get_nowait()
@@ -263,7 +307,7 @@ class Ingest:
                     stopping = True
                     break
                 items.append(item)
-                n += item[2].events if item[0] == "events" else 1
+                n += _weight(item)
             try:
                 self._write(items)
             except Exception:  # noqa: BLE001 - the writer must outlive any one batch
@@ -271,13 +315,16 @@ class Ingest:
             self._room.set()
 
     def _write(self, items: list[tuple[str, str, Any, float | None]]) -> None:
-        batches: list[RawBatch] = []
+        batches = []
+        quarantined = []
         states: dict[str, tuple[str, NodeState, float | None]] = {}
         statuses: dict[str, tuple[str, str, float | None]] = {}
         seen: dict[str, float] = {}
         for what, node_id, body, heard in items:
             if what == "events":
                 batches.append(body)
+            elif what == "quarantine":
+                quarantined.append(body)
             elif what == "state":
                 states[node_id] = (node_id, body, heard)  # the latest wins
             else:
@@ -285,35 +332,48 @@ class Ingest:
             if heard is not None and not (what == "status" and body == "offline"):
                 seen[node_id] = max(seen.get(node_id, 0.0), heard)
         try:
-            result = self.db.write(batches, states=states.values(),
+            result = self.db.write(batches, quarantined=quarantined, states=states.values(),
                                    statuses=statuses.values(), seen=seen)
         except Exception:  # noqa: BLE001 - disk full, locked...: nodes re-send, we go on
             if len(items) > 1:
                 # One bad message must not sink the others coalesced with it (and again
                 # on every re-send): store them one by one, so only the culprit fails.
-                log.warning("a batch of %d messages failed to store; retrying one by one",
-                            len(items), exc_info=True)
+                self._ratelog.warn("split", "a batch of %d messages failed to store; "
+                                   "retrying one by one", len(items))
                 for item in items:
                     self._write([item])
                 return
-            log.exception("hub could not store a message on %s (%d events); not acking it",
-                          items[0][1], sum(b.events for b in batches))
+            self._ratelog.warn("write", "hub could not store a message from %s; not acking "
+                               "it (the node re-sends)", items[0][1], level=logging.ERROR)
+            log.debug("write failure", exc_info=True)
             with self._cond:
                 self.counters.write_errors += 1
                 self._cond.notify_all()
             return
-        acks = 0
-        for node_id, seq in result.acked.items():
-            if seq > 0:  # seq 0: nothing contiguous stored yet, nothing to delete
-                self._client.publish(events_ack_topic(node_id), encode(EventAck(seq=seq)),
-                                     qos=1)
-                acks += 1
-        with self._cond:
+        with self._cond:  # counted before the acks go out: whoever sees an ack sees these
             c = self.counters
             c.stored += result.stored
             c.duplicates += result.duplicates
+            c.conflicts += result.conflicts
+            c.lost += result.lost
+            c.quarantined += result.quarantined
             c.transactions += 1
-            c.acks_sent += acks
+            self._cond.notify_all()
+        acks = 0
+        for node_id, epoch, seq in result.acks:
+            if seq > 0:  # seq 0: nothing contiguous stored yet, nothing to delete
+                self._client.publish(
+                    events_ack_topic(node_id),
+                    seal_ack(self._key(node_id), node_id,
+                             EventAck(epoch=epoch, seq=seq, ts=time.time())), qos=1)
+                acks += 1
+        with self._cond:
+            self.counters.acks_sent += acks
             self._cond.notify_all()
         if result.duplicates:
             log.debug("dropped %d duplicate events", result.duplicates)
+
+
+def _weight(item: Any) -> int:
+    """How much of the writer's batch an item takes: its events, or 1."""
+    return len(item[2].events) if item[0] == "events" else 1

@@ -76,6 +76,7 @@ class NodeDaemon:
 
     def __init__(self, config: NodeConfig, *, base_dir: Path | str = ".",
                  push: Any = None, credentials: NodeCredentials | None = None,
+                 stream_key: bytes | None = None,
                  revoked: Container[str] = frozenset(),
                  on_tap: Callable[[TapRecord], None] | None = None) -> None:
         from node.ble_push import BlePush  # bleak is imported only when a node runs
@@ -103,7 +104,11 @@ class NodeDaemon:
                              clock=self.best_time.now,
                              clock_trusted=lambda: self.best_time.trusted)
         self.push = push if push is not None else BlePush.from_config(config.ble)
-        self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, zone=config.node.zone,
+        if stream_key is None:
+            from tapcast.streamkeys import load_node_stream_key
+            stream_key = load_node_stream_key(base / config.keys.stream_key)
+        self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, stream_key,
+                             zone=config.node.zone, on_hub_time=self.best_time.observe_hub_time,
                              version=__version__, state_provider=self.state, base_dir=base)
         self.on_tap = on_tap
         self.reader: NfcReader | None = None

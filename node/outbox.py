@@ -13,6 +13,10 @@ per commit; events arrive at human speed (taps), so that is cheap. Use ``add_man
 when many events are produced at once (one commit for all). ``synchronous="NORMAL"``
 is accepted for benchmarks and for hosts on a UPS.
 
+Epoch: a random id made when the outbox file is created and kept in it. A node whose
+data dir was wiped starts again at seq 1 under a new epoch, so the hub keys events by
+(node, epoch, seq) and never mistakes the new events for duplicates of the old ones.
+
 Threading: the SQLite connection is opened with Python's default
 ``check_same_thread=True``, so an Outbox belongs to the thread that created it. The
 uplink only touches it from its asyncio loop (paho runs on that loop too; see
@@ -46,7 +50,11 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     ts   REAL NOT NULL,
     data TEXT NOT NULL  -- JSON object
-)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -69,7 +77,12 @@ class Outbox:
         self.db = sqlite_utils.Database(self.path)
         self.db.enable_wal()
         self.db.execute(f"PRAGMA synchronous={mode}")
-        self.db.execute(_SCHEMA)
+        with self.db.conn:
+            self.db.conn.executescript(_SCHEMA)
+            self.db.conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?) "
+                                 "ON CONFLICT (key) DO NOTHING", (uuid.uuid4().hex[:16],))
+        self.epoch: str = self.db.conn.execute(
+            "SELECT value FROM meta WHERE key = 'epoch'").fetchone()[0]
 
     # ------------------------------------------------------------------ writing
 
@@ -119,6 +132,11 @@ class Outbox:
             (after, limit))
         return [Event(id=ev_id, seq=seq, kind=kind, ts=ts, data=_decode_data(data))
                 for seq, ev_id, kind, ts, data in cur]
+
+    def lowest_seq(self) -> int | None:
+        """The lowest seq still held (None when empty): the hub will never see a lower
+        one of this epoch again, so it may move past a hole below it."""
+        return self.db.conn.execute("SELECT min(seq) FROM events").fetchone()[0]
 
     def depth(self) -> int:
         """How many events wait for the hub's ack."""

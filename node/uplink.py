@@ -35,9 +35,11 @@ from node.outbox import Outbox
 from node.config import MqttSection
 from tapcast.mqttclient import (TlsFiles, configure_tls, describe_tls_error, make_client,
                                 parse_broker_url, tls_close_hint, tls_context)
-from tapcast.protocol.mqtt import (OFFLINE, ONLINE, EventBatch, NodeState, PayloadError,
-                                   decode_ack, encode, events_ack_topic, events_topic,
+from tapcast.protocol.mqtt import (ACK_CONTEXT, OFFLINE, ONLINE, EventBatch, ForgedError,
+                                   NodeState, PayloadError, decode_ack, encode,
+                                   events_ack_topic, events_topic, open_sealed, seal_batch,
                                    state_topic, status_topic)
+from tapcast.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,10 @@ class Uplink:
     ``set_tcp_nodelay true`` adds delayed-ACK stalls: window 4 fell to 25k/s).
     """
 
-    def __init__(self, node_id: str, mqtt: MqttSection, outbox: Outbox, *,
+    def __init__(self, node_id: str, mqtt: MqttSection, outbox: Outbox, stream_key: bytes, *,
                  zone: str = "default", version: str = "0",
                  state_provider: Callable[[], NodeState] | None = None,
+                 on_hub_time: Callable[[float], None] | None = None,
                  heartbeat_interval: float = 30.0, ack_timeout: float = 10.0,
                  window: int = 16, backoff_min: float = 0.5, backoff_max: float = 30.0,
                  connect_timeout: float = 5.0, base_dir: str | Path = ".") -> None:
@@ -72,9 +75,14 @@ class Uplink:
         if mqtt.batch_size < 1 or window < 1:
             raise ValueError(f"mqtt.batch_size and window must be >= 1 "
                              f"(got batch_size={mqtt.batch_size}, window={window})")
+        if len(stream_key) != 32:
+            raise ValueError("stream_key must be the node's 32-byte stream key")
         self.node_id = node_id
         self.mqtt = mqtt
         self.outbox = outbox
+        self._stream_key = stream_key
+        #: Called with the hub's clock from every authentic ack (tapcast.clock.BestTime).
+        self.on_hub_time = on_hub_time
         self.zone = zone
         self.version = version
         self.state_provider = state_provider
@@ -108,6 +116,9 @@ class Uplink:
         self._started_t = time.monotonic()
         self.connections = 0  # successful CONNACKs so far (for operators and tests)
         self.resends = 0  # go-back-N restarts after an ack timeout
+        self.forged_acks = 0  # acks whose tag did not verify: ignored
+        self.refused_acks = 0  # authentic but malformed, of another epoch, or beyond our seqs
+        self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ public API
 
@@ -350,7 +361,10 @@ class Uplink:
             events = self.outbox.pending(self.mqtt.batch_size, after=self._sent_upto)
             if not events:
                 return
-            payload = encode(EventBatch(node_id=self.node_id, events=events))
+            low = self.outbox.lowest_seq() or events[0].seq
+            payload = seal_batch(self._stream_key, EventBatch(
+                node_id=self.node_id, epoch=self.outbox.epoch, low=low,
+                first=events[0].seq, last=events[-1].seq, events=events))
             info = client.publish(self._topic_events, payload, qos=1)
             if info.rc != paho.MQTT_ERR_SUCCESS:
                 log.warning("uplink %s: publish failed (%s); will re-send after reconnect",
@@ -371,18 +385,34 @@ class Uplink:
             self._pump()
 
     def _handle_ack(self, payload: bytes) -> None:
+        """Delete what the hub stored, but only on an ack that provably comes from the
+        hub (its tag verifies under this node's stream key) and names this outbox's
+        epoch: anyone else on the broker can publish on our ack topic."""
         try:
-            ack = decode_ack(payload)
+            ack = decode_ack(open_sealed(self._stream_key, ACK_CONTEXT, self._topic_ack, payload))
+        except ForgedError as exc:
+            self.forged_acks += 1
+            self._ratelog.warn("forged", "uplink %s: ignoring an ack that is not from the hub "
+                               "(%s); %d so far", self.node_id, exc, self.forged_acks)
+            return
         except PayloadError as exc:
-            log.warning("uplink %s: ignoring malformed ack on %s: %s (payload %r)",
-                        self.node_id, self._topic_ack, exc, payload[:80])
+            self.refused_acks += 1
+            self._ratelog.warn("malformed", "uplink %s: ignoring a malformed ack: %s",
+                               self.node_id, exc)
+            return
+        if self.on_hub_time is not None:  # authentic: the hub's own clock
+            self.on_hub_time(ack.ts)
+        if ack.epoch != self.outbox.epoch:
+            self.refused_acks += 1
+            self._ratelog.warn("epoch", "uplink %s: ignoring an ack for outbox epoch %s (this "
+                               "outbox is epoch %s)", self.node_id, ack.epoch, self.outbox.epoch)
             return
         last = self.outbox.last_seq()
         if ack.seq > last:
-            # Deleting is harmless but the hub knows seqs this node never assigned:
-            # most likely the outbox file was replaced. Say so loudly.
-            log.error("uplink %s: hub acked seq %d but this node assigned only up to %d; "
-                      "ignoring the ack (was the outbox reset?)", self.node_id, ack.seq, last)
+            self.refused_acks += 1
+            self._ratelog.warn("beyond", "uplink %s: hub acked seq %d but this outbox "
+                               "assigned only up to %d; ignoring the ack", self.node_id,
+                               ack.seq, last, level=logging.ERROR)
             return
         if ack.seq > self._acked:
             self._acked = ack.seq

@@ -40,6 +40,9 @@ class KeysSection(msgspec.Struct, forbid_unknown_fields=True):
     node_key: str = "node.key"
     node_cert: str = "node.cert"
     hub_public_key: str = "hub.pub"
+    # The node's key for the authenticated event stream (tapcast.streamkeys): batches
+    # are tagged with it and only acks tagged with it are obeyed.
+    stream_key: str = "stream.key"
 
 
 # ------------------------------------------------------------------------ loading

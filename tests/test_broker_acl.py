@@ -145,11 +145,15 @@ def peers(shipped: ShippedBroker) -> Iterator[Any]:
         peer.close()
 
 
-def _batch(node_id: str, seq: int) -> bytes:
-    from tapcast.protocol.mqtt import Event
+SECRET = bytes(range(32))  # the stream secret of the hub in this file
 
-    return encode(EventBatch(node_id=node_id, events=[
-        Event(id=f"{seq:032x}", seq=seq, kind="tap", ts=1_700_000_000.0)]))
+
+def _batch(node_id: str, seq: int) -> bytes:
+    from tapcast.protocol.mqtt import Event, seal_batch, stream_key
+
+    return seal_batch(stream_key(SECRET, node_id), EventBatch(
+        node_id=node_id, epoch="e1", low=seq, first=seq, last=seq,
+        events=[Event(id=f"{seq:032x}", seq=seq, kind="tap", ts=1_700_000_000.0)]))
 
 
 def test_node_user_publishes_its_own_events_to_the_hub(peers: Any) -> None:
@@ -245,8 +249,10 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 
 @pytest.fixture
 async def ingest(shipped: ShippedBroker, tmp_path: Path) -> AsyncIterator[tuple[Ingest, HubDB]]:
+    (tmp_path / "stream.secret").write_text(SECRET.hex() + "\n")
     config = load(HubConfig, environ={}, data={
-        "hub": {"database": str(tmp_path / "hub.db")},
+        "hub": {"database": str(tmp_path / "hub.db"),
+                "stream_secret": str(tmp_path / "stream.secret")},
         "mqtt": {"broker": shipped.plain_url, "username": HUB_USER,
                  "password": PASSWORDS[HUB_USER]}})
     db = HubDB(config.hub.database)
@@ -263,7 +269,10 @@ async def test_node_uplink_and_hub_ingest_work_through_the_shipped_acl(
     outbox.add_many([("tap", None)] * 3)
     mqtt = MqttSection(brokers=[shipped.tls_url], username="hall-a-1",
                        password=PASSWORDS["hall-a-1"], ca_file=str(shipped.ca.cert_file))
-    up = Uplink("hall-a-1", mqtt, outbox, backoff_min=0.05, backoff_max=0.2)
+    from tapcast.protocol.mqtt import stream_key
+
+    up = Uplink("hall-a-1", mqtt, outbox, stream_key(SECRET, "hall-a-1"), backoff_min=0.05,
+                backoff_max=0.2)
     await up.start()
     try:
         await up.wait_drained(timeout=TIMEOUT)  # the hub's acks came back through the ACL

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def hall(mosquitto: Mosquitto, running_hub: HubServer, tmp_path: Path) -> AsyncIterator[VirtualHall]:
     h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=2, handsets=2, seed=7, hold_off=0.0,
-                    processes=False)
+                    processes=False, stream_secret=running_hub.stream_secret)
     await h.start()
     yield h
     await h.stop()
@@ -99,14 +99,16 @@ async def test_malformed_mqtt_payload_is_counted_and_ingest_keeps_storing(
     rogue.loop_start()
     try:
         for payload in (b"{not json", b'{"node_id":"node-1","events":[{"seq":"x"}]}',
-                        m.encode(m.EventBatch(node_id="node-2", events=[]))):  # wrong node
+                        m.seal_batch(m.stream_key(bytes(32), "node-1"), m.EventBatch(
+                            node_id="node-1", epoch="e", low=1, first=1, last=1,
+                            events=[]))):  # tagged with a guessed key
             rogue.publish(m.events_topic("node-1"), payload, qos=1).wait_for_publish(5)
     finally:
         rogue.loop_stop()
         rogue.disconnect()
     ingest = get_ingest(running_hub.app)
     assert ingest is not None
-    assert await asyncio.to_thread(ingest.wait_for, lambda c: c.malformed >= 3, 10.0)
+    assert await asyncio.to_thread(ingest.wait_for, lambda c: c.forged >= 3, 10.0)
     report = await hall.tap(hall.handsets[0], hall.nodes[0])
     assert report.ok, report.error
     assert await hall.drain(10.0)

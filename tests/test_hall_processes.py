@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
-async def hall(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[VirtualHall]:
+async def hall(tmp_path: Path, mosquitto: Mosquitto,
+               running_hub) -> AsyncIterator[VirtualHall]:  # type: ignore[no-untyped-def]
     h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, seed=3,
-                    hold_off=0.0, processes=True)
+                    hold_off=0.0, processes=True, stream_secret=running_hub.stream_secret)
     await h.start()
     yield h
     await h.stop()
@@ -96,6 +97,8 @@ async def test_a_node_that_cannot_reach_its_ble_air_says_so_in_one_line(tmp_path
     conf = h.node_config("node-x", "lobby", f"udp:127.0.0.1:{free_port()}",
                          f"bumble:tcp-client:127.0.0.1:{free_port()}")
     write_node_credentials(conf_dir, h.authority, "node-x", "lobby", 2e9, conf.keys)
+    from tapcast.streamkeys import write_node_stream_key
+    write_node_stream_key(conf_dir, h.stream_secret, "node-x")
     (conf_dir / "node.toml").write_text(cfg.dump(conf))
     await h.air.close()
     result = subprocess.run([sys.executable, "-m", "hall.cli", "node", "run", "--config",

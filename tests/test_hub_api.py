@@ -267,21 +267,15 @@ def test_init_db_command_reports_the_database(app: Flask) -> None:
 def test_serve_runs_ingest_and_api_until_shutdown(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
     import urllib.request
 
-    from hall.testing.hub import serve
-    from tapcast.mqttclient import make_client
-    from tapcast.protocol.mqtt import EventBatch, encode, events_topic
+    from hall.testing.hub import hub_config, serve
+    from hall.testing.mqtt import NodePublisher, make_batch
 
-    config = load(HubConfig, data={"hub": {"database": str(tmp_path / "served.db"), "port": 0},
-                                   "mqtt": {"broker": mosquitto.url}}, environ={})
+    config = hub_config(tmp_path / "served.db", mosquitto.url)
     hub = serve(config, wait_ingest=10)
     try:
-        pub = make_client("test-node")
-        pub.connect("127.0.0.1", mosquitto.port)
-        pub.loop_start()
-        pub.publish(events_topic("n9"), encode(EventBatch(node_id="n9", events=[ev(1), ev(2)])),
-                    qos=1).wait_for_publish(10)
-        pub.disconnect()
-        pub.loop_stop()
+        pub = NodePublisher(mosquitto.url, config.hub.stream_secret)
+        pub.publish_batch(make_batch("n9", [1, 2]))
+        pub.close()
         from hub import get_ingest
         ingest = get_ingest(hub.app)
         assert ingest is not None and ingest.wait_stored(2, 10)

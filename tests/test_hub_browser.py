@@ -39,7 +39,8 @@ async def test_operator_page_shows_taps_and_node_going_offline(
         page, running_hub: HubServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
     from playwright.async_api import expect
 
-    hall = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, hold_off=0.0)
+    hall = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, hold_off=0.0,
+                       stream_secret=running_hub.stream_secret)
     await hall.start()
     try:
         await page.goto(running_hub.url + "/")

@@ -1,4 +1,5 @@
-"""Hub storage: each (node_id, seq) stored once, contiguous acks, counts, event listing."""
+"""Hub storage: each (node, epoch, seq) stored once, contiguous acks that move past holes
+the node can no longer fill, incidents, quarantine, counts, event listing."""
 from __future__ import annotations
 
 import sqlite3
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hub.db import HubDB, QueryError, RawBatch, StorageError, open_db
-from tapcast.protocol.mqtt import Event, EventBatch, NodeState, encode
+from hub.db import HubDB, Quarantined, QueryError, StorageError, open_db
+from tapcast.protocol.mqtt import BatchHeader, Event, NodeState
 
 
 def ev(seq: int, kind: str = "tap", ts: float | None = None, **data: object) -> Event:
@@ -69,10 +70,9 @@ def test_ack_is_reported_for_every_node_in_the_batch(db: HubDB) -> None:
 
 
 def test_a_failed_batch_leaves_nothing_behind(db: HubDB) -> None:
-    good = RawBatch("n1", encode(EventBatch(node_id="n1", events=[ev(1), ev(2)])).decode(), 2)
-    no_kind = RawBatch("n2", '{"node_id": "n2", "events": [{"id": "x", "seq": 1, "ts": 1}]}', 1)
-    with pytest.raises(sqlite3.IntegrityError):
-        db.write([good, no_kind])
+    unencodable = Event(id="x", seq=1, kind="tap", ts=1.0, data={"x": object()})
+    with pytest.raises(TypeError):
+        db.write_batch([("n1", ev(1)), ("n1", ev(2)), ("n2", unencodable)])
     assert db.count_events() == 0
     assert db.acked_seq("n1") == 0
     assert db.list_nodes(stale_after=60) == []
@@ -82,14 +82,98 @@ def test_events_are_stored_field_for_field(db: HubDB) -> None:
     db.write_batch([("n1", Event(id="abc", seq=1, kind="auth", ts=12.5,
                                  data={"ok": False, "reason": "expired"}))], received=99.0)
     (event,), _ = db.list_events()
-    assert event == {"node_id": "n1", "seq": 1, "id": "abc", "kind": "auth", "ts": 12.5,
-                     "data": {"ok": False, "reason": "expired"}, "received": 99.0}
+    assert event == {"node_id": "n1", "epoch": "e0", "seq": 1, "id": "abc", "kind": "auth",
+                     "ts": 12.5, "data": {"ok": False, "reason": "expired"}, "received": 99.0}
 
 
 def test_event_without_data_is_stored_with_an_empty_object(db: HubDB) -> None:
-    db.write([RawBatch("n1", '{"node_id": "n1", "events": '
-                             '[{"id": "a", "seq": 1, "kind": "tap", "ts": 1}]}', 1)])
+    db.write_batch([("n1", Event(id="a", seq=1, kind="tap", ts=1))])
     assert db.list_events()[0][0]["data"] == {}
+
+
+def test_an_unknown_kind_is_stored_and_counted(db: HubDB) -> None:
+    db.write_batch([("n1", ev(1, "impression"))])
+    assert db.event_totals()["by_kind"] == {"impression": 1}
+
+
+def test_same_seq_with_another_id_is_a_conflict_incident_not_a_duplicate(db: HubDB) -> None:
+    db.write_batch([("n1", ev(1)), ("n1", ev(2))])
+    forged = Event(id="other", seq=2, kind="tap", ts=5.0)
+    result = db.write_batch([("n1", forged)])
+    assert (result.stored, result.duplicates, result.conflicts) == (0, 0, 1)
+    assert db.list_events(node_id="n1")[0][0]["id"] == "e2"  # the first stored is kept
+    (incident,) = db.list_incidents()
+    assert (incident["kind"], incident["count"]) == ("conflict", 1)
+
+
+def test_a_hole_below_what_the_node_still_holds_is_lost_for_good_and_passed(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2)])
+    result = db.write_batch([("n1", ev(s)) for s in (6, 7)], low=6)  # 3..5 deleted by the node
+    assert result.acked == {"n1": 7}
+    assert result.lost == 3
+    (incident,) = db.list_incidents()
+    assert (incident["kind"], incident["count"]) == ("lost", 3)
+    assert "3..5" in incident["detail"]
+
+
+def test_a_hole_the_node_will_still_fill_holds_the_ack(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2)])
+    assert db.write_batch([("n1", ev(s)) for s in (6, 7)], low=3).acked == {"n1": 2}
+    assert db.list_incidents() == []
+
+
+def test_stored_events_inside_a_hole_are_not_counted_lost(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 4)])
+    assert db.write_batch([("n1", ev(6))], low=6).lost == 3  # 2, 3 and 5
+
+
+def test_a_database_restored_from_an_older_copy_resumes_the_node(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    with HubDB(path) as live:
+        live.write_batch([("n1", ev(s)) for s in range(1, 4)])
+    backup = tmp_path / "backup.db"
+    sqlite3.connect(path).execute(f"VACUUM INTO '{backup}'")
+    with HubDB(path) as live:
+        live.write_batch([("n1", ev(s)) for s in range(4, 11)])  # acked: the node deleted them
+    for stale in (path, path.with_name("hub.db-wal"), path.with_name("hub.db-shm")):
+        stale.unlink(missing_ok=True)
+    backup.rename(path)
+    with HubDB(path) as restored:
+        result = restored.write_batch([("n1", ev(11))], low=11)  # all the node still holds
+        assert result.acked == {"n1": 11}
+        assert result.lost == 7
+
+
+def test_a_new_epoch_is_a_new_stream_and_an_incident(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2, 3)], epoch="old")
+    result = db.write_batch([("n1", ev(1))], epoch="new")  # data dir wiped: seq 1 again
+    assert (result.stored, result.duplicates) == (1, 0)
+    assert result.acks == [("n1", "new", 1)]
+    assert db.acked_seq("n1") == 1
+    assert [i["kind"] for i in db.list_incidents()] == ["new_epoch"]
+
+
+def test_a_quarantined_batch_is_kept_once_and_acked_past(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in (1, 2)], epoch="e1")
+    q = Quarantined("n1", b"t1.x.{...}", "bad kind", BatchHeader("n1", "e1", 3, 3, 5))
+    assert db.write(quarantined=[q]).acks == [("n1", "e1", 5)]
+    assert db.write(quarantined=[q]).quarantined == 0  # a re-send is not kept twice
+    assert db.incident_totals() == {"quarantined": 1, "quarantined_batches": 1}
+    assert db.write_batch([("n1", ev(6))], epoch="e1", low=6).acked == {"n1": 6}
+
+
+def test_a_quarantined_batch_after_a_hole_waits_for_the_hole(db: HubDB) -> None:
+    db.write_batch([("n1", ev(1))], epoch="e1")
+    q = Quarantined("n1", b"payload", "bad", BatchHeader("n1", "e1", 2, 4, 5))
+    assert db.write(quarantined=[q]).acks == [("n1", "e1", 1)]
+
+
+def test_a_database_of_the_old_schema_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with pytest.raises(StorageError, match="move the old file aside"):
+        HubDB(tmp_path / "old.db")
 
 
 def test_auth_counts_as_ok_only_for_json_true(db: HubDB) -> None:
@@ -150,12 +234,13 @@ def test_events_pages_cover_everything_once(db: HubDB) -> None:
     assert seen == [7, 6, 5, 4, 3, 2, 1]
 
 
-def test_one_nodes_pages_follow_its_seq_order(db: HubDB) -> None:
+def test_one_nodes_pages_follow_its_storage_order(db: HubDB) -> None:
+    """Newest stored first: seqs restart in a new outbox epoch, storage order does not."""
     db.write_batch([("n1", ev(s)) for s in (3, 4)] + [("n2", ev(1))])
     db.write_batch([("n1", ev(s)) for s in (1, 2)])  # arrived late: older seqs
     first, cursor = db.list_events(node_id="n1", limit=3)
     rest, end = db.list_events(node_id="n1", limit=3, cursor=cursor)
-    assert [e["seq"] for e in first + rest] == [4, 3, 2, 1] and end is None
+    assert [e["seq"] for e in first + rest] == [2, 1, 4, 3] and end is None
 
 
 def test_cursor_from_another_listing_is_refused(db: HubDB) -> None:
@@ -208,7 +293,7 @@ def test_reopening_keeps_data(tmp_path: Path) -> None:
     again = HubDB(tmp_path / "hub.db")
     assert again.count_events() == 1 and again.acked_seq("n1") == 1
     again.close()
-    assert sqlite3.connect(tmp_path / "hub.db").execute("PRAGMA user_version").fetchone() == (1,)
+    assert sqlite3.connect(tmp_path / "hub.db").execute("PRAGMA user_version").fetchone() == (2,)
 
 
 def _open_at_once(path: str, barrier: object, results: object) -> None:

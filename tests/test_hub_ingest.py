@@ -1,38 +1,32 @@
-"""Hub ingest against a real Mosquitto: batches stored once and acked, bad input dropped."""
+"""Hub ingest against a real Mosquitto: authentic batches stored once and acked; forged,
+injected and malformed ones refused and counted; authentic but undecodable ones
+quarantined and acked past."""
 from __future__ import annotations
 
+import logging
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hall.testing.hub import hub_config as make_hub_config
+from hall.testing.mosquitto import Mosquitto
+from hall.testing.mqtt import NodePublisher, make_batch
+from hub.config import HubConfig
 from hub.db import HubDB
 from hub.ingest import Ingest
-from hub.config import HubConfig
-from tapcast.config import load
-from tapcast.protocol.mqtt import (Event, EventBatch, NodeState, encode,
-                                   events_topic, state_topic, status_topic)
-from hall.testing.mqtt import NodePublisher
-from hall.testing.mosquitto import Mosquitto
+from tapcast.protocol.mqtt import (BATCH_CONTEXT, NodeState, encode, events_topic, seal,
+                                   seal_batch, state_topic, status_topic, stream_key)
 
 TIMEOUT = 10.0
 
 
-def _event(seq: int, kind: str = "tap", **data: object) -> Event:
-    return Event(id=uuid.uuid4().hex, seq=seq, kind=kind, ts=1_700_000_000.0 + seq, data=data)
-
-
-def _batch(node_id: str, seqs: range | list[int]) -> bytes:
-    return encode(EventBatch(node_id=node_id, events=[_event(s) for s in seqs]))
-
-
 @pytest.fixture
 def hub_config(mosquitto: Mosquitto, tmp_path: Path) -> HubConfig:
-    return load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db")},
-                                 "mqtt": {"broker": mosquitto.url, "batch_size": 1000}},
-                environ={})
+    conf = make_hub_config(tmp_path / "hub.db", mosquitto.url)
+    conf.mqtt.batch_size = 1000
+    return conf
 
 
 @pytest.fixture
@@ -51,15 +45,20 @@ def ingest(hub_config: HubConfig, db: HubDB) -> Iterator[Ingest]:
 
 
 @pytest.fixture
-def pub(mosquitto: Mosquitto) -> Iterator[NodePublisher]:
-    p = NodePublisher(mosquitto.url)
+def pub(mosquitto: Mosquitto, hub_config: HubConfig) -> Iterator[NodePublisher]:
+    p = NodePublisher(mosquitto.url, hub_config.hub.stream_secret)
     yield p
     p.close()
 
 
+def sealed_body(pub: NodePublisher, node_id: str, body: bytes) -> bytes:
+    """Any body, tagged with the node's own key: authentic, whatever it says."""
+    return seal(pub.key(node_id), BATCH_CONTEXT, events_topic(node_id), body)
+
+
 def test_published_batch_is_stored_and_acked_with_its_last_seq(
         ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
-    pub.publish(events_topic("n1"), _batch("n1", range(1, 51)))
+    pub.publish_batch(make_batch("n1", range(1, 51)))
     pub.ack_for("n1", 50)
     assert db.count_events() == 50
     assert ingest.counters.stored == 50
@@ -67,9 +66,9 @@ def test_published_batch_is_stored_and_acked_with_its_last_seq(
 
 def test_resent_batch_is_not_stored_twice_but_acked_again(
         ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
-    pub.publish(events_topic("n1"), _batch("n1", range(1, 11)))
+    pub.publish_batch(make_batch("n1", range(1, 11)))
     pub.ack_for("n1", 10)
-    pub.publish(events_topic("n1"), _batch("n1", range(1, 11)))
+    pub.publish_batch(make_batch("n1", range(1, 11)))
     pub.ack_for("n1", 10)
     assert db.count_events() == 10
     assert ingest.wait_for(lambda c: c.duplicates == 10, TIMEOUT)
@@ -77,26 +76,25 @@ def test_resent_batch_is_not_stored_twice_but_acked_again(
 
 def test_ack_stops_at_a_gap_until_the_missing_batch_arrives(
         ingest: Ingest, pub: NodePublisher) -> None:
-    pub.publish(events_topic("n1"), _batch("n1", range(1, 6)))
+    pub.publish_batch(make_batch("n1", range(1, 6)))
     pub.ack_for("n1", 5)
-    pub.publish(events_topic("n1"), _batch("n1", range(8, 11)))
+    pub.publish_batch(make_batch("n1", range(8, 11), low=6))
     pub.ack_for("n1", 5)
-    pub.publish(events_topic("n1"), _batch("n1", [6, 7]))
+    pub.publish_batch(make_batch("n1", [6, 7]))
     pub.ack_for("n1", 10)
 
 
 def test_each_node_gets_its_own_ack(ingest: Ingest, pub: NodePublisher) -> None:
-    pub.publish(events_topic("a"), _batch("a", range(1, 4)))
-    pub.publish(events_topic("b"), _batch("b", range(1, 8)))
+    pub.publish_batch(make_batch("a", range(1, 4)))
+    pub.publish_batch(make_batch("b", range(1, 8)))
     pub.ack_for("a", 3)
     pub.ack_for("b", 7)
 
 
 @pytest.mark.parametrize("topic,payload,why", [
-    (events_topic("n1"), b"{not json", "bad JSON"),
-    (events_topic("n1"), b'{"node_id": "n1", "events": [{"seq": 1}]}', "wrong schema"),
-    (events_topic("n1"), _batch("other", [1]), "node id mismatch"),
     (state_topic("n1"), b'{"node_id": "n1"}', "state missing fields"),
+    (state_topic("n1"), b'{"node_id":"n1","ts":1,"version":"1","zone":"z","uptime":1,'
+                        b'"outbox_depth":18446744073709551616}', "state past 2^64"),
     (status_topic("n1"), b"maybe", "unknown status"),
 ])
 def test_malformed_message_is_counted_and_ingest_keeps_storing(
@@ -104,15 +102,93 @@ def test_malformed_message_is_counted_and_ingest_keeps_storing(
         why: str) -> None:
     pub.publish(topic, payload)
     assert ingest.wait_for(lambda c: c.malformed == 1, TIMEOUT), why
-    pub.publish(events_topic("n1"), _batch("n1", [1, 2]))
+    pub.publish_batch(make_batch("n1", [1, 2]))
     pub.ack_for("n1", 2)
     assert db.count_events() == 2
+
+
+@pytest.mark.parametrize("payload,why", [
+    (b"{not json", "not sealed at all"),
+    (encode(make_batch("n1", [1])), "a well-formed batch without a tag"),
+    (b"t1." + b"0" * 32 + b"." + encode(make_batch("n1", [1])), "a made-up tag"),
+])
+def test_a_batch_without_the_nodes_tag_is_refused_as_forged_and_not_stored(
+        ingest: Ingest, pub: NodePublisher, db: HubDB, payload: bytes, why: str) -> None:
+    pub.publish_events("n1", payload)
+    assert ingest.wait_for(lambda c: c.forged == 1, TIMEOUT), why
+    pub.publish_batch(make_batch("n1", [1, 2]))
+    pub.ack_for("n1", 2)
+    assert [e["id"] for e in db.list_events()[0]] == ["n1-e1-2", "n1-e1-1"]
+
+
+def test_a_batch_injected_on_another_nodes_topic_is_refused_and_its_events_still_land(
+        ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
+    """A client holding n2's key publishes n2-tagged events on n1's topic: refused, so
+    n1's genuine events with the same seqs are stored, not dropped as duplicates."""
+    injected = make_batch("n1", [1, 2], epoch="e1")
+    pub.publish_events("n1", seal_batch(stream_key(pub.secret, "n2"), injected))
+    assert ingest.wait_for(lambda c: c.forged == 1, TIMEOUT)
+    genuine = make_batch("n1", [1, 2], epoch="e1")
+    pub.publish_batch(genuine)
+    pub.ack_for("n1", 2)
+    assert db.count_events() == 2 and ingest.counters.duplicates == 0
+
+
+@pytest.mark.parametrize("body,why", [
+    (b'{"node_id":"n1","epoch":"e1","low":1,"first":1,"last":1,"events":'
+     b'[{"id":"a","seq":18446744073709551616,"kind":"tap","ts":1}]}', "seq past 2^64"),
+    (b'{"node_id":"n1","epoch":"e1","low":1,"first":1,"last":1,"events":'
+     b'[{"id":"a","seq":1,"kind":"tap","ts":1e300}]}', "ts out of range"),
+    (b'{"node_id":"n1","epoch":"e1","low":1,"first":1,"last":1,"events":'
+     b'[{"id":"a","seq":1,"kind":"tap","ts":1,"data":{},"more":1}]}', "unknown field"),
+])
+def test_an_authentic_batch_that_does_not_decode_is_quarantined_and_acked_past(
+        ingest: Ingest, pub: NodePublisher, db: HubDB, body: bytes, why: str) -> None:
+    pub.publish_events("n1", sealed_body(pub, "n1", body))
+    pub.ack_for("n1", 1)  # past it: later events are not stuck behind it
+    assert ingest.wait_for(lambda c: c.quarantined == 1, TIMEOUT), why
+    assert db.count_events() == 0
+    assert db.incident_totals()["quarantined_batches"] == 1
+    pub.publish_batch(make_batch("n1", [2, 3]))
+    pub.ack_for("n1", 3)
+
+
+def test_duplicate_and_escaped_keys_store_exactly_the_values_validated(
+        ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
+    body = (b'{"node_id":"n1","epoch":"e1","low":1,"first":1,"last":2,"events":['
+            b'{"id":"a","seq":5,"seq":1,"kind":"tap","ts":1},'
+            b'{"id":"b","s\\u0065q":2,"kind":"auth","ts":2,"data":{"ok":true,"ok":false}}]}')
+    pub.publish_events("n1", sealed_body(pub, "n1", body))
+    pub.ack_for("n1", 2)
+    events = {e["id"]: e for e in db.list_events()[0]}
+    assert (events["a"]["seq"], events["b"]["seq"]) == (1, 2)
+    assert events["b"]["data"] == {"ok": False}
+    assert db.event_totals()["auth_ok"] == 0
+
+
+def test_an_unknown_event_kind_is_stored(ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
+    pub.publish_batch(make_batch("n1", [1], kind="impression"))
+    pub.ack_for("n1", 1)
+    assert db.event_totals()["by_kind"] == {"impression": 1}
+
+
+def test_hostile_input_costs_a_counter_and_a_few_log_lines_not_one_per_message(
+        ingest: Ingest, pub: NodePublisher, db: HubDB, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="hub.ingest")
+    for i in range(200):
+        pub.client.publish(events_topic("n1"), b"t1." + b"%032x" % i + b".{}", qos=1)
+    pub.publish_batch(make_batch("n1", [1]))
+    pub.ack_for("n1", 1)  # genuine traffic is not blocked behind the flood
+    assert ingest.wait_for(lambda c: c.forged == 200, TIMEOUT)
+    lines = [r for r in caplog.records if "not from that node" in r.getMessage()]
+    assert 1 <= len(lines) <= 2
+    assert not any(r.exc_info for r in caplog.records)
 
 
 def test_message_on_an_unexpected_topic_under_the_subscription_is_malformed(
         ingest: Ingest, pub: NodePublisher) -> None:
     # "bad id!" fails the node id pattern; the '+' wildcard still delivers it.
-    pub.publish("tapcast/v1/node/bad id!/events", _batch("n1", [1]))
+    pub.publish("tapcast/v1/node/bad id!/events", encode(make_batch("n1", [1])))
     assert ingest.wait_for(lambda c: c.malformed == 1, TIMEOUT)
 
 
@@ -156,13 +232,13 @@ def test_retained_state_from_long_ago_does_not_make_a_node_look_alive(
 
 def test_ingest_reconnects_and_keeps_storing_after_broker_restart(
         ingest: Ingest, pub: NodePublisher, mosquitto: Mosquitto, db: HubDB) -> None:
-    pub.publish(events_topic("n1"), _batch("n1", [1]))
+    pub.publish_batch(make_batch("n1", [1]))
     pub.ack_for("n1", 1)
     mosquitto.restart()
     assert ingest.wait_for(lambda c: c.connects == 2, TIMEOUT), "ingest did not reconnect"
-    again = NodePublisher(mosquitto.url)
+    again = NodePublisher(mosquitto.url, pub.secret)
     try:
-        again.publish(events_topic("n1"), _batch("n1", [2, 3]))
+        again.publish_batch(make_batch("n1", [2, 3]))
         again.ack_for("n1", 3)
     finally:
         again.close()
@@ -173,7 +249,7 @@ def test_stop_stores_what_was_already_queued(
         hub_config: HubConfig, db: HubDB, pub: NodePublisher) -> None:
     running = Ingest(hub_config, db)
     running.start(wait=TIMEOUT)
-    pub.publish(events_topic("n1"), _batch("n1", range(1, 101)))
+    pub.publish_batch(make_batch("n1", range(1, 101)))
     assert running.wait_for(lambda c: c.received == 100, TIMEOUT)
     running.stop()
     assert db.count_events() == 100
@@ -181,12 +257,13 @@ def test_stop_stores_what_was_already_queued(
 
 def test_one_unstorable_message_does_not_sink_the_others_written_with_it(
         hub_config: HubConfig, db: HubDB) -> None:
-    from hub.db import RawBatch
+    from tapcast.protocol.mqtt import Event, EventBatch
 
     ingest = Ingest(hub_config, db)  # not started: only its writer step is exercised
-    good = RawBatch("n1", _batch("n1", [1, 2]).decode(), 2)
-    # Passes no decode_batch (no "kind"), but stands in for any message SQLite refuses.
-    bad = RawBatch("n2", '{"node_id": "n2", "events": [{"id": "x", "seq": 1, "ts": 1}]}', 1)
+    good = make_batch("n1", [1, 2])
+    # Decodes, but its data cannot be stored: stands in for any message the store refuses.
+    bad = EventBatch(node_id="n2", epoch="e1", low=1, first=1, last=1, events=[
+        Event(id="x", seq=1, kind="tap", ts=1.0, data={"x": object()})])
     ingest._write([("events", "n1", good, None), ("events", "n2", bad, None)])
     assert db.count_events() == 2 and db.acked_seq("n1") == 2
     assert (ingest.counters.write_errors, ingest.counters.stored) == (1, 2)

@@ -22,7 +22,7 @@ from hall.testing.hub import HubProcess, api_token, hub_config
 from hall.testing.mqtt import NodePublisher
 from hall.testing.mosquitto import Mosquitto, free_port
 from tapcast import config as cfg
-from tapcast.protocol.mqtt import Event, EventBatch, encode
+from tapcast.protocol.mqtt import Event, EventBatch
 
 pytestmark = pytest.mark.slow
 
@@ -45,10 +45,10 @@ def write_config(tmp_path: Path, broker: str, **hub: Any) -> Path:
     return path
 
 
-def batch(node_id: str, seqs: range) -> bytes:
-    return encode(EventBatch(node_id=node_id, events=[
+def batch(node_id: str, seqs: range) -> EventBatch:
+    return EventBatch(node_id=node_id, epoch="e1", low=1, first=seqs[0], last=seqs[-1], events=[
         Event(id=uuid.uuid4().hex, seq=s, kind="tap", ts=1_700_000_000.0 + s,
-              data={"handset_id": "h1"}) for s in seqs]))
+              data={"handset_id": "h1"}) for s in seqs])
 
 
 def get(url: str) -> tuple[Any, dict[str, str]]:
@@ -109,12 +109,14 @@ def test_web_workers_and_one_ingest_store_each_event_once(
         assert ready.endswith("(3 workers)")
         url = ready.split()[3]
 
-        node = NodePublisher(mosquitto.url, timeout=TIMEOUT)
+        node = NodePublisher(mosquitto.url, tmp_path / "var" / "stream.secret", timeout=TIMEOUT)
         try:
             for node_id in ("n1", "n2"):
-                for first in range(1, 41, 10):
-                    node.publish_events(node_id, batch(node_id, range(first, first + 10)))
-                node.publish_events(node_id, batch(node_id, range(11, 31)))  # re-sent: duplicates
+                sent = [batch(node_id, range(first, first + 10)) for first in range(1, 41, 10)]
+                for b in sent:
+                    node.publish_batch(b)
+                for b in sent[1:3]:  # re-sent (the same events): duplicates
+                    node.publish_batch(b)
             for node_id in ("n1", "n2"):
                 node.wait_acked(node_id, 40)
         finally:
@@ -233,9 +235,9 @@ def test_ingest_says_it_cannot_reach_the_broker_keeps_retrying_and_survives_a_re
             ingest.wait_line(f"lost the MQTT broker at {broker.url}")
             ingest.wait_line("subscribed at mqtt://127.0.0.1:{} as 'tapcast-hub' again"
                              .format(broker.port))
-            node = NodePublisher(broker.url, timeout=TIMEOUT)
+            node = NodePublisher(broker.url, tmp_path / "var" / "stream.secret", timeout=TIMEOUT)
             try:
-                node.publish_events("n1", batch("n1", range(1, 4)))
+                node.publish_batch(batch("n1", range(1, 4)))
                 node.wait_acked("n1", 3)
             finally:
                 node.close()
@@ -251,9 +253,9 @@ def test_serve_runs_web_and_ingest_and_stops_both(mosquitto: Mosquitto, tmp_path
     with HubProcess("serve", config, "--workers", "1") as hub:
         hub.wait_line("hub ingest subscribed at")
         url = hub.wait_line("hub web on http://").split()[3]
-        node = NodePublisher(mosquitto.url, timeout=TIMEOUT)
+        node = NodePublisher(mosquitto.url, tmp_path / "var" / "stream.secret", timeout=TIMEOUT)
         try:
-            node.publish_events("n1", batch("n1", range(1, 6)))
+            node.publish_batch(batch("n1", range(1, 6)))
             node.wait_acked("n1", 5)
         finally:
             node.close()

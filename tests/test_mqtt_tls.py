@@ -31,12 +31,29 @@ from tapcast.mqttclient import (
 )
 from tapcast.protocol.mqtt import (
     PREFIX,
+    BATCH_CONTEXT,
     EventAck,
     decode_batch,
+    open_sealed,
+    seal_ack,
+    stream_key,
     encode,
     events_ack_topic,
     parse_node_topic,
 )
+
+SECRET = bytes(range(32))  # the stream secret of every hub in this file
+
+
+def key(node_id: str) -> bytes:
+    return stream_key(SECRET, node_id)
+
+
+def secret_file(tmp_path: Path) -> str:
+    path = tmp_path / "stream.secret"
+    if not path.exists():
+        path.write_text(SECRET.hex() + "\n")
+    return str(path)
 
 TIMEOUT = 10.0
 FAST = {"ack_timeout": 2.0, "backoff_min": 0.05, "backoff_max": 0.2, "connect_timeout": 3.0}
@@ -103,25 +120,25 @@ def test_tls_context_verifies_the_broker_chain_and_host_name(ca: TestCa) -> None
 
 def test_tls_files_are_not_read_for_a_plain_mqtt_broker(outbox: Outbox) -> None:
     mqtt = MqttSection(brokers=["mqtt://127.0.0.1"], ca_file="/nonexistent/ca.crt")
-    Uplink("n1", mqtt, outbox)  # no error: ca_file applies to mqtts:// brokers only
+    Uplink("n1", mqtt, outbox, key("n1"))  # no error: ca_file applies to mqtts:// brokers only
 
 
 def test_missing_ca_file_fails_when_the_uplink_is_made(tmp_path: Path, outbox: Outbox) -> None:
     mqtt = MqttSection(brokers=["mqtts://hub.example"], ca_file="missing-ca.crt")
     with pytest.raises(ValueError, match=r"\[mqtt\] ca_file '.*missing-ca\.crt'"):
-        Uplink("n1", mqtt, outbox, base_dir=tmp_path)
+        Uplink("n1", mqtt, outbox, key("n1"), base_dir=tmp_path)
 
 
 def test_relative_tls_files_are_taken_from_the_config_folder(
         ca: TestCa, outbox: Outbox) -> None:
     mqtt = MqttSection(brokers=["mqtts://hub.example"], ca_file=ca.cert_file.name)
-    up = Uplink("n1", mqtt, outbox, base_dir=ca.directory)
+    up = Uplink("n1", mqtt, outbox, key("n1"), base_dir=ca.directory)
     assert up.tls.ca_file == str(ca.cert_file)
 
 
 def test_hub_ingest_with_a_missing_ca_file_fails_when_made(tmp_path: Path) -> None:
     config = load(HubConfig, environ={}, data={
-        "hub": {"database": str(tmp_path / "hub.db")},
+        "hub": {"database": str(tmp_path / "hub.db"), "stream_secret": secret_file(tmp_path)},
         "mqtt": {"broker": "mqtts://hub.example", "ca_file": str(tmp_path / "no-ca.crt")}})
     db = HubDB(config.hub.database)
     try:
@@ -188,9 +205,11 @@ class AckingSubscriber:
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         node_id, _ = parse_node_topic(msg.topic)
-        events = decode_batch(msg.payload, node_id).events
-        self.seqs.setdefault(node_id, []).extend(e.seq for e in events)
-        client.publish(events_ack_topic(node_id), encode(EventAck(seq=events[-1].seq)), qos=1)
+        batch = decode_batch(open_sealed(key(node_id), BATCH_CONTEXT, msg.topic, msg.payload),
+                             node_id)
+        self.seqs.setdefault(node_id, []).extend(e.seq for e in batch.events)
+        ack = EventAck(epoch=batch.epoch, seq=batch.events[-1].seq, ts=1764000000.0)
+        client.publish(events_ack_topic(node_id), seal_ack(key(node_id), node_id, ack), qos=1)
         self.loop.call_soon_threadsafe(self.changed.set)
 
     def close(self) -> None:
@@ -211,7 +230,7 @@ async def make_uplink(outbox: Outbox) -> AsyncIterator[Callable[..., Uplink]]:
     made: list[Uplink] = []
 
     def make(mqtt: MqttSection, **kw: object) -> Uplink:
-        up = Uplink("hall-a-1", mqtt, outbox, **{**FAST, **kw})  # type: ignore[arg-type]
+        up = Uplink("hall-a-1", mqtt, outbox, key("hall-a-1"), **{**FAST, **kw})  # type: ignore[arg-type]
         made.append(up)
         return up
 
@@ -320,7 +339,7 @@ async def test_hub_ingest_stores_node_events_over_mqtts(
         tls_broker: Mosquitto, ca: TestCa, tmp_path: Path, outbox: Outbox,
         make_uplink: Callable[..., Uplink]) -> None:
     config = load(HubConfig, environ={}, data={
-        "hub": {"database": str(tmp_path / "hub.db")},
+        "hub": {"database": str(tmp_path / "hub.db"), "stream_secret": secret_file(tmp_path)},
         "mqtt": {"broker": tls_broker.url, "ca_file": str(ca.cert_file)}})
     db = HubDB(config.hub.database)
     ingest = Ingest(config, db)

@@ -19,18 +19,24 @@ from node.outbox import Outbox
 from node.uplink import Uplink
 from node.config import MqttSection
 from tapcast.mqttclient import make_client, parse_broker_url
-from tapcast.protocol.mqtt import (PREFIX, EventAck, NodeState, decode_ack, decode_batch,
-                                   decode_state,
-                                   encode, events_ack_topic, parse_node_topic)
+from tapcast.protocol.mqtt import (BATCH_CONTEXT, PREFIX, EventAck, NodeState, decode_ack,
+                                   decode_batch, decode_state, encode, events_ack_topic,
+                                   open_sealed, parse_node_topic, seal_ack, stream_key)
 from hall.testing.mosquitto import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(ack_timeout=0.5, backoff_min=0.05, backoff_max=0.4, connect_timeout=2.0)
+SECRET = bytes(range(32))  # the test hub's stream secret
+
+
+def key(node_id: str) -> bytes:
+    return stream_key(SECRET, node_id)
 
 
 class TestHub:
     """Stores each (node_id, seq) once and acks the highest contiguous seq after every
-    batch (duplicates included), like hub ingest. Also records status and state."""
+    batch (duplicates included), tagged with the node's stream key, like hub ingest.
+    Also records status and state."""
 
     __test__ = False  # not a pytest class
 
@@ -41,6 +47,7 @@ class TestHub:
         self.deliveries: Counter[tuple[str, int]] = Counter()  # duplicates counted
         self.stored: dict[str, set[int]] = defaultdict(set)
         self.contiguous: dict[str, int] = defaultdict(int)
+        self.epochs: dict[str, str] = {}
         self.status: list[tuple[str, bytes]] = []
         self.states: list[NodeState] = []
         self._changed = asyncio.Event()
@@ -70,7 +77,10 @@ class TestHub:
         node_id, leaf = parse_node_topic(msg.topic)
         with self.lock:
             if leaf == "events":
-                for event in decode_batch(msg.payload, node_id).events:
+                batch = decode_batch(open_sealed(key(node_id), BATCH_CONTEXT, msg.topic,
+                                                 msg.payload), node_id)
+                self.epochs[node_id] = batch.epoch
+                for event in batch.events:
                     self.deliveries[(node_id, event.seq)] += 1
                     self.stored[node_id].add(event.seq)
                 while self.contiguous[node_id] + 1 in self.stored[node_id]:
@@ -83,8 +93,9 @@ class TestHub:
                 self.states.append(decode_state(msg.payload))
         self.loop.call_soon_threadsafe(self._changed.set)
 
-    def send_ack(self, node_id: str, seq: int) -> None:
-        self.send_raw_ack(node_id, encode(EventAck(seq=seq)))
+    def send_ack(self, node_id: str, seq: int, epoch: str | None = None) -> None:
+        ack = EventAck(epoch=epoch or self.epochs[node_id], seq=seq, ts=1764000000.0)
+        self.send_raw_ack(node_id, seal_ack(key(node_id), node_id, ack))
 
     def send_raw_ack(self, node_id: str, payload: bytes) -> None:
         self.client.publish(events_ack_topic(node_id), payload, qos=1)
@@ -128,6 +139,7 @@ async def make_uplink(outbox: Outbox) -> AsyncIterator[Callable[..., Uplink]]:
     def make(brokers: list[str], *, node_id: str = "n1", batch_size: int = 200, **kw: object) -> Uplink:
         opts = {**FAST, **kw}
         up = Uplink(node_id, MqttSection(brokers=brokers, batch_size=batch_size), outbox,
+                    key(node_id),
                     zone="hall-a", version="1.2.3", **opts)  # type: ignore[arg-type]
         made.append(up)
         return up
@@ -172,6 +184,25 @@ async def test_without_ack_nothing_is_deleted_and_events_are_resent(
     assert outbox.depth() == 0
 
 
+async def test_a_forged_ack_deletes_nothing(
+        mosquitto: Mosquitto, hub: TestHub, outbox: Outbox, make_uplink) -> None:
+    """Anyone on the broker may publish on a node's ack topic (the demo's broker is
+    anonymous): only an ack tagged with the node's stream key deletes events."""
+    hub.ack = False
+    outbox.add_many([("tap", None)] * 3)
+    up = make_uplink([mosquitto.url], ack_timeout=30)
+    await up.start()
+    await hub.wait_until(lambda: hub.stored["n1"] == {1, 2, 3})
+    forged = EventAck(epoch=hub.epochs["n1"], seq=3, ts=1764000000.0)
+    hub.send_raw_ack("n1", encode(forged))  # untagged
+    hub.send_raw_ack("n1", seal_ack(key("n2"), "n1", forged))  # another node's key
+    hub.send_raw_ack("n1", seal_ack(bytes(32), "n1", forged))  # a guessed key
+    hub.send_ack("n1", 1)  # QoS1 from one publisher: arrives after the forged ones
+    await up.wait_drained(timeout=5, upto=1)
+    assert [e.seq for e in outbox.pending(10)] == [2, 3]
+    assert up.forged_acks == 3
+
+
 async def test_malformed_or_impossible_acks_are_logged_and_delete_nothing(
         mosquitto: Mosquitto, hub: TestHub, outbox: Outbox, make_uplink,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -184,12 +215,29 @@ async def test_malformed_or_impossible_acks_are_logged_and_delete_nothing(
         for bad in (b"not json", b'{"seq": "1"}', b"{}", b'{"seq": 1, "extra": 2}'):
             hub.send_raw_ack("n1", bad)
         hub.send_ack("n1", 999)  # beyond any seq this node assigned
+        hub.send_ack("n1", 2, epoch="another")  # another outbox's epoch
         hub.send_ack("n1", 1)  # QoS1 from one publisher: arrives after the bad ones
         await up.wait_drained(timeout=5, upto=1)
     assert [e.seq for e in outbox.pending(10)] == [2]
     assert up.connected
-    assert sum("ignoring malformed ack" in r.getMessage() for r in caplog.records) == 4
+    assert (up.forged_acks, up.refused_acks) == (4, 2)
+    forged_lines = [r for r in caplog.records if "not from the hub" in r.getMessage()]
+    assert len(forged_lines) == 1  # rate-limited: one line, the counter has the rest
     assert any("hub acked seq 999" in r.getMessage() for r in caplog.records)
+    assert any("epoch another" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_wiped_data_dir_is_a_new_epoch_whose_acks_the_old_outbox_ignores(
+        mosquitto: Mosquitto, hub: TestHub, tmp_path: Path) -> None:
+    mqtt = MqttSection(brokers=[mosquitto.url])
+    with Outbox(tmp_path / "a.db") as old, Outbox(tmp_path / "b.db") as new:
+        assert old.epoch != new.epoch
+        new.add("tap")
+        up = Uplink("n5", mqtt, new, key("n5"), **FAST)
+        await up.start()
+        await up.wait_drained(timeout=10)
+        await up.stop()
+        assert hub.epochs["n5"] == new.epoch
 
 
 async def test_broker_restart_mid_stream_loses_nothing_and_the_outbox_drains(
@@ -229,14 +277,14 @@ async def test_a_restarted_node_resends_unacked_events_and_the_hub_stores_each_o
     hub.ack = False
     with Outbox(path) as box:
         box.add_many([("tap", None)] * 3)
-        up = Uplink("n2", mqtt, box, **FAST)
+        up = Uplink("n2", mqtt, box, key("n2"), **FAST)
         await up.start()
         await hub.wait_until(lambda: hub.stored["n2"] == {1, 2, 3})
         await up.stop()
     hub.ack = True
     with Outbox(path) as box:
         assert box.add("tap").seq == 4
-        up = Uplink("n2", mqtt, box, **FAST)
+        up = Uplink("n2", mqtt, box, key("n2"), **FAST)
         await up.start()
         await up.wait_drained(timeout=10)
         await up.stop()
@@ -262,7 +310,7 @@ async def test_the_will_publishes_offline_when_the_node_dies_uncleanly(
         "from node.uplink import Uplink\n"
         "from node.config import MqttSection\n"
         "async def main():\n"
-        "    up = Uplink('doomed', MqttSection(brokers=[sys.argv[1]]), Outbox(sys.argv[2]))\n"
+        "    up = Uplink('doomed', MqttSection(brokers=[sys.argv[1]]), Outbox(sys.argv[2]), bytes(32))\n"
         "    await up.start()\n"
         "    await up.wait_connected(10)\n"
         "    print('connected', flush=True)\n"
@@ -310,7 +358,8 @@ async def test_state_provider_supplies_the_heartbeat(
     def provider() -> NodeState:
         return NodeState(node_id="n3", ts=1.0, version="9", zone="z", uptime=5.0,
                          outbox_depth=0, taps=7)
-    up = Uplink("n3", MqttSection(brokers=[mosquitto.url]), outbox, state_provider=provider, **FAST)
+    up = Uplink("n3", MqttSection(brokers=[mosquitto.url]), outbox, key("n3"),
+                state_provider=provider, **FAST)
     await up.start()
     try:
         await hub.wait_until(lambda: any(s.node_id == "n3" for s in hub.states))
@@ -321,15 +370,17 @@ async def test_state_provider_supplies_the_heartbeat(
 
 def test_bad_configuration_is_refused_before_connecting(outbox: Outbox) -> None:
     with pytest.raises(ValueError, match="must look like mqtt://host:port"):
-        Uplink("n1", MqttSection(brokers=["http://x"]), outbox)
+        Uplink("n1", MqttSection(brokers=["http://x"]), outbox, key("n1"))
     with pytest.raises(ValueError, match="mqtt.brokers is empty"):
-        Uplink("n1", MqttSection(brokers=[]), outbox)
+        Uplink("n1", MqttSection(brokers=[]), outbox, key("n1"))
     with pytest.raises(ValueError, match="invalid node id"):
-        Uplink("n/1", MqttSection(), outbox)
+        Uplink("n/1", MqttSection(), outbox, key("n1"))
     with pytest.raises(ValueError, match="window must be >= 1"):
-        Uplink("n1", MqttSection(), outbox, window=0)
+        Uplink("n1", MqttSection(), outbox, key("n1"), window=0)
     with pytest.raises(ValueError, match="must be > 0 seconds"):
-        Uplink("n1", MqttSection(), outbox, heartbeat_interval=0)
+        Uplink("n1", MqttSection(), outbox, key("n1"), heartbeat_interval=0)
+    with pytest.raises(ValueError, match="32-byte stream key"):
+        Uplink("n1", MqttSection(), outbox, b"short")
 
 
 @pytest.mark.parametrize("name, decode", [
@@ -352,7 +403,8 @@ async def test_a_failing_state_provider_is_logged_and_events_still_flow(
     def broken() -> NodeState:
         raise RuntimeError("sensor gone")
     outbox.add("tap")
-    up = Uplink("n4", MqttSection(brokers=[mosquitto.url]), outbox, state_provider=broken, **FAST)
+    up = Uplink("n4", MqttSection(brokers=[mosquitto.url]), outbox, key("n4"),
+                state_provider=broken, **FAST)
     await up.start()
     try:
         await up.wait_drained(timeout=5)
@@ -360,3 +412,18 @@ async def test_a_failing_state_provider_is_logged_and_events_still_flow(
         await up.stop()
     assert hub.stored["n4"] == {1}
     assert any("state_provider failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_only_authentic_acks_give_the_node_the_hubs_time(
+        mosquitto: Mosquitto, hub: TestHub, outbox: Outbox, make_uplink) -> None:
+    seen: list[float] = []
+    hub.ack = False
+    outbox.add_many([("tap", None)] * 2)
+    up = make_uplink([mosquitto.url], ack_timeout=30, on_hub_time=seen.append)
+    await up.start()
+    await hub.wait_until(lambda: hub.stored["n1"] == {1, 2})
+    forged = EventAck(epoch=hub.epochs["n1"], seq=1, ts=2e9)
+    hub.send_raw_ack("n1", seal_ack(bytes(32), "n1", forged))
+    hub.send_ack("n1", 2)
+    await up.wait_drained(timeout=5)
+    assert seen == [1764000000.0]

@@ -57,6 +57,13 @@ class HubServer:
     def url(self) -> str:
         return f"http://{self._server.host}:{self._server.server_port}"
 
+    @property
+    def stream_secret(self) -> bytes:
+        """The hub's event-stream secret: give it to a hall whose nodes report here."""
+        from tapcast.streamkeys import load_stream_secret
+
+        return load_stream_secret(self.app.config["TAPCAST"].hub.stream_secret)
+
     def get(self, path: str, timeout: float = 10.0) -> Any:
         """GET ``path`` of the API with this server's token; the decoded JSON."""
         return api_get(self.url + path, self.token, timeout)
@@ -117,7 +124,16 @@ def api_get(url: str, token: str, timeout: float = 10.0) -> Any:
 
 def hub_config(database: Path | str, broker: str, *, port: int = 0, **hub: Any) -> HubConfig:
     """A hub config for a test: this database, this broker, a free port by default, no
-    ``TAPCAST_*`` environment overrides."""
+    ``TAPCAST_*`` environment overrides. Unless ``stream_secret`` is given, the stream
+    secret is ``stream.secret`` beside the database (created when missing), so stand-in
+    nodes can derive their keys from it."""
+    from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
+
+    if "stream_secret" not in hub:
+        secret_path = Path(database).parent / STREAM_SECRET_FILE
+        if not secret_path.exists():
+            write_stream_secret(secret_path.parent)
+        hub["stream_secret"] = str(secret_path)
     return cfg.load(HubConfig, data={"hub": {"database": str(database), "port": port, **hub},
                                      "mqtt": {"broker": broker}}, environ={})
 
