@@ -20,10 +20,12 @@ nothing of the product in it (DESIGN.md, Benchmarks):
   before its first content write (MTU, discovery, start_notify tx, read info) and
   writes as many frames, of the same sizes, as the product's sealed featured item;
 * in this process, as the hall's handsets are: nfcpy card emulation with an echo card
-  that answers with the real sizes and carries the peripheral's address in its HELLO
-  answer, and a bare bumble GATT peripheral with the same service layout that starts
-  advertising at 20 ms when the card session ends (as BlePeripheral.open_window does)
-  and counts received bytes: "first item" is when all frames of the message are in.
+  that answers with the real sizes and carries a random per-tap token and the
+  peripheral's address in its HELLO answer, and a bare bumble GATT peripheral with the
+  same service layout that starts advertising the token as a 128-bit service UUID at
+  20 ms when the card session ends (as BlePeripheral does), so the floor's node scans
+  for it and connects at the first sighting as the product's does; it counts received
+  bytes: "first item" is when all frames of the message are in.
 
 Floor and product alternate in blocks (ABBA order) so machine drift hits both, with a
 random pause between taps (0.05-0.15 s) so a tap starts at a random phase of the
@@ -137,8 +139,10 @@ class EchoCard:
     size (status 90 00), the second one carrying the BLE address where a node reads it.
     Duck-types HandsetCard for handset_app.nfc_hce.emulate_card."""
 
-    def __init__(self, responses: list[int], address: str, address_type: int) -> None:
+    def __init__(self, responses: list[int], address: str, address_type: int,
+                 token: bytes = bytes(16)) -> None:
         self.responses = responses
+        self.token = token
         self.address = bytes.fromhex(address.replace(":", "")) + bytes([address_type])
         self.session: str | None = None
         self.last_rejection: str | None = None
@@ -150,7 +154,7 @@ class EchoCard:
     def process_apdu(self, apdu: bytes) -> bytes:
         step, self._step = self._step, self._step + 1
         size = self.responses[min(step, 2)] - 2
-        body = self.address if step == 1 else b""
+        body = self.token + self.address if step == 1 else b""
         if step == 2:
             self.session = "floor"
         return body + bytes(size - len(body)) + b"\x90\x00"
@@ -229,7 +233,9 @@ class FloorHandset:
     async def tap(self, nfc_device: str, responses: list[int]) -> tuple[float, float, float]:
         """(started, authenticated, first item) in time.monotonic(); RuntimeError when
         the tap fails."""
-        from bumble import hci
+        import uuid
+
+        from bumble import core, hci
 
         from handset_app.nfc_hce import emulate_card
 
@@ -237,13 +243,18 @@ class FloorHandset:
         self.received, self.done_at = 0, None
         self.done.clear()
         started = time.monotonic()
-        card = EchoCard(responses, self.address, 1)
+        token = os.urandom(16)
+        card = EchoCard(responses, self.address, 1, token)
         session = await asyncio.to_thread(emulate_card, nfc_device, card, 3.0)
         if session is None:
             raise RuntimeError("floor: no card session")
         authenticated = time.monotonic()
+        data = core.AdvertisingData([  # as BlePeripheral: flags and the tap's token
+            (core.AdvertisingData.FLAGS, bytes([0x06])),
+            (core.AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+             core.UUID(str(uuid.UUID(bytes=token))).to_bytes(force_128=True))])
         await self._device.start_advertising(
-            own_address_type=hci.OwnAddressType.RANDOM,
+            own_address_type=hci.OwnAddressType.RANDOM, advertising_data=bytes(data),
             advertising_interval_min=ADVERTISING_INTERVAL_MS,
             advertising_interval_max=ADVERTISING_INTERVAL_MS)
         try:
@@ -478,7 +489,7 @@ async def measure(taps: int, blocks: int, seed: int | None = None) -> list[Resul
     results.append(Result("floor breakdown (node side, from sensing) p50", "ms",
                           _median(floor_node, "acked_ms"), None, "",
                           {k: _median(floor_node, k) for k in
-                           ("nfc_ms", "handed_over_ms", "connected_ms", "set_up_ms",
+                           ("nfc_ms", "handed_over_ms", "found_ms", "connected_ms", "set_up_ms",
                             "written_ms", "acked_ms")}))
     for r in results[:4]:
         r.extra["failures"] = len(product_s.failures)

@@ -12,13 +12,15 @@ Per tap it does what the node does, with the same overlap and without the produc
 
 * NFC: node.nfc_reader.NfcReader (same poll loop, interval, SENS_RES cap, ISO-DEP)
   with a bare exchange: the real SELECT, then two APDUs of exactly the HELLO and
-  CONFIRM sizes; the card's answers have the real sizes and carry the handset's BLE
-  address in the clear where the product's is sealed. No signatures, no key schedule,
-  no outbox, no uplink.
+  CONFIRM sizes; the card's answers have the real sizes and carry, in the clear, a
+  random per-tap token (16 bytes) and the handset's BLE address, where the product
+  derives its token from the session key. No signatures, no key schedule, no outbox,
+  no uplink.
 * The reader hands the outcome over before DESELECT (NfcReader does that for the
-  product too), and this process at once connects with bleak's ``BleakClient`` on the
-  bumble backend, as node.ble_push does: connect, MTU request and discovery (inside
-  the backend's connect), ``start_notify`` on tx, read info; then writes the frames of
+  product too), and this process at once scans for the token as a 128-bit service UUID
+  and connects at the first sighting, with bleak's ``BleakScanner`` and ``BleakClient``
+  on the bumble backend, as node.ble_push does: scan, connect, MTU request and discovery
+  (inside the backend's connect), ``start_notify`` on tx, read info; then writes the frames of
   the first message (write without response) with the sizes the product's sealed
   featured item has at this link's MTU. It waits for the handset's 8-byte notification
   (the product's DONE ack has that size) and disconnects.
@@ -51,9 +53,10 @@ SERVICE_UUID = "7a9ca500-0001-4c4e-8a5e-7a9ca57b1e00"
 RX_UUID = "7a9ca500-0002-4c4e-8a5e-7a9ca57b1e00"
 TX_UUID = "7a9ca500-0003-4c4e-8a5e-7a9ca57b1e00"
 INFO_UUID = "7a9ca500-0004-4c4e-8a5e-7a9ca57b1e00"
-#: Where the echo card puts the handset's address in its answer: 6 bytes most
-#: significant first, then the address type, as in the product's answer payload.
-ADDRESS_OFFSET = 0
+#: Where the echo card puts the tap's token (16 bytes), then the handset's address (6
+#: bytes most significant first, then the address type) in its answer.
+TOKEN_OFFSET = 0
+ADDRESS_OFFSET = 16
 ACK_SIZE = 8
 
 
@@ -103,9 +106,10 @@ class BareExchange:
         if bad is not None:
             return bad
         raw = bytes(response[ADDRESS_OFFSET:ADDRESS_OFFSET + 7])
+        token = bytes(response[TOKEN_OFFSET:TOKEN_OFFSET + 16])  # carried as the session key
         self.session = NodeSession(
             handset_id="floor", ble_address=":".join(f"{b:02X}" for b in raw[:6]),
-            ble_address_type=raw[6], consent=0, session_key=b"", node_id="floor", started=0.0)
+            ble_address_type=raw[6], consent=0, session_key=token, node_id="floor", started=0.0)
         return NodeVerdict("ok", self.session)
 
     def confirm_apdu(self) -> bytes:
@@ -153,8 +157,10 @@ class FloorNode:
         task.add_done_callback(self._tasks.discard)
 
     async def _push(self, outcome: TapOutcome) -> None:
-        from bleak import BleakClient
-        from tapcast.radio.bumble import BumbleBleakClient
+        import uuid
+
+        from bleak import BleakClient, BleakScanner
+        from tapcast.radio.bumble import BumbleBleakClient, BumbleBleakScanner
 
         t0 = outcome.started
         line: dict[str, Any] = {"reason": outcome.reason,
@@ -165,9 +171,17 @@ class FloorNode:
             return
         session = outcome.session
         line["handed_over_ms"] = round((time.monotonic() - t0) * 1e3, 2)
-        client = BleakClient(session.ble_address, timeout=self.args.connect_timeout,
-                             backend=BumbleBleakClient, hci_adapter=self.adapter,
-                             address_type=session.ble_address_type)
+        token = str(uuid.UUID(bytes=session.session_key))
+        device = await BleakScanner.find_device_by_filter(
+            lambda _d, adv: token in adv.service_uuids, timeout=self.args.connect_timeout,
+            service_uuids=[token], backend=BumbleBleakScanner, hci_adapter=self.adapter)
+        if device is None:
+            line["error"] = f"no device advertised token {token}"
+            _emit(line)
+            return
+        line["found_ms"] = round((time.monotonic() - t0) * 1e3, 2)
+        client = BleakClient(device, timeout=self.args.connect_timeout,
+                             backend=BumbleBleakClient, hci_adapter=self.adapter)
         acked = asyncio.Event()
         try:
             await client.connect()  # connect, MTU request, discovery

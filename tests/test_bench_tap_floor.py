@@ -58,7 +58,7 @@ def test_bare_apdus_refuse_sizes_they_cannot_build() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_floor_reader_gets_the_handset_address_over_nfcpy(
+async def test_floor_reader_gets_the_taps_token_and_the_handset_address_over_nfcpy(
         real: tuple[list[int], list[int]]) -> None:
     apdus, answers = real
     path = f"udp:127.0.0.1:{free_nfc_port()}"
@@ -67,7 +67,7 @@ async def test_floor_reader_gets_the_handset_address_over_nfcpy(
                        asyncio.get_running_loop(), outcomes.put_nowait, hold_off=0.0)
     await asyncio.to_thread(reader.start)
     try:
-        card = EchoCard(answers, ADDRESS, 1)
+        card = EchoCard(answers, ADDRESS, 1, token=bytes(range(16)))
         handset = asyncio.get_running_loop().run_in_executor(None, emulate_card, path, card, 5.0)
         outcome = await asyncio.wait_for(outcomes.get(), 5)
         assert await asyncio.wait_for(handset, 5) is not None
@@ -76,6 +76,7 @@ async def test_floor_reader_gets_the_handset_address_over_nfcpy(
     assert outcome.reason == "ok", outcome.error
     assert outcome.session is not None
     assert (outcome.session.ble_address, outcome.session.ble_address_type) == (ADDRESS, 1)
+    assert outcome.session.session_key == bytes(range(16))  # the floor's token
 
 
 def _row(value: float, floor: float, ci: tuple[float, float] | None = None,
