@@ -123,10 +123,14 @@ class NodeDaemon:
 
     def state(self) -> NodeState:
         c = self.counters
+        reader = self.reader_state
         return NodeState(node_id=self.node_id, ts=time.time(), version=__version__,
                          zone=self.config.node.zone, uptime=time.monotonic() - self._started,
                          outbox_depth=self.outbox.depth(), taps=c.taps,
-                         deliveries=c.deliveries, failures=c.failures)
+                         deliveries=c.deliveries, failures=c.failures,
+                         reader=reader["state"], reader_reason=reader["reason"][:200],
+                         time_trusted=self.best_time.trusted,
+                         time_source=self.best_time.source()[:64])
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -209,6 +213,7 @@ class NodeDaemon:
         if status.state == "failed":
             self._record(("error", {"component": "nfc_reader", "device": status.device,
                                     "reason": status.reason}))
+        self.uplink.publish_state()  # operators see a lost reader now, not at the heartbeat
 
     def describe(self) -> str:
         """The one line `tapcast node run` prints when the node serves taps."""

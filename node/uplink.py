@@ -178,6 +178,12 @@ class Uplink:
         first = self.outbox.pending(1)
         return not first or (upto is not None and first[0].seq > upto)
 
+    def publish_state(self) -> None:
+        """Publish the state heartbeat now (something an operator should see changed);
+        a no-op while offline (the next connection publishes it)."""
+        if self._connected:
+            self._publish_state()
+
     def state(self) -> NodeState:
         """The heartbeat snapshot: from ``state_provider`` when given, else a minimal one."""
         if self.state_provider is not None:

@@ -120,6 +120,12 @@ class NodeState(msgspec.Struct, forbid_unknown_fields=True):
     taps: Count = 0
     deliveries: Count = 0
     failures: Count = 0
+    # The NFC reader: "ok", "failed", "starting" or "stopped", and why it failed.
+    reader: Text = ""
+    reader_reason: Annotated[str, Meta(max_length=200)] = ""
+    # Whether the node's clock is trusted (NTP or the hub's acks) and where it comes from.
+    time_trusted: bool = False
+    time_source: Text = ""
 
 
 # ------------------------------------------------------------------------- topics
