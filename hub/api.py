@@ -1,4 +1,4 @@
-"""JSON API under /api/v1: nodes, events, stats, and its OpenAPI document.
+"""JSON API under /api/v1: nodes, events, incidents, stats, and its OpenAPI document.
 
 Every error is JSON ``{"error": "..."}`` saying what to fix; unknown query parameters
 are refused (a typo such as ``?node=n1`` must not silently return everything), and so is
@@ -19,17 +19,27 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from tapcast.keys import MAX_ID_LEN
-from tapcast.protocol.mqtt import ID_RE, EventKind
+from tapcast.protocol.mqtt import ID_RE, KIND_PATTERN, EventKind
 
 from hub import tokens
-from hub.db import MAX_EVENTS_LIMIT, QueryError
+from hub.db import MAX_EVENTS_LIMIT, HubDB, QueryError, decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
+#: The kinds a node of this version writes; the hub stores (and lists) any kind that
+#: matches KIND_PATTERN, so a newer node's kinds can be listed too.
 EVENT_KINDS: tuple[str, ...] = typing.get_args(EventKind)
+_KIND_RE = re.compile(KIND_PATTERN)
+#: Longest kind KIND_PATTERN allows.
+MAX_KIND_LEN = 32
 DEFAULT_EVENTS_LIMIT = 50
+#: What hub/db.py records as incidents (docs/mqtt.md, "A stream that heals itself").
+INCIDENT_KINDS: tuple[str, ...] = ("lost", "conflict", "quarantined", "new_epoch")
+DEFAULT_INCIDENTS_LIMIT = 50
+#: The incidents listing's cursors (positions are incident ids, for any node_id filter).
+_INCIDENT_CURSOR = "incident"
 #: SQLite's INTEGER is signed 64-bit: the upper bound of every integer parameter.
 MAX_INT = 2**63 - 1
 #: Cursors this API returns are about 30 characters.
@@ -121,6 +131,17 @@ def _cursor_arg() -> str | None:
     return raw
 
 
+def _kind_arg() -> str | None:
+    """Any kind of KIND_PATTERN's shape: a newer node's kinds are stored and listed too
+    (a well-formed kind nobody wrote lists nothing)."""
+    raw = request.args.get("kind")
+    if raw is not None and (len(raw) > MAX_KIND_LEN or not _KIND_RE.fullmatch(raw)):
+        raise BadRequest(f"kind {_shown(raw)} is not an event kind: use 1..{MAX_KIND_LEN} "
+                         "lowercase letters, digits and '_', starting with a letter, such as "
+                         f"{', '.join(EVENT_KINDS)}")
+    return raw
+
+
 def _public_node(node: dict[str, Any], *, with_state: bool) -> dict[str, Any]:
     out = dict(node)
     if not with_state:
@@ -150,13 +171,7 @@ def list_events() -> ResponseReturnValue:
     allowed = ("node_id", "kind", "since_seq", "since_ts", "limit", "cursor")
     _check_params(allowed)
     node_id = _node_id_arg(request.args.get("node_id"))
-    kind = request.args.get("kind")
-    # TODO(issue 6, event stream part): when the hub stores kinds it does not know
-    # (tapcast.protocol.mqtt's kind pattern), accept any kind of that shape here and in
-    # hub/openapi.py, so those events can be listed by kind too.
-    if kind is not None and kind not in EVENT_KINDS:
-        raise BadRequest(f"kind {_shown(kind)} is not an event kind; use one of "
-                         f"{', '.join(EVENT_KINDS)}")
+    kind = _kind_arg()
     limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_EVENTS_LIMIT
     try:
         events, next_cursor = _db().list_events(
@@ -171,6 +186,38 @@ def list_events() -> ResponseReturnValue:
     return jsonify({"events": events, "next_cursor": next_cursor, "next": next_url})
 
 
+@bp.get("/incidents")
+def list_incidents() -> ResponseReturnValue:
+    """Incidents of the event stream (lost, conflict, quarantined, new_epoch), newest
+    first, paged by cursor like the events."""
+    _check_params(("node_id", "limit", "cursor"))
+    node_id = _node_id_arg(request.args.get("node_id"))
+    limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_INCIDENTS_LIMIT
+    cursor = _cursor_arg()
+    before = None
+    if cursor is not None:
+        try:
+            before = decode_cursor(cursor, _INCIDENT_CURSOR)
+        except QueryError:
+            raise BadRequest(f"cursor {_shown(cursor)} is not one this API returned for "
+                             "/api/v1/incidents; pass next_cursor from a previous page "
+                             "unchanged") from None
+    db = _db()
+    incidents = db.list_incidents(node_id=node_id, limit=limit, before=before)
+    next_cursor = next_url = None
+    if len(incidents) == limit and db.list_incidents(node_id=node_id, limit=1,
+                                                     before=incidents[-1]["id"]):
+        next_cursor = encode_cursor(_INCIDENT_CURSOR, incidents[-1]["id"])
+        args = {k: v for k, v in request.args.items() if k != "cursor"}
+        next_url = url_for("api.list_incidents", **args, cursor=next_cursor)
+    return jsonify({"incidents": incidents, "next_cursor": next_cursor, "next": next_url})
+
+
+def incident_totals(db: HubDB) -> dict[str, int]:
+    """Incidents per kind (every known kind, 0 when none) and quarantined batches."""
+    return {**dict.fromkeys(INCIDENT_KINDS, 0), **db.incident_totals()}
+
+
 @bp.get("/stats")
 def stats() -> ResponseReturnValue:
     _check_params(())
@@ -183,6 +230,7 @@ def stats() -> ResponseReturnValue:
     return jsonify({
         "events": db.event_totals(),
         "nodes": {"total": len(nodes), "online": online, "offline": len(nodes) - online},
+        "incidents": incident_totals(db),
         "ingest": ingest.counters.snapshot() if ingest is not None else None,
         "api": {"auth_failures": tokens.auth_failures()},
     })

@@ -404,12 +404,19 @@ class HubDB:
             raise
         db.conn.execute("COMMIT")
 
-    def list_incidents(self, *, node_id: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_incidents(self, *, node_id: str | None = None, limit: int = 50,
+                       before: int | None = None) -> list[dict[str, Any]]:
         """Incidents newest first (lost events, conflicts, quarantined batches, new
-        epochs): what an operator must look at, with counts."""
+        epochs): what an operator must look at, with counts. ``before``: only incidents
+        with a smaller ``id`` (the next, older page)."""
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise QueryError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
-        where, params = ("WHERE node_id = ?", [node_id]) if node_id is not None else ("", [])
+        clauses, params = [], []
+        for clause, value in (("node_id = ?", node_id), ("id < ?", before)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return list(self.db.query(
             f"SELECT id, node_id, epoch, kind, count, detail, at FROM incidents {where} "
             "ORDER BY id DESC LIMIT ?", [*params, limit]))

@@ -9,8 +9,11 @@ from typing import Any
 
 from tapcast.keys import MAX_ID_LEN
 
-from hub.api import (DEFAULT_EVENTS_LIMIT, EVENT_KINDS, MAX_CURSOR_LEN, MAX_INT,
-                     MAX_NUMBER_LEN, MAX_TS)
+from tapcast.protocol.mqtt import KIND_PATTERN
+
+from hub.api import (DEFAULT_EVENTS_LIMIT, DEFAULT_INCIDENTS_LIMIT, EVENT_KINDS,
+                     INCIDENT_KINDS, MAX_CURSOR_LEN, MAX_INT, MAX_KIND_LEN, MAX_NUMBER_LEN,
+                     MAX_TS)
 from hub.db import MAX_EVENTS_LIMIT
 from hub.tokens import HOW_TO_GET_ONE
 
@@ -32,6 +35,11 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 _NODE_ID = {"type": "string", "pattern": "^[a-zA-Z0-9_-]+$", "minLength": 1,
             "maxLength": MAX_ID_LEN}
+#: Any kind of this shape is stored (a newer node's kinds too); these are today's.
+_KIND = {"type": "string", "pattern": KIND_PATTERN, "minLength": 1, "maxLength": MAX_KIND_LEN,
+         "examples": list(EVENT_KINDS),
+         "description": f"an event kind; this version's nodes write {', '.join(EVENT_KINDS)}"}
+_CURSOR = {"type": "string", "minLength": 1, "maxLength": MAX_CURSOR_LEN}
 
 #: Every route but the document itself: the responses a credential check can give, and
 #: the 400 that an unknown or repeated query parameter gives anywhere.
@@ -79,7 +87,8 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tapcast hub API", "version": "1",
-                 "description": "Read-only operator API: nodes, events and counters."},
+                 "description": "Read-only operator API: nodes, events, incidents and "
+                                "counters."},
         "paths": {
             "/api/v1/nodes": {"get": {
                 "summary": "All nodes that have reported, by id",
@@ -97,7 +106,8 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "listEvents",
                 "parameters": [
                     _query("node_id", _NODE_ID, "only this node"),
-                    _query("kind", {"enum": list(EVENT_KINDS)}, "only this kind"),
+                    _query("kind", _KIND, "only this kind (any well-formed kind: a "
+                           "newer node's kinds are stored and listed too)"),
                     _query("since_seq", {"type": "integer", "minimum": 0,
                                          "maximum": MAX_INT},
                            "only seq > this (needs node_id)"),
@@ -107,13 +117,25 @@ def openapi_document() -> dict[str, Any]:
                     _query("limit", {"type": "integer", "minimum": 1,
                                      "maximum": MAX_EVENTS_LIMIT,
                                      "default": DEFAULT_EVENTS_LIMIT}, "page size"),
-                    _query("cursor", {"type": "string", "minLength": 1,
-                                      "maxLength": MAX_CURSOR_LEN},
-                           "next_cursor from the previous page, unchanged"),
+                    _query("cursor", _CURSOR, "next_cursor from the previous page, unchanged"),
                 ],
                 "responses": {"200": _ok("EventPage"), **_GUARDED}}},
+            "/api/v1/incidents": {"get": {
+                "summary": "Incidents of the event stream (events lost for good, conflicts, "
+                           "quarantined batches, new outbox epochs), newest first, paginated "
+                           "by cursor",
+                "operationId": "listIncidents",
+                "parameters": [
+                    _query("node_id", _NODE_ID, "only this node"),
+                    _query("limit", {"type": "integer", "minimum": 1,
+                                     "maximum": MAX_EVENTS_LIMIT,
+                                     "default": DEFAULT_INCIDENTS_LIMIT}, "page size"),
+                    _query("cursor", _CURSOR, "next_cursor from the previous page, unchanged"),
+                ],
+                "responses": {"200": _ok("IncidentPage"), **_GUARDED}}},
             "/api/v1/stats": {"get": {
-                "summary": "Event counts per kind, node counts, ingest counters",
+                "summary": "Event counts per kind, node counts, incident totals, ingest "
+                           "counters",
                 "operationId": "getStats",
                 "responses": {"200": _ok("Stats"), **_GUARDED}}},
             "/api/v1/openapi.json": {"get": {
@@ -145,11 +167,38 @@ def openapi_document() -> dict[str, Any]:
                 "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
             "Event": {"type": "object", "properties": {
                 "node_id": {"type": "string"}, "seq": {"type": "integer"},
-                "id": {"type": "string"}, "kind": {"enum": list(EVENT_KINDS)},
+                "epoch": {"type": "string",
+                          "description": "the node's outbox epoch (seqs restart at 1 in a "
+                                         "new one)"},
+                "id": {"type": "string"},
+                "kind": {"type": "string", "pattern": KIND_PATTERN},
                 "ts": {"type": "number"}, "data": {"type": "object"},
                 "received": {"type": "number", "description": "when the hub stored it"}}},
             "EventPage": {"type": "object", "properties": {
                 "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                "next_cursor": {"type": ["string", "null"]},
+                "next": {"type": ["string", "null"], "description": "URL of the next page"}}},
+            "Incident": {"type": "object",
+                         "required": ["id", "node_id", "epoch", "kind", "count", "detail",
+                                      "at"],
+                         "properties": {
+                "id": {"type": "integer", "description": "grows with each incident"},
+                "node_id": {"type": "string"},
+                "epoch": {"type": ["string", "null"],
+                          "description": "outbox epoch concerned (null for a quarantined "
+                                         "batch without a readable header)"},
+                "kind": {"type": "string", "examples": list(INCIDENT_KINDS),
+                         "description": "lost: seqs that will never reach the hub; conflict: "
+                                        "a (node, epoch, seq) re-used with another event id; "
+                                        "quarantined: an authentic batch the hub cannot "
+                                        "decode, kept verbatim; new_epoch: the node started "
+                                        "a new outbox (a wiped data dir)"},
+                "count": {"type": "integer", "description": "events concerned"},
+                "detail": {"type": "string"},
+                "at": {"type": "number", "description": "when the hub recorded it"}}},
+            "IncidentPage": {"type": "object", "properties": {
+                "incidents": {"type": "array",
+                              "items": {"$ref": "#/components/schemas/Incident"}},
                 "next_cursor": {"type": ["string", "null"]},
                 "next": {"type": ["string", "null"], "description": "URL of the next page"}}},
             "Stats": {"type": "object", "properties": {
@@ -157,6 +206,13 @@ def openapi_document() -> dict[str, Any]:
                 "nodes": {"type": "object", "properties": {
                     "total": {"type": "integer"}, "online": {"type": "integer"},
                     "offline": {"type": "integer"}}},
+                "incidents": {"type": "object",
+                              "properties": {k: {"type": "integer"}
+                                             for k in (*INCIDENT_KINDS, "quarantined_batches")},
+                              "additionalProperties": {"type": "integer"},
+                              "description": "incidents per kind (0 when none), and "
+                                             "quarantined_batches: batches kept in "
+                                             "quarantine"},
                 "ingest": {"type": ["object", "null"],
                            "additionalProperties": {"type": "integer"},
                            "description": "null when the app runs without ingest"},

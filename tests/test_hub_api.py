@@ -62,7 +62,7 @@ def anonymous(app: Flask) -> FlaskClient:
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nodes", "/api/v1/nodes/n1", "/api/v1/events",
-                                  "/api/v1/stats"])
+                                  "/api/v1/incidents", "/api/v1/stats"])
 def test_without_a_token_every_route_is_401_saying_how_to_get_one(anonymous: FlaskClient,
                                                                   path: str) -> None:
     r = anonymous.get(path)
@@ -189,7 +189,12 @@ def test_events_pagination_follows_next_links_to_the_end(client: FlaskClient) ->
     ("x%00y=1", "unknown query parameter(s)"),
     ("limit=501", "limit must be between 1 and 500"),
     ("limit=ten", "limit must be an integer"),
-    ("kind=purchase", "not an event kind"),
+    ("kind=Purchase", "not an event kind: use 1..32 lowercase letters"),
+    ("kind=1tap", "not an event kind"),
+    ("kind=tap-ok", "not an event kind"),
+    ("kind=tap%0A", "not an event kind"),
+    ("kind=", "not an event kind"),
+    ("kind=" + "k" * 33, "not an event kind"),
     ("since_seq=3", "since_seq needs node_id"),
     ("node_id=n1&since_seq=-1", "since_seq must be between 0 and"),
     ("since_ts=yesterday", "since_ts must be a number"),
@@ -223,6 +228,101 @@ def test_stats_counts_kinds_auth_verdicts_and_nodes(client: FlaskClient) -> None
                                "auth_ok": 1, "auth_rejected": 1}
     assert stats["nodes"] == {"total": 2, "online": 1, "offline": 1}
     assert stats["ingest"] is None  # app built without ingest
+    assert stats["incidents"] == {"lost": 0, "conflict": 0, "quarantined": 0,
+                                  "new_epoch": 0, "quarantined_batches": 0}
+
+
+# ----------------------------------------------------------- event kinds
+
+
+def test_a_well_formed_kind_no_node_wrote_lists_nothing(client: FlaskClient) -> None:
+    r = client.get("/api/v1/events?kind=purchase")
+    assert r.status_code == 200 and r.json["events"] == []
+
+
+def test_events_of_a_newer_nodes_unknown_kind_are_listed_by_that_kind(
+        app: Flask, client: FlaskClient) -> None:
+    get_db(app).write_batch([("n1", ev(4, "refund", amount=3))])
+    events = client.get("/api/v1/events?kind=refund").json["events"]
+    assert [(e["node_id"], e["seq"], e["kind"], e["epoch"]) for e in events] == \
+        [("n1", 4, "refund", "e0")]
+    assert client.get("/api/v1/stats").json["events"]["by_kind"]["refund"] == 1
+
+
+# ------------------------------------------------------------- incidents
+
+
+def lose(app: Flask, node_id: str, seq: int) -> None:
+    """The node sends ``seq`` saying it holds nothing older (``low=seq``): every seq
+    between the hub's ack and it is lost for good, a real "lost" incident."""
+    get_db(app).write_batch([(node_id, ev(seq))], low=seq)
+
+
+def test_no_incidents_is_an_empty_list(client: FlaskClient) -> None:
+    page = client.get("/api/v1/incidents").json
+    assert page == {"incidents": [], "next_cursor": None, "next": None}
+
+
+def test_a_hole_the_node_no_longer_holds_is_a_lost_incident_in_the_api(
+        app: Flask, client: FlaskClient) -> None:
+    lose(app, "n1", 6)  # n1 acked 3: seqs 4 and 5 will never come
+    (incident,) = client.get("/api/v1/incidents").json["incidents"]
+    assert (incident["node_id"], incident["epoch"], incident["kind"], incident["count"]) == \
+        ("n1", "e0", "lost", 2)
+    assert "4..5" in incident["detail"] and incident["at"] > 0
+    stats = client.get("/api/v1/stats").json["incidents"]
+    assert stats["lost"] == 1 and stats["conflict"] == 0 and stats["quarantined_batches"] == 0
+
+
+def test_incidents_newest_first_and_filtered_by_node(app: Flask, client: FlaskClient) -> None:
+    lose(app, "n1", 6)
+    lose(app, "n2", 5)
+    lose(app, "n1", 9)
+    listed = client.get("/api/v1/incidents").json["incidents"]
+    assert [(i["node_id"], i["count"]) for i in listed] == [("n1", 2), ("n2", 2), ("n1", 2)]
+    assert listed[0]["id"] > listed[1]["id"] > listed[2]["id"]
+    n1 = client.get("/api/v1/incidents?node_id=n1").json["incidents"]
+    assert [i["id"] for i in n1] == [listed[0]["id"], listed[2]["id"]]
+    assert client.get("/api/v1/incidents?node_id=ghost").json["incidents"] == []
+    assert client.get("/api/v1/stats").json["incidents"]["lost"] == 3
+
+
+@pytest.mark.parametrize("node_filter", ["", "node_id=n1&"])
+def test_incident_pagination_follows_next_links_to_the_end(
+        app: Flask, client: FlaskClient, node_filter: str) -> None:
+    for seq in (6, 9, 12, 15):
+        lose(app, "n1", seq)
+    url, seen, pages = f"/api/v1/incidents?{node_filter}limit=2", [], 0
+    while url:
+        page = client.get(url).json
+        seen += [i["id"] for i in page["incidents"]]
+        url, pages = page["next"], pages + 1
+        assert url is None or f"{node_filter}limit=2&cursor=" in url
+    assert len(seen) == 4 == len(set(seen)) and seen == sorted(seen, reverse=True)
+    assert pages == 2  # the last full page says there is no more: no empty page after it
+
+
+@pytest.mark.parametrize("query,message", [
+    ("limit=0", "limit must be between 1 and 500"),
+    ("limit=501", "limit must be between 1 and 500"),
+    ("limit=ten", "limit must be an integer"),
+    ("limit=99999999999999999999999", "limit must be an integer"),
+    ("limit=1&limit=2", "limit given more than once"),
+    ("node_id=bad.id", "not a node id"),
+    ("node_id=" + "n" * 65, "not a node id"),
+    ("cursor=", "not one this API returned"),
+    ("cursor=!!!", "not one this API returned"),
+    ("cursor=" + "A" * 1000, "not one this API returned"),
+    ("cursor=c2VxOjQy", "not one this API returned for /api/v1/incidents"),  # an events cursor
+    ("cursor=aW5jaWRlbnQ6OTk5OTk5OTk5OTk5OTk5OTk5OTk", "not one this API returned"),  # 2^64+
+    ("kind=lost", "unknown query parameter(s) 'kind'; accepted: node_id, limit, cursor"),
+])
+def test_bad_incident_query_is_400_saying_what_to_fix(client: FlaskClient, query: str,
+                                                      message: str) -> None:
+    r = client.get(f"/api/v1/incidents?{query}")
+    assert r.status_code == 400
+    assert message in r.json["error"]
+    assert len(r.json["error"]) < 300
 
 
 def test_unknown_api_path_is_json_404(client: FlaskClient) -> None:
@@ -238,6 +338,8 @@ def test_openapi_document_describes_every_api_route(app: Flask, client: FlaskCli
     assert routes == set(doc["paths"])
     params = {p["name"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
     assert params == {"node_id", "kind", "since_seq", "since_ts", "limit", "cursor"}
+    params = {p["name"] for p in doc["paths"]["/api/v1/incidents"]["get"]["parameters"]}
+    assert params == {"node_id", "limit", "cursor"}
 
 
 def test_openapi_schema_refs_all_resolve(client: FlaskClient) -> None:

@@ -37,6 +37,10 @@ def app(tmp_path: Path) -> Iterator[Flask]:
         states=[("n1", NodeState(node_id="n1", ts=now, version="1", zone="z", uptime=1.0,
                                  outbox_depth=0), now)],
         statuses=[("n1", "online", now)], seen={"n1": now})
+    # Events of a kind this version does not know, and a "lost" incident (seqs 8 and 9:
+    # the node holds nothing below 10), so the answers carry them too.
+    get_db(app).write_batch([("n1", Event(id="e10", seq=10, kind="refund", ts=1.7e9))],
+                            low=10)
     yield app
     get_db(app).close()
 
@@ -47,7 +51,8 @@ def token(app: Flask) -> str:
 
 
 #: Every operation that needs the credential (the document itself is public and fixed).
-OPERATIONS = ["/api/v1/nodes", "/api/v1/nodes/{node_id}", "/api/v1/events", "/api/v1/stats"]
+OPERATIONS = ["/api/v1/nodes", "/api/v1/nodes/{node_id}", "/api/v1/events",
+              "/api/v1/incidents", "/api/v1/stats"]
 
 
 @pytest.mark.parametrize("mode", list(GenerationMode), ids=str)

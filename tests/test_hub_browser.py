@@ -90,3 +90,35 @@ async def test_page_goes_back_to_the_sign_in_form_when_its_token_is_revoked(
         await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
     finally:
         hub.shutdown()
+
+
+async def test_an_incident_written_after_the_page_loaded_shows_up_and_raises_the_flag(
+        page, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    from hall.testing.hub import hub_config, serve
+    from hub import get_db
+    from tapcast.protocol.mqtt import Event
+
+    config = hub_config(tmp_path / "hub.db", "mqtt://127.0.0.1:1")
+    hub = serve(config, start_ingest=False)
+    try:
+        db = get_db(hub.app)
+        db.write_batch([("node-1", Event(id="e1", seq=1, kind="tap", ts=1.7e9))])
+        await page.goto(hub.url + "/")
+        await page.get_by_test_id("signin-token").fill(hub.token)
+        await page.get_by_test_id("signin-submit").click()
+        await expect(page.get_by_test_id("no-incidents")).to_be_visible()
+        await expect(page.get_by_test_id("incidents-flag")).to_be_hidden()
+        # node-1 says it holds nothing below seq 5: seqs 2..4 are lost for good.
+        db.write_batch([("node-1", Event(id="e5", seq=5, kind="tap", ts=1.7e9 + 5))], low=5)
+        row = page.locator('[data-testid="incident-row"][data-kind="lost"]')
+        await expect(row).to_have_count(1, timeout=10_000)  # the next 3 s refresh
+        await expect(row.get_by_test_id("incident-node")).to_have_text("node-1")
+        await expect(row.get_by_test_id("incident-count")).to_have_text("3")
+        await expect(page.get_by_test_id("incidents-lost")).to_have_text("1")
+        await expect(page.get_by_test_id("incidents-flag")).to_have_text("1 incident")
+        await expect(page.get_by_test_id("no-incidents")).to_have_count(0)
+        await expect(page.get_by_test_id("refresh-error")).to_be_hidden()
+    finally:
+        hub.shutdown()

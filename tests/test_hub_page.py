@@ -186,6 +186,43 @@ def test_page_refreshes_itself_from_the_api_without_external_assets(client: Flas
     assert not re.search(r'(src|href)="(https?:)?//', html), "no CDN: the hall has no internet"
     js = client.get("/static/hub.js").get_data(as_text=True)
     assert "/api/v1/nodes" in js and "/api/v1/stats" in js and "setTimeout(refresh" in js
+    assert "/api/v1/incidents" in js
+    # The fetch budget: one request per section, four per refresh.
+    assert len(re.findall(r'getJson\("/api/v1/', js)) == 4
+
+
+def test_page_without_incidents_says_so_and_raises_no_flag(client: FlaskClient) -> None:
+    html = client.get("/").get_data(as_text=True)
+    assert 'data-testid="incidents-table"' in html
+    assert 'data-testid="no-incidents"' in html and "No incidents." in html
+    assert 'data-testid="incident-row"' not in html
+    assert re.search(r'data-testid="incidents-flag"[^>]* hidden>', html)
+    assert 'class="alert"' not in html
+    for testid in ("incidents-lost", "incidents-conflict", "incidents-quarantined",
+                   "incidents-new-epoch", "incidents-quarantined-batches"):
+        assert re.search(rf'data-testid="{testid}">0<', html), testid
+
+
+def test_page_lists_incidents_with_totals_and_flags_them(app: Flask,
+                                                         client: FlaskClient) -> None:
+    db = get_db(app)
+    db.write_batch([("n1", Event(id=f"e{s}", seq=s, kind="tap", ts=float(s)))
+                    for s in (1, 2)])
+    # n1 now holds nothing below 7: seqs 3..6 will never reach the hub.
+    db.write_batch([("n1", Event(id="e7", seq=7, kind="tap", ts=7.0))], low=7)
+    html = client.get("/").get_data(as_text=True)
+    row = re.search(r'<tr data-testid="incident-row" data-kind="lost"[^>]*>(.*?)</tr>',
+                    html, re.S)
+    assert row, "no row for the lost incident"
+    assert '<td class="mono" data-testid="incident-node">n1</td>' in row.group(1)
+    assert '<td data-testid="incident-count">4</td>' in row.group(1)
+    assert "3..6" in row.group(1)
+    assert 'data-testid="no-incidents"' not in html
+    assert re.search(r'data-testid="incidents-lost">1<', html)
+    flag = re.search(r'<a [^>]*data-testid="incidents-flag"([^>]*)>(.*?)</a>', html, re.S)
+    assert flag and "hidden" not in flag.group(1)
+    assert re.sub(r"<[^>]+>", "", flag.group(2)).strip() == "1 incident"
+    assert 'id="incidents" data-testid="incidents" class="alert"' in html
 
 
 def test_event_data_is_escaped(app: Flask, client: FlaskClient) -> None:

@@ -1,4 +1,5 @@
-// Tapcast hub operator page: refresh nodes, counts and latest events from /api/v1.
+// Tapcast hub operator page: refresh nodes, counts, incidents and latest events from
+// /api/v1 (four requests per refresh).
 // Same markup (ids, data-testid) as the server-rendered template, so tests can
 // address the page before and after a refresh.
 "use strict";
@@ -6,6 +7,7 @@
   const body = document.body;
   const refreshMs = Number(body.dataset.refreshMs) || 3000;
   const latest = Number(body.dataset.latest) || 20;
+  const latestIncidents = Number(body.dataset.latestIncidents) || 10;
 
   function clock(ts) {
     if (ts === null || ts === undefined) return "never";
@@ -72,6 +74,39 @@
       tbody.appendChild(tr);
     }
   }
+  function renderIncidents(totals, incidents) {
+    let count = 0;
+    for (const [kind, n] of Object.entries(totals)) {
+      if (kind !== "quarantined_batches") count += n;
+    }
+    for (const el of document.querySelectorAll("[data-incident-total]")) {
+      el.textContent = totals[el.dataset.incidentTotal] || 0;
+    }
+    const flag = document.getElementById("incidents-flag");
+    document.getElementById("incidents-flag-count").textContent = count;
+    flag.lastChild.textContent = count === 1 ? " incident" : " incidents";
+    flag.hidden = count === 0;
+    document.getElementById("incidents").classList.toggle("alert", count > 0);
+    const tbody = document.getElementById("incidents-body");
+    tbody.replaceChildren();
+    if (!incidents.length) {
+      empty(tbody, 5, "No incidents.");
+      tbody.lastChild.dataset.testid = "no-incidents";
+      return;
+    }
+    for (const i of incidents) {
+      const tr = document.createElement("tr");
+      tr.dataset.testid = "incident-row";
+      tr.dataset.kind = i.kind;
+      tr.dataset.incidentId = i.id;
+      cell(tr, clock(i.at));
+      cell(tr, i.node_id, "mono", "incident-node");
+      cell(tr, i.kind, null, "incident-kind");
+      cell(tr, String(i.count), null, "incident-count");
+      cell(tr, i.detail, "details", "incident-detail");
+      tbody.appendChild(tr);
+    }
+  }
   async function getJson(url) {
     const r = await fetch(url, { headers: { Accept: "application/json" } });
     if (r.status === 401) {  // signed out or token revoked: the reload shows the form
@@ -84,11 +119,13 @@
   async function refresh() {
     const err = document.getElementById("refresh-error");
     try {
-      const [nodes, stats, events] = await Promise.all([
+      const [nodes, stats, events, incidents] = await Promise.all([
         getJson("/api/v1/nodes"), getJson("/api/v1/stats"),
-        getJson("/api/v1/events?limit=" + latest)]);
+        getJson("/api/v1/events?limit=" + latest),
+        getJson("/api/v1/incidents?limit=" + latestIncidents)]);
       renderNodes(nodes.nodes);
       renderCounts(stats.events);
+      renderIncidents(stats.incidents, incidents.incidents);
       renderEvents(events.events);
       document.getElementById("last-refresh").textContent = clock(Date.now() / 1000);
       err.hidden = true;
