@@ -188,6 +188,7 @@ _encoder = msgspec.json.Encoder()
 TAG_PREFIX = b"t1."
 TAG_BYTES = 16
 _SEALED_HEAD = len(TAG_PREFIX) + 2 * TAG_BYTES + 1  # "t1." + 32 hex + "."
+_TAG_HEX = re.compile(rb"[0-9a-f]{%d}" % (2 * TAG_BYTES))
 BATCH_CONTEXT = b"tapcast/v1 events\x00"
 ACK_CONTEXT = b"tapcast/v1 events/ack\x00"
 STREAM_KEY_INFO = b"tapcast/v1 stream key\x00"
@@ -225,10 +226,13 @@ def open_sealed(key: bytes, context: bytes, topic: str, payload: bytes | bytearr
     payload = bytes(payload)
     if not payload.startswith(TAG_PREFIX) or payload[_SEALED_HEAD - 1:_SEALED_HEAD] != b".":
         raise ForgedError("not sealed (expected t1.<32 hex digits>.<json>)")
-    try:
-        tag = bytes.fromhex(payload[len(TAG_PREFIX):_SEALED_HEAD - 1].decode("ascii"))
-    except (UnicodeDecodeError, ValueError):
-        raise ForgedError("not sealed (the tag is not hex)") from None
+    tag_hex = payload[len(TAG_PREFIX):_SEALED_HEAD - 1]
+    if not _TAG_HEX.fullmatch(tag_hex):
+        # Lowercase only, as seal() writes it: bytes.fromhex would also take uppercase,
+        # and a re-cased copy of an authentic payload would then open as a new payload
+        # (a replayed quarantined batch stored again).
+        raise ForgedError("not sealed (the tag is not 32 lowercase hex digits)")
+    tag = bytes.fromhex(tag_hex.decode("ascii"))
     body = payload[_SEALED_HEAD:]
     if not hmac.compare_digest(tag, _tag(key, context, topic, body)):
         raise ForgedError("tag does not verify (not from this node's key holder, or altered)")
@@ -248,6 +252,8 @@ def _decode(decoder: msgspec.json.Decoder, payload: bytes | bytearray, what: str
         return decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise PayloadError(f"malformed {what}: {exc}") from None
+    except RecursionError:  # msgspec recurses once per level of nesting
+        raise PayloadError(f"malformed {what}: nested too deeply") from None
 
 
 def decode_batch(body: bytes | bytearray, node_id: str | None = None) -> EventBatch:
