@@ -8,7 +8,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-dev
 APT     = $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test bench system-deps demo-deps bench-deps clean
+.PHONY: demo test bench fuzz system-deps demo-deps bench-deps clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { $(APT) update -q && $(APT) install -y -q python3.11 python3.11-venv; }
@@ -48,6 +48,13 @@ bench-deps:
 
 bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m benchmarks.run $(ARGS)
+
+# The parser fuzzer's long run: the properties `make test` runs with 200 examples each
+# (tests/test_fuzz_parsers.py), here with FUZZ_EXAMPLES each and a fresh random seed.
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	TAPCAST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q --timeout=0 \
+	  --hypothesis-show-statistics tests/test_fuzz_parsers.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
