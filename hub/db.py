@@ -609,7 +609,10 @@ class _Writer:
                     if known != e.id:
                         clashes.append(e.seq)
                     continue
-                data = _encode(e.data)
+                try:
+                    data = _encode(e.data)
+                except (RecursionError, OverflowError):  # absurdly deep: keep the event
+                    data = _encode({"_dropped": "data nested too deeply to store"})
                 if len(data) > MAX_EVENT_DATA:  # bounded like the rest; keep the event
                     data = _encode({"_truncated": len(data)})
                 stored[e.seq] = e.id

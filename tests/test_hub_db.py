@@ -321,3 +321,12 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
         for proc in procs:
             proc.join(30)
         assert outcomes == ["ok"] * 5
+
+
+def test_event_data_too_deep_to_store_keeps_the_event_and_says_so(db: HubDB) -> None:
+    deep: dict = {}
+    for _ in range(100_000):
+        deep = {"a": deep}
+    result = db.write_batch([("n1", Event(id="x", seq=1, kind="tap", ts=1.0, data=deep))])
+    assert result.stored == 1 and result.acked == {"n1": 1}
+    assert db.list_events()[0][0]["data"] == {"_dropped": "data nested too deeply to store"}
