@@ -73,6 +73,9 @@ ADVERTISING_INTERVAL_MS = 20.0
 GAP = (0.15, 0.31)
 WARMUP = 3  # taps of each kind before measuring (first connections, lazy imports)
 FLOOR_START_TIMEOUT = 30.0
+#: A tap (floor or product) that takes longer than this is a failure (both give up on
+#: their own within a few seconds; this catches a wait that never ends).
+TAP_WATCHDOG = 20.0
 MS = 1000.0
 
 
@@ -225,10 +228,11 @@ class FloorHandset:
         if self._connection is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.disconnected.wait(), timeout)
-        if self._connection is not None:
-            await self._connection.disconnect()
+        with contextlib.suppress(TimeoutError):  # a link the air already dropped
+            if self._connection is not None:
+                await asyncio.wait_for(self._connection.disconnect(), timeout)
         if self._device.is_advertising:
-            await self._device.stop_advertising()
+            await asyncio.wait_for(self._device.stop_advertising(), timeout)
 
     async def tap(self, nfc_device: str, responses: list[int]) -> tuple[float, float, float]:
         """(started, authenticated, first item) in time.monotonic(); RuntimeError when
@@ -401,7 +405,7 @@ async def _run_block(rig: FloorRig | ProductRig, taps: int, samples: Samples | N
     for _ in range(taps):
         await asyncio.sleep(next_tap - time.monotonic())
         try:
-            started, authenticated, first = await rig.tap()
+            started, authenticated, first = await _watched(rig.tap())
         except (RuntimeError, TimeoutError) as exc:
             if samples is None:
                 raise
@@ -421,6 +425,24 @@ async def _run_block(rig: FloorRig | ProductRig, taps: int, samples: Samples | N
             progress.step()
     if samples is not None:
         samples.blocks.append((start, len(samples.auth)))
+
+
+async def _watched(tap: Any, timeout: float = TAP_WATCHDOG) -> tuple[float, float, float]:
+    """A tap that has not ended after ``timeout`` seconds is a failure, not a hung run;
+    where every task of this process waits is logged, to say what hung."""
+    task = asyncio.ensure_future(tap)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if task in done:
+        return task.result()
+    import io
+
+    out = io.StringIO()
+    for other in asyncio.all_tasks():
+        other.print_stack(limit=8, file=out)
+    log.error("a tap hung for %.0f s; the tasks of this process:\n%s", timeout, out.getvalue())
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    raise RuntimeError(f"the tap did not end within {timeout:.0f} s (stacks logged)")
 
 
 def _ci(values: list[float], q: int) -> tuple[float, float]:
