@@ -158,6 +158,7 @@ class NodeDaemon:
                 f"NFC reader {nfc.device!r} cannot be opened ({exc}). Is it plugged in and "
                 "is [nfc] device right? `python -m nfc` lists the readers nfcpy finds") from None
         log.info("node %s serving taps on %s", self.node_id, nfc.device)
+        self.uplink.publish_state()  # the hub sees the reader up now, not at the heartbeat
         self._time_task = loop.create_task(self._persist_time())
         if not self.best_time.trusted:
             log.warning("no trustworthy time yet (clock not synchronised, no hub time): "
