@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import tempfile
@@ -108,14 +107,6 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    from benchmarks.bench_tap import render
-    from benchmarks.common import table
+    from benchmarks.bench_tap import run_and_report
 
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)  # nfcpy sets its logger to INFO on import
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    found = main()
-    print(table(found))
-    print()
-    print(render(found))
-    print(json.dumps({r.name: r.extra for r in found}, indent=1, default=str))
+    run_and_report(main)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +8,7 @@ import pytest
 from hall.testing.hub import HubServer, hub_config, serve
 from hall.air import VirtualAir
 from hall.testing.mosquitto import Mosquitto
+from hall.virtual import VirtualHall
 
 
 @pytest.fixture
@@ -34,3 +35,23 @@ async def air() -> AsyncIterator[VirtualAir]:
     air = VirtualAir()
     yield air
     await air.close()
+
+
+@pytest.fixture
+async def make_hall(tmp_path: Path, mosquitto: Mosquitto, running_hub: HubServer
+                    ) -> AsyncIterator[Callable[..., Awaitable[VirtualHall]]]:
+    """Started virtual halls (one node, one handset, no hold-off by default) whose nodes
+    report to ``running_hub`` (same broker, same stream secret); stopped after the test."""
+    halls: list[VirtualHall] = []
+
+    async def make(**kwargs: object) -> VirtualHall:
+        options: dict[str, object] = {"nodes": 1, "handsets": 1, "hold_off": 0.0, **kwargs}
+        hall = VirtualHall(tmp_path / f"hall-{len(halls)}", mosquitto.url,
+                           stream_secret=running_hub.stream_secret, **options)  # type: ignore[arg-type]
+        halls.append(hall)
+        await hall.start()
+        return hall
+
+    yield make
+    for hall in halls:
+        await hall.stop()

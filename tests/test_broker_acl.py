@@ -27,7 +27,6 @@ from tapcast.config import load
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
 from tapcast.protocol.mqtt import (
     EventBatch,
-    encode,
     events_ack_topic,
     events_topic,
     state_topic,

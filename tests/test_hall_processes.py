@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hall.testing.mosquitto import Mosquitto
 from hall.virtual import VirtualHall
 from node.outbox import Outbox
 
@@ -19,13 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 
 @pytest.fixture
-async def hall(tmp_path: Path, mosquitto: Mosquitto,
-               running_hub) -> AsyncIterator[VirtualHall]:  # type: ignore[no-untyped-def]
-    h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, seed=3,
-                    hold_off=0.0, processes=True, stream_secret=running_hub.stream_secret)
-    await h.start()
-    yield h
-    await h.stop()
+async def hall(make_hall) -> VirtualHall:  # type: ignore[no-untyped-def]
+    return await make_hall(seed=3, processes=True)
 
 
 def hub_events(running_hub) -> list[dict]:  # type: ignore[no-untyped-def]

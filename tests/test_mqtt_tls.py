@@ -37,7 +37,6 @@ from tapcast.protocol.mqtt import (
     open_sealed,
     seal_ack,
     stream_key,
-    encode,
     events_ack_topic,
     parse_node_topic,
 )

@@ -7,14 +7,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hall.testing.hub import HubServer
-from hall.testing.mosquitto import Mosquitto
 from hall.virtual import VirtualHall
 from hub import get_db
 from node.nfc_reader import open_frontend
@@ -23,13 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
 @pytest.fixture
-async def hall(tmp_path: Path, mosquitto: Mosquitto,
-               running_hub: HubServer) -> AsyncIterator[VirtualHall]:
-    h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, seed=9,
-                    hold_off=0.0, processes=False, stream_secret=running_hub.stream_secret)
-    await h.start()
-    yield h
-    await h.stop()
+async def hall(make_hall) -> VirtualHall:  # type: ignore[no-untyped-def]
+    return await make_hall(seed=9, processes=False)
 
 
 async def hub_sees(running_hub: HubServer, predicate: Any, timeout: float = 10.0) -> None:

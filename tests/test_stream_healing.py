@@ -4,7 +4,6 @@ was wiped both resume at once, and the hub records what was lost instead of wedg
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-async def hall(tmp_path: Path, mosquitto: Mosquitto,
-               running_hub: HubServer) -> AsyncIterator[VirtualHall]:
-    h = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=1, handsets=1, seed=5,
-                    hold_off=0.0, processes=True, stream_secret=running_hub.stream_secret)
-    await h.start()
-    yield h
-    await h.stop()
+async def hall(make_hall) -> VirtualHall:  # type: ignore[no-untyped-def]
+    return await make_hall(seed=5, processes=True)
 
 
 async def tap_and_drain(hall: VirtualHall) -> None:

@@ -12,7 +12,6 @@ every number is bounded here.
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from typing import Annotated, Any, Literal
