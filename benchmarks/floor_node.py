@@ -20,7 +20,8 @@ Per tap it does what the node does, with the same overlap and without the produc
   product too), and this process at once scans for the token as a 128-bit service UUID
   and connects at the first sighting, with bleak's ``BleakScanner`` and ``BleakClient``
   on the bumble backend, as node.ble_push does: scan, connect, MTU request and discovery
-  (inside the backend's connect), ``start_notify`` on tx, read info; then writes the frames of
+  (inside the backend's connect), ``start_notify`` on tx, read info, a HELLO-sized write
+  answered by an ACK-sized notification (the product's key proof both ways); then writes the frames of
   the first message (write without response) with the sizes the product's sealed
   featured item has at this link's MTU. It waits for the handset's 8-byte notification
   (the product's DONE ack has that size) and disconnects.
@@ -57,7 +58,20 @@ INFO_UUID = "7a9ca500-0004-4c4e-8a5e-7a9ca57b1e00"
 #: bytes most significant first, then the address type) in its answer.
 TOKEN_OFFSET = 0
 ADDRESS_OFFSET = 16
-ACK_SIZE = 8
+
+def _control_sizes() -> tuple[int, int]:
+    """(HELLO, ACK) frame sizes on the air, from the product's own frame layout."""
+    from tapcast.protocol.ble import HELLO, HELLO_ACK, Endpoint
+
+    key = bytes(32)
+    return len(Endpoint(key, "node").wrap(HELLO)), len(Endpoint(key, "handset").wrap(HELLO_ACK))
+
+
+#: The product's node writes HELLO and waits for the handset's answer before content;
+#: the handset acks the message when it is whole. The floor sends frames of these sizes
+#: (a HELLO-sized frame starts with 0x03, content frames with 0x01).
+HELLO_SIZE, ACK_SIZE = _control_sizes()
+HELLO_MARK, DATA_MARK = 0x03, 0x01
 
 
 def bare_apdus(sizes: list[int]) -> list[bytes]:
@@ -129,7 +143,7 @@ class FloorNode:
         self.adapter = HciAdapter(transport, name="floor-node")
         self.args = args
         self.apdus = bare_apdus(args.apdus)
-        self.frames = [b"\x01" + bytes(size - 1) for size in args.frames]
+        self.frames = [bytes([DATA_MARK]) + bytes(size - 1) for size in args.frames]
         self.reader: NfcReader | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -182,12 +196,15 @@ class FloorNode:
         line["found_ms"] = round((time.monotonic() - t0) * 1e3, 2)
         client = BleakClient(device, timeout=self.args.connect_timeout,
                              backend=BumbleBleakClient, hci_adapter=self.adapter)
-        acked = asyncio.Event()
+        answers: asyncio.Queue[bytes] = asyncio.Queue()
         try:
             await client.connect()  # connect, MTU request, discovery
             line["connected_ms"] = round((time.monotonic() - t0) * 1e3, 2)
-            await client.start_notify(TX_UUID, lambda _char, _data: acked.set())
+            await client.start_notify(TX_UUID, lambda _char, data: answers.put_nowait(bytes(data)))
             await client.read_gatt_char(INFO_UUID)
+            await client.write_gatt_char(RX_UUID, bytes([HELLO_MARK]) + bytes(HELLO_SIZE - 1),
+                                         response=False)  # as the product's HELLO
+            await asyncio.wait_for(answers.get(), 2.0)  # its answer
             char = client.services.get_characteristic(RX_UUID)
             frame_size = char.max_write_without_response_size
             line["frame_size"] = frame_size
@@ -198,7 +215,7 @@ class FloorNode:
             for frame in self.frames:
                 await client.write_gatt_char(char, frame, response=False)
             line["written_ms"] = round((time.monotonic() - t0) * 1e3, 2)
-            await asyncio.wait_for(acked.wait(), 2.0)
+            await asyncio.wait_for(answers.get(), 2.0)
             line["acked_ms"] = round((time.monotonic() - t0) * 1e3, 2)
         except Exception as exc:  # report and serve the next tap
             line["error"] = f"{type(exc).__name__}: {exc}"

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
@@ -69,6 +69,7 @@ class PushSession:
         self._incoming: asyncio.Queue[Message] = asyncio.Queue()
         self._acks: asyncio.Queue[AckFrame] = asyncio.Queue()
         self._link_lost = asyncio.Event()
+        self._bound = asyncio.Event()  # the handset answered HELLO on this link
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._closing = False
@@ -81,8 +82,15 @@ class PushSession:
         await self.client.start_notify(TX_UUID, self._on_notify)
         self.info = Info.decode(bytes(await self.client.read_gatt_char(INFO_UUID)))
         # HELLO proves the session key, so the handset binds this link (and drops any
-        # stranger's) before it sends or accepts anything.
+        # stranger's) before it sends or accepts anything; its answer proves the handset
+        # holds the key too (a device that merely copied the tap's token cannot answer).
+        self._bound.clear()
         await self.client.write_gatt_char(RX_UUID, self.endpoint.wrap(HELLO), response=False)
+        try:
+            await asyncio.wait_for(self._bound.wait(), self.ack_timeout)
+        except TimeoutError:
+            raise PushError(f"{self.client.address} did not answer HELLO within "
+                            f"{self.ack_timeout} s: it does not hold the tap's key") from None
 
     def _on_disconnect(self, client: BleakClient) -> None:
         self._link_lost.set()
@@ -99,7 +107,7 @@ class PushSession:
         try:
             await self.client.connect()
             await self._setup()
-        except (BleakError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (BleakError, TimeoutError, asyncio.TimeoutError, PushError) as exc:
             raise PushError(f"reconnect to {self.client.address} failed: {exc}") from exc
 
     @property
@@ -125,7 +133,10 @@ class PushSession:
                 self._spawn(self._write_control(exc.reply))
             return
         if isinstance(event, AckReceived):
-            self._acks.put_nowait(event.ack)
+            if event.ack.msg_id == 0:  # HELLO answered
+                self._bound.set()
+            else:
+                self._acks.put_nowait(event.ack)
         elif isinstance(event, Delivered):
             self._incoming.put_nowait(event.message)
             self._spawn(self._write_control(event.reply))
@@ -299,13 +310,15 @@ async def open_session(address: str | BLEDevice, address_type: int, session_key:
 
 async def find_handset(token: str, *, timeout: float,
                        backend: type[BaseBleakScanner] | None = None,
-                       backend_kwargs: dict[str, Any] | None = None) -> BLEDevice | None:
+                       backend_kwargs: dict[str, Any] | None = None,
+                       exclude: Container[str] = ()) -> BLEDevice | None:
     """The first device seen advertising ``token`` (a 128-bit service UUID) within
-    ``timeout`` seconds, or None. The scan is filtered for exactly that UUID (BlueZ and
-    the bumble backend filter in the stack; bleak filters again)."""
+    ``timeout`` seconds, or None, skipping the addresses in ``exclude`` (devices that
+    advertised the token but could not prove the key). The scan is filtered for exactly
+    that UUID (BlueZ and the bumble backend filter in the stack; bleak filters again)."""
 
-    def wanted(_device: BLEDevice, adv: AdvertisementData) -> bool:
-        return token in adv.service_uuids
+    def wanted(device: BLEDevice, adv: AdvertisementData) -> bool:
+        return token in adv.service_uuids and device.address.upper() not in exclude
 
     return await BleakScanner.find_device_by_filter(
         wanted, timeout=timeout, service_uuids=[token], backend=backend,
@@ -364,16 +377,26 @@ class BlePush:
         and ``address_type`` (sent over NFC) are only a hint: a phone cannot know its
         address. Raises TimeoutError when no device advertises the token in time."""
         token = session_token(session_key)
-        device = await find_handset(token, timeout=self.connect_timeout,
-                                    backend=self.scanner_backend,
-                                    backend_kwargs=self.backend_kwargs)
-        if device is None:
-            raise TimeoutError(f"no handset advertised the tap's token {token} within "
-                               f"{self.connect_timeout} s")
-        if device.address.upper() != address.upper():
-            log.debug("handset with token %s is at %s (hint was %s)", token, device.address, address)
-        return await open_session(
-            device, address_type, session_key, backend=self.backend,
-            backend_kwargs=self.backend_kwargs, connect_timeout=self.connect_timeout,
-            ack_timeout=self.ack_timeout, max_reconnects=self.max_reconnects,
-            on_first_content=on_first_content)
+        deadline = time.monotonic() + self.connect_timeout
+        impostors: set[str] = set()
+        while (left := deadline - time.monotonic()) > 0:
+            device = await find_handset(token, timeout=left, backend=self.scanner_backend,
+                                        backend_kwargs=self.backend_kwargs, exclude=impostors)
+            if device is None:
+                break
+            if device.address.upper() != address.upper():
+                log.debug("handset with token %s is at %s (hint was %s)", token,
+                          device.address, address)
+            try:
+                return await open_session(
+                    device, address_type, session_key, backend=self.backend,
+                    backend_kwargs=self.backend_kwargs, connect_timeout=self.connect_timeout,
+                    ack_timeout=self.ack_timeout, max_reconnects=self.max_reconnects,
+                    on_first_content=on_first_content)
+            except PushError as exc:  # advertised the token, cannot prove the key
+                log.warning("%s; trying another device advertising the tap's token", exc)
+                impostors.add(device.address.upper())
+        raise TimeoutError(f"no handset advertised the tap's token {token} and proved its "
+                           f"key within {self.connect_timeout} s"
+                           + (f" ({len(impostors)} device(s) advertised it without the key)"
+                              if impostors else ""))

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tapcast.protocol.ble import (
-    HELLO, MAC_SIZE, REPLAY_WINDOW, AckFrame, AckReceived, AckStatus, ContentItem, DataFrame,
+    HELLO, HELLO_ACK, MAC_SIZE, REPLAY_WINDOW, AckFrame, AckReceived, AckStatus, ContentItem, DataFrame,
     Delivered, Direction, Endpoint, FrameError, Info, OfferResponse, QueryFrame, Reply, Request,
     Unauthentic, chunk, decode_message, direction_key, encode_frame, encode_message, frame_key,
     frame_mac, open_frame, seal, session_token,
@@ -186,11 +186,19 @@ def test_query_answers_where_to_resume_and_resumed_message_opens() -> None:
     assert handset.handle(node.wrap(QueryFrame(1))) == Reply(AckFrame(1, 0xFFFF, AckStatus.DONE))
 
 
-def test_hello_proves_the_key_and_is_not_answered() -> None:
+def test_hello_proves_the_key_and_its_answer_proves_the_handsets() -> None:
     node, handset = pair()
     assert not handset.proven
-    assert handset.handle(node.wrap(HELLO)) == Reply(None)
+    answer = handset.handle(node.wrap(HELLO))
+    assert answer == Reply(HELLO_ACK)
     assert handset.proven
+    assert node.handle(handset.wrap(HELLO_ACK)) == AckReceived(HELLO_ACK)
+
+
+def test_a_hello_answer_is_only_for_the_node() -> None:
+    node, handset = pair()
+    with pytest.raises(FrameError, match="ACK for unknown message id 0"):
+        handset.handle(node.wrap(HELLO_ACK))
 
 
 def test_resent_complete_message_is_acked_done_but_not_delivered_twice() -> None:

@@ -341,6 +341,9 @@ Frame = Union[DataFrame, AckFrame, QueryFrame]
 #: The node's first frame on every (re)connect: proves the session key so the handset
 #: binds the link before anything else happens. Not answered.
 HELLO = QueryFrame(0)
+#: The handset's answer to HELLO: with it the node knows the device that advertised the
+#: tap's token holds the session key, and is not a stranger who copied the token.
+HELLO_ACK = AckFrame(0, 0, AckStatus.DONE)
 
 
 def encode_frame(key: bytes, counter: int, frame: Frame) -> bytes:
@@ -551,13 +554,15 @@ class Endpoint:
         self._seen.mark(counter)
         self.proven = True
         if isinstance(frame, AckFrame):
+            if frame.msg_id == 0 and self.role == "node":  # the answer to our HELLO
+                return AckReceived(frame)
             if frame.msg_id == 0 or frame.msg_id > self.last_sent:
                 raise FrameError(f"ACK for unknown message id {frame.msg_id} "
                                  f"(last sent {self.last_sent})")
             return AckReceived(frame)
         if isinstance(frame, QueryFrame):
-            if frame.msg_id == 0:  # HELLO: proves the key on a new link; no answer
-                return Reply(None)
+            if frame.msg_id == 0:  # HELLO: proves the key on a new link; the ACK we
+                return Reply(HELLO_ACK)  # answer proves ours (a token copier cannot)
             return Reply(self._status(frame.msg_id))
         return self._data(frame)
 
