@@ -24,6 +24,7 @@ must therefore not share a client id (the broker would disconnect one for the ot
 """
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import sys
@@ -39,8 +40,8 @@ from hub.config import HubConfig
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
 from tapcast.protocol.mqtt import (BATCH_CONTEXT, HUB_SUBSCRIPTIONS, EventAck, ForgedError,
                                    NodeState, PayloadError, decode_batch, decode_batch_header,
-                                   decode_state, decode_status, events_ack_topic, open_sealed, parse_node_topic,
-                                   seal_ack, stream_key)
+                                   decode_state, decode_status, events_ack_topic, open_sealed,
+                                   parse_node_topic, seal_ack, stream_key)
 from tapcast.ratelog import RateLimitedLog
 from tapcast.streamkeys import load_stream_secret
 
@@ -91,8 +92,9 @@ class Ingest:
         self.db = db
         self.counters = IngestCounters()
         # Raises StreamKeyError (a ValueError: one line at start-up) when it is missing.
-        self._secret = load_stream_secret(config.hub.stream_secret)
-        self._keys: dict[str, bytes] = {}
+        secret = load_stream_secret(config.hub.stream_secret)
+        # Node keys derived once each; bounded, since topics are chosen by whoever publishes.
+        self._key = functools.lru_cache(maxsize=100_000)(functools.partial(stream_key, secret))
         self._ratelog = RateLimitedLog(log)
         self._cond = threading.Condition()
         self._ready = threading.Event()
@@ -252,14 +254,6 @@ class Ingest:
             self._ratelog.warn("unexpected", "unexpected error handling %s: %s: %s",
                                msg.topic, type(exc).__name__, exc, level=logging.ERROR)
             self._dropped(msg, f"unexpected {type(exc).__name__}: {exc}")
-
-    def _key(self, node_id: str) -> bytes:
-        key = self._keys.get(node_id)
-        if key is None:
-            if len(self._keys) >= 100_000:  # bounded: topics are chosen by whoever publishes
-                self._keys.clear()
-            key = self._keys[node_id] = stream_key(self._secret, node_id)
-        return key
 
     def _on_batch(self, node_id: str, topic: str, payload: bytes, heard: float | None) -> None:
         """Authenticate (ForgedError), then decode once; an authentic batch that does not
