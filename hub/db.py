@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import logging
 import os
 import sqlite3
@@ -542,7 +543,7 @@ class _Writer:
         self.received = received
         self.rows: list[tuple[Any, ...]] = []
         self.counts: dict[tuple[str, str], tuple[int, int]] = {}
-        self.touched: list[tuple[str, str]] = []
+        self.touched: dict[tuple[str, str], None] = {}  # streams written, in order
         self.conflicts = self.lost = self.quarantined = self.incidents = 0
 
     def incident(self, node_id: str, epoch: str | None, kind: str, count: int,
@@ -555,8 +556,7 @@ class _Writer:
 
     def stream(self, node_id: str, epoch: str) -> int:
         """The stream's acked_seq, creating the stream (and noting a new epoch)."""
-        if (node_id, epoch) not in self.touched:
-            self.touched.append((node_id, epoch))
+        self.touched.setdefault((node_id, epoch))
         row = self.conn.execute("SELECT acked_seq FROM streams WHERE node_id = ? AND epoch = ?",
                                 (node_id, epoch)).fetchone()
         if row is not None:
@@ -630,8 +630,6 @@ class _Writer:
                           "first ones stored were kept")
 
     def quarantine(self, q: Quarantined) -> None:
-        import hashlib
-
         header = q.header
         epoch = header.epoch if header is not None else None
         cur = self.conn.execute(
