@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,6 +45,8 @@ from flask.typing import ResponseReturnValue
 from flask_wtf import FlaskForm
 from wtforms import PasswordField
 from wtforms.validators import InputRequired, Length
+
+from tapcast.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -243,32 +244,19 @@ def auth_failures() -> int:
     return int(_FAILURES.value)
 
 
-class _RefusalLog:
-    """One warning line per interval at most, with the count it stands for: a flood of
-    bad tokens costs a counter, not a line per request."""
-
-    def __init__(self, interval: float = REFUSAL_LOG_INTERVAL) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._next = 0.0
-        self._pending = 0
-
-    def refused(self, reason: str, remote: str | None) -> None:
-        with _FAILURES.get_lock():
-            _FAILURES.value += 1
-        with self._lock:
-            self._pending += 1
-            now = time.monotonic()
-            if now < self._next:
-                return
-            count, self._pending = self._pending, 0
-            self._next = now + self.interval
-        log.warning("refused %d request(s) without a valid API credential (latest: %s, "
-                    "from %s); at most one such line per %.0f s", count, reason,
-                    remote or "?", self.interval)
+#: At most one warning line per interval for refusals: a flood of bad tokens costs a
+#: counter, not a line per request (the next line says how many were held back).
+_refusal_log = RateLimitedLog(log, interval=REFUSAL_LOG_INTERVAL)
 
 
-_refusals = _RefusalLog()
+def _refused(reason: str) -> None:
+    """Count a request refused for want of a valid credential, and log it (rate-limited;
+    never the token)."""
+    with _FAILURES.get_lock():
+        _FAILURES.value += 1
+    _refusal_log.warn("refused", "refused a request without a valid API credential (%s, "
+                      "from %s); at most one such line per %.0f s", reason,
+                      request.remote_addr or "?", REFUSAL_LOG_INTERVAL)
 
 
 # ------------------------------------------------------------------ requests
@@ -326,9 +314,9 @@ def require_credential() -> ResponseReturnValue | None:
     record, why = current_credential()
     if record is not None:
         return None
-    _refusals.refused(why, request.remote_addr)
+    _refused(why)
     challenge = f'Bearer realm="{REALM}"'
-    if why not in ("no credential",):
+    if why != "no credential":
         challenge += ', error="invalid_token"'
     message = (f"this API needs a token ({why}): send 'Authorization: Bearer <token>'; "
                f"{HOW_TO_GET_ONE}")
@@ -362,11 +350,6 @@ def sign_in_page(form: SignInForm | None = None, error: str = "",
     return response
 
 
-def signed_in_name() -> str | None:
-    record, _ = current_credential()
-    return record.name if record else None
-
-
 @bp.post("/signin")
 def signin() -> ResponseReturnValue:
     form = SignInForm()
@@ -379,7 +362,7 @@ def signin() -> ResponseReturnValue:
     with contextlib.suppress(TokenError):
         record = _store().check(form.token.data.strip())
     if record is None:
-        _refusals.refused("wrong or revoked token at sign-in", request.remote_addr)
+        _refused("wrong or revoked token at sign-in")
         return sign_in_page(SignInForm(formdata=None), "That token is not valid here "
                             "(wrong, or revoked).", 401)
     session.clear()

@@ -100,13 +100,20 @@ def test_the_openapi_document_needs_no_token(anonymous: FlaskClient) -> None:
 
 
 def test_refusals_are_counted_in_stats_and_logged_without_the_token(
-        anonymous: FlaskClient, client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+        anonymous: FlaskClient, client: FlaskClient, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import hub.tokens
+    from tapcast.ratelog import RateLimitedLog
+
+    # A limiter no earlier test has used, so the first refusal here must be logged.
+    monkeypatch.setattr(hub.tokens, "_refusal_log", RateLimitedLog(hub.tokens.log, 60.0))
     before = client.get("/api/v1/stats").json["api"]["auth_failures"]
     for _ in range(5):
         anonymous.get("/api/v1/nodes", headers={"Authorization": "Bearer tc1_secret-guess"})
     assert client.get("/api/v1/stats").json["api"]["auth_failures"] == before + 5
     refusals = [r for r in caplog.records if "without a valid API credential" in r.message]
     assert len(refusals) <= 1  # at most one line a minute, however many were refused
+    assert len(refusals) == 1 and "wrong or revoked token" in refusals[0].message
     assert "tc1_secret-guess" not in caplog.text
 
 
