@@ -24,6 +24,7 @@ import enum
 import hmac
 import logging
 import struct
+import uuid
 from dataclasses import dataclass, field
 from typing import ClassVar, Union
 
@@ -193,12 +194,18 @@ _HKDF_INFO = {
 _AAD_PREFIX = b"TCB1"
 
 
-def direction_key(session_key: bytes, direction: Direction) -> bytes:
-    """HKDF-SHA256(ikm=session_key, salt="tapcast-ble-v1", info=per direction), 32 bytes."""
+def _derive(session_key: bytes, info: bytes, length: int = 32) -> bytes:
+    """HKDF-SHA256(ikm=session_key, salt="tapcast-ble-v1", info, L=length): every BLE key
+    and the token come from the session key this way."""
     if len(session_key) != 32:
         raise ValueError(f"session_key must be 32 bytes, got {len(session_key)}")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT,
-                info=_HKDF_INFO[direction]).derive(session_key)
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT,
+                info=info).derive(session_key)
+
+
+def direction_key(session_key: bytes, direction: Direction) -> bytes:
+    """HKDF-SHA256(ikm=session_key, salt="tapcast-ble-v1", info=per direction), 32 bytes."""
+    return _derive(session_key, _HKDF_INFO[direction])
 
 
 def nonce(msg_id: int) -> bytes:
@@ -251,10 +258,7 @@ MAX_MSG_ID = 0xFFFF
 
 def frame_key(session_key: bytes, direction: Direction) -> bytes:
     """HKDF-SHA256(ikm=session_key, salt="tapcast-ble-v1", info="tapcast ble frame <dir>"), 32 bytes."""
-    if len(session_key) != 32:
-        raise ValueError(f"session_key must be 32 bytes, got {len(session_key)}")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=_HKDF_SALT,
-                info=_FRAME_INFO[direction]).derive(session_key)
+    return _derive(session_key, _FRAME_INFO[direction])
 
 
 def session_token(session_key: bytes) -> str:
@@ -262,11 +266,7 @@ def session_token(session_key: bytes) -> str:
     scans for: HKDF-SHA256(session_key, salt "tapcast-ble-v1", info "tapcast ble
     token", L=16), the 16 bytes read big-endian as a UUID, in bleak's lowercase form.
     Nothing in it is stable across taps, so it cannot track a phone."""
-    if len(session_key) != 32:
-        raise ValueError(f"session_key must be 32 bytes, got {len(session_key)}")
-    raw = HKDF(algorithm=hashes.SHA256(), length=16, salt=_HKDF_SALT,
-               info=_TOKEN_INFO).derive(session_key).hex()
-    return f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+    return str(uuid.UUID(bytes=_derive(session_key, _TOKEN_INFO, 16)))
 
 
 def frame_mac(key: bytes, unsigned: bytes) -> bytes:
