@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -19,8 +20,9 @@ class RateLimitedLog:
     writer may both report)."""
 
     def __init__(self, logger: logging.Logger, interval: float = 10.0,
-                 max_keys: int = 1000) -> None:
+                 max_keys: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
+        self.clock = clock
         self.interval = interval
         self.max_keys = max_keys
         self._last: dict[str, tuple[float, int]] = {}
@@ -28,7 +30,7 @@ class RateLimitedLog:
 
     def warn(self, key: str, msg: str, *args: Any, level: int = logging.WARNING) -> bool:
         """True when the line was written."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             last, held = self._last.get(key, (float("-inf"), 0))
             if now - last < self.interval:
