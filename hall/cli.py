@@ -113,10 +113,11 @@ def keys_node(hub_dir: Path, out: Path, node_id: str, zone: str, days: int, forc
             f"{existing} exists: this node already has a key. Pass --force to replace it "
             "(its current certificate then no longer matches), or choose another --out")
     try:
-        write_node_credentials(out, HubAuthority.load(hub_dir), node_id, zone,
-                               time.time() + days * 86400)
-        write_node_stream_key(out, load_stream_secret(hub_dir / STREAM_SECRET_FILE), node_id,
-                              KeysSection().stream_key)
+        # Both hub files read before anything is written: no half-provisioned node.
+        authority = HubAuthority.load(hub_dir)
+        secret = load_stream_secret(hub_dir / STREAM_SECRET_FILE)
+        write_node_credentials(out, authority, node_id, zone, time.time() + days * 86400)
+        write_node_stream_key(out, secret, node_id, KeysSection().stream_key)
     except (KeyFileError, OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"node {node_id} ({zone}) credentials written to {out}")
