@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import threading
 import time
@@ -74,7 +75,10 @@ class BestTime:
         if self.floor_path is None:
             return 0.0
         try:
-            return max(0.0, float(self.floor_path.read_text().strip()))
+            floor = float(self.floor_path.read_text().strip())
+            if not math.isfinite(floor):  # "inf" would expire every certificate for good
+                raise ValueError(f"not a finite time: {floor}")
+            return max(0.0, floor)
         except FileNotFoundError:
             return 0.0
         except (OSError, ValueError) as exc:

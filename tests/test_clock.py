@@ -64,3 +64,13 @@ def test_an_unreadable_floor_file_is_ignored(tmp_path: Path) -> None:
     (tmp_path / FLOOR_FILE).write_text("not a time\n")
     clocks = Clocks(T, synced=False)
     assert clocks.best(tmp_path / FLOOR_FILE).now() == T
+
+
+def test_a_non_finite_floor_file_is_ignored(tmp_path: Path) -> None:
+    """'inf' parses as a float; taken as the floor it would expire every certificate
+    and could never be corrected (the floor only moves forward)."""
+    for text in ("inf\n", "nan\n", "1e400\n"):
+        (tmp_path / FLOOR_FILE).write_text(text)
+        clocks = Clocks(T, synced=True)
+        best = clocks.best(tmp_path / FLOOR_FILE)
+        assert (best.now(), best.floor) == (T, T), text
