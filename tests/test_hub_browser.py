@@ -3,7 +3,7 @@ driven by Playwright): the sign-in form first, then the page updating itself whi
 virtual hall is tapped, until the operator signs out."""
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,25 @@ async def page(tmp_path: Path) -> AsyncIterator[object]:
             await browser.close()
 
 
+@pytest.fixture
+def hub_without_ingest(tmp_path: Path) -> Iterator[HubServer]:
+    """An in-process hub with no broker: its database is written directly."""
+    from hall.testing.hub import hub_config, serve
+
+    hub = serve(hub_config(tmp_path / "hub.db", "mqtt://127.0.0.1:1"), start_ingest=False)
+    try:
+        yield hub
+    finally:
+        hub.shutdown()
+
+
+async def sign_in(page, hub: HubServer) -> None:  # noqa: ANN001
+    """What an operator does: open the hub, paste the token, press Sign in."""
+    await page.goto(hub.url + "/")
+    await page.get_by_test_id("signin-token").fill(hub.token)
+    await page.get_by_test_id("signin-submit").click()
+
+
 async def test_operator_page_shows_taps_and_node_going_offline(
         page, running_hub: HubServer, mosquitto: Mosquitto, tmp_path: Path) -> None:
     from playwright.async_api import expect
@@ -46,8 +65,7 @@ async def test_operator_page_shows_taps_and_node_going_offline(
         await page.goto(running_hub.url + "/")
         await expect(page.get_by_test_id("signin-form")).to_be_visible()
         await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
-        await page.get_by_test_id("signin-token").fill(running_hub.token)
-        await page.get_by_test_id("signin-submit").click()
+        await sign_in(page, running_hub)
         await expect(page.get_by_test_id("signed-in-as")).to_have_text("test")
         row = page.locator('[data-testid="node-row"][data-node-id="node-1"]')
         await expect(row.locator('[data-testid="node-status"]')).to_have_text("online",
@@ -71,54 +89,40 @@ async def test_operator_page_shows_taps_and_node_going_offline(
 
 
 async def test_page_goes_back_to_the_sign_in_form_when_its_token_is_revoked(
-        page, tmp_path: Path) -> None:
+        page, hub_without_ingest: HubServer) -> None:
     from playwright.async_api import expect
 
-    from hall.testing.hub import hub_config, serve
     from hub.tokens import token_store
 
-    config = hub_config(tmp_path / "hub.db", "mqtt://127.0.0.1:1")
-    hub = serve(config, start_ingest=False)
-    try:
-        await page.goto(hub.url + "/")
-        await page.get_by_test_id("signin-token").fill(hub.token)
-        await page.get_by_test_id("signin-submit").click()
-        await expect(page.get_by_test_id("nodes-table")).to_be_visible()
-        token_store(config.hub.database).revoke("test")
-        # The next 3 s refresh gets a 401 and reloads: the form, no data.
-        await expect(page.get_by_test_id("signin-form")).to_be_visible(timeout=10_000)
-        await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
-    finally:
-        hub.shutdown()
+    hub = hub_without_ingest
+    await sign_in(page, hub)
+    await expect(page.get_by_test_id("nodes-table")).to_be_visible()
+    token_store(hub.app.config["TAPCAST"].hub.database).revoke("test")
+    # The next 3 s refresh gets a 401 and reloads: the form, no data.
+    await expect(page.get_by_test_id("signin-form")).to_be_visible(timeout=10_000)
+    await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
 
 
 async def test_an_incident_written_after_the_page_loaded_shows_up_and_raises_the_flag(
-        page, tmp_path: Path) -> None:
+        page, hub_without_ingest: HubServer) -> None:
     from playwright.async_api import expect
 
-    from hall.testing.hub import hub_config, serve
     from hub import get_db
     from tapcast.protocol.mqtt import Event
 
-    config = hub_config(tmp_path / "hub.db", "mqtt://127.0.0.1:1")
-    hub = serve(config, start_ingest=False)
-    try:
-        db = get_db(hub.app)
-        db.write_batch([("node-1", Event(id="e1", seq=1, kind="tap", ts=1.7e9))])
-        await page.goto(hub.url + "/")
-        await page.get_by_test_id("signin-token").fill(hub.token)
-        await page.get_by_test_id("signin-submit").click()
-        await expect(page.get_by_test_id("no-incidents")).to_be_visible()
-        await expect(page.get_by_test_id("incidents-flag")).to_be_hidden()
-        # node-1 says it holds nothing below seq 5: seqs 2..4 are lost for good.
-        db.write_batch([("node-1", Event(id="e5", seq=5, kind="tap", ts=1.7e9 + 5))], low=5)
-        row = page.locator('[data-testid="incident-row"][data-kind="lost"]')
-        await expect(row).to_have_count(1, timeout=10_000)  # the next 3 s refresh
-        await expect(row.get_by_test_id("incident-node")).to_have_text("node-1")
-        await expect(row.get_by_test_id("incident-count")).to_have_text("3")
-        await expect(page.get_by_test_id("incidents-lost")).to_have_text("1")
-        await expect(page.get_by_test_id("incidents-flag")).to_have_text("1 incident")
-        await expect(page.get_by_test_id("no-incidents")).to_have_count(0)
-        await expect(page.get_by_test_id("refresh-error")).to_be_hidden()
-    finally:
-        hub.shutdown()
+    hub = hub_without_ingest
+    db = get_db(hub.app)
+    db.write_batch([("node-1", Event(id="e1", seq=1, kind="tap", ts=1.7e9))])
+    await sign_in(page, hub)
+    await expect(page.get_by_test_id("no-incidents")).to_be_visible()
+    await expect(page.get_by_test_id("incidents-flag")).to_be_hidden()
+    # node-1 says it holds nothing below seq 5: seqs 2..4 are lost for good.
+    db.write_batch([("node-1", Event(id="e5", seq=5, kind="tap", ts=1.7e9 + 5))], low=5)
+    row = page.locator('[data-testid="incident-row"][data-kind="lost"]')
+    await expect(row).to_have_count(1, timeout=10_000)  # the next 3 s refresh
+    await expect(row.get_by_test_id("incident-node")).to_have_text("node-1")
+    await expect(row.get_by_test_id("incident-count")).to_have_text("3")
+    await expect(page.get_by_test_id("incidents-lost")).to_have_text("1")
+    await expect(page.get_by_test_id("incidents-flag")).to_have_text("1 incident")
+    await expect(page.get_by_test_id("no-incidents")).to_have_count(0)
+    await expect(page.get_by_test_id("refresh-error")).to_be_hidden()
