@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 from bleak import BleakClient
 from bleak.exc import BleakError, BleakGATTProtocolError
+from bumble import core
 
 from handset_app.ble_peripheral import ATT_FRAME_ERROR, BlePeripheral
-from node.ble_push import BlePush, PushError, PushSession, open_session
+from node.ble_push import BlePush, PushError, PushSession, find_handset, open_session
 from node.config import BleSection
 from hall.air import VirtualAir
-from tapcast.radio.bumble import PUBLIC, RANDOM, BumbleBleakClient, HciAdapter
+from tapcast.radio.bumble import PUBLIC, RANDOM, BumbleBleakClient, BumbleBleakScanner, HciAdapter
 from tapcast.protocol.ble import (
     HELLO, RX_UUID, AckFrame, AckStatus, Bye, ContentItem, Endpoint, OfferResponse, QueryFrame,
     Request, session_token,
@@ -509,3 +510,23 @@ async def test_ble_push_start_names_an_air_that_is_not_there() -> None:
     push = BlePush.from_config(BleSection(adapter=f"bumble:tcp-client:127.0.0.1:{free_port()}"))
     with pytest.raises(ConnectionError, match="cannot open BLE transport"):
         await push.start()
+
+
+async def test_a_token_advertisement_with_a_name_that_is_not_utf8_is_still_reported(
+        air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
+    # Anyone may advertise the token with any bytes as its local name; the scanner must
+    # report the device (bumble's own decoding raised inside its HCI packet handler).
+    rogue = air.local_adapter("rogue")
+    device = await rogue.device()
+    await device.start_advertising(advertising_data=bytes(core.AdvertisingData([
+        (core.AdvertisingData.FLAGS, bytes([0x06])),
+        (core.AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+         core.UUID(session_token(session_key)).to_bytes(force_128=True)),
+        (core.AdvertisingData.COMPLETE_LOCAL_NAME, b"\xffrogue"),
+    ])), advertising_interval_min=20, advertising_interval_max=20)
+    found = await find_handset(session_token(session_key), timeout=1.0, backend=BumbleBleakScanner,
+                               backend_kwargs={"hci_adapter": radio})
+    assert found is not None
+    assert found.address == device.random_address.to_string(with_type_qualifier=False)
+    assert found.name == "\ufffdrogue"
+    await rogue.close()

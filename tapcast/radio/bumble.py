@@ -466,10 +466,12 @@ class BumbleBleakScanner(BaseBleakScanner):
         ) for uuids in data.get_all(ad_type) for u in uuids]
         if not self.is_allowed_uuid(uuids):
             return
-        name = data.get(core.AdvertisingData.COMPLETE_LOCAL_NAME)
+        # Raw: bumble decodes a name as strict UTF-8 and would raise on a stranger's bytes.
+        name = data.get(core.AdvertisingData.COMPLETE_LOCAL_NAME, raw=True)
         address = advertisement.address
         adv = AdvertisementData(
-            local_name=name if isinstance(name, str) else None, manufacturer_data={},
+            local_name=name.decode("utf-8", "replace") if isinstance(name, bytes) else None,
+            manufacturer_data={},
             service_data={}, service_uuids=uuids, tx_power=None, rssi=advertisement.rssi,
             platform_data=(advertisement,))
         text = address.to_string(with_type_qualifier=False)
