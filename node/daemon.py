@@ -23,7 +23,7 @@ from tapcast.protocol.mqtt import NodeState
 from tapcast.protocol.nfc import NodeAuth
 
 from node.config import NodeConfig
-from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome, open_frontend
+from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome
 from node.outbox import Outbox
 from node.store import ContentStore, Item, load_library
 from node.uplink import Uplink
@@ -70,9 +70,6 @@ class NodeDaemon:
     """One node: the radios are named in its config (``[nfc] device``, ``[ble] adapter``),
     so the same daemon runs on a Pi and as a process of the virtual hall. ``push`` may
     be given to use an already-open BLE adapter (tests)."""
-
-    #: How the NFC reader's device path is opened (nfcpy); tests wrap it to unplug one.
-    open_nfc_device: Callable[[str], Any] = staticmethod(open_frontend)
 
     def __init__(self, config: NodeConfig, *, base_dir: Path | str = ".",
                  push: Any = None, credentials: NodeCredentials | None = None,
@@ -147,8 +144,7 @@ class NodeDaemon:
         nfc = self.config.nfc
         self.reader = NfcReader(nfc.device, nfc.poll_interval, self.auth.begin, loop,
                                 self._on_outcome, sens_res_timeout=nfc.sens_res_timeout,
-                                hold_off=nfc.hold_off, on_status=self._on_reader_status,
-                                open_device=self.open_nfc_device)
+                                hold_off=nfc.hold_off, on_status=self._on_reader_status)
         try:
             # Opening a USB/serial reader can take a moment; keep the loop free meanwhile.
             await asyncio.to_thread(self.reader.start)
@@ -201,12 +197,6 @@ class NodeDaemon:
             return {"state": "stopped", "device": self.config.nfc.device, "since": 0.0,
                     "reason": "", "failures": 0, "retry_in": 0.0}
         return self.reader.status.as_dict()
-
-    @property
-    def time_state(self) -> dict[str, Any]:
-        """Where the node's best time comes from, for the state heartbeat."""
-        return {"best": round(self.best_time.now(), 3), "trusted": self.best_time.trusted,
-                "source": self.best_time.source()}
 
     def _on_reader_status(self, status: ReaderStatus) -> None:
         """Runs on the loop. A failure is one "error" event (the reader logged it);

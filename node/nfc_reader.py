@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tapcast.protocol.nfc import NodeHandshake, NodeSession, NodeVerdict
@@ -158,7 +158,6 @@ class NfcReader:
         self._thread: threading.Thread | None = None
         self._clf: Any = None
         self._status = ReaderStatus("starting", device_path, time.time())
-        self.opens = 0  # reopen attempts after a failure (tests read the backoff from it)
 
     @property
     def status(self) -> ReaderStatus:
@@ -232,7 +231,6 @@ class NfcReader:
         backoff = self.retry_min
         while not self._stop.is_set():
             if self._clf is None:
-                self.opens += 1
                 try:
                     self._clf = self._open()
                 except Exception as exc:  # nfcpy raises OSError, drivers anything
@@ -262,8 +260,7 @@ class NfcReader:
         """Report a failure once per change of state, not once per attempt."""
         previous = self._status
         if previous.state == "failed":
-            self._status = ReaderStatus("failed", self.device_path, previous.since,
-                                        previous.reason, previous.failures, retry_in)
+            self._status = replace(previous, retry_in=retry_in)
             return
         self._status = ReaderStatus("failed", self.device_path, time.time(), reason,
                                     previous.failures + 1, retry_in)

@@ -538,6 +538,3 @@ def _load_public(data: bytes, path: Path) -> bytes:
         raise KeyFileError(f"{path}: not an Ed25519 public key")
     return public_key_bytes(key)
 
-
-def _read_public(path: Path) -> bytes:
-    return read_hub_public_keys(path)[0]
