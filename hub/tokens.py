@@ -304,8 +304,8 @@ def current_credential() -> tuple[TokenRecord | None, str]:
             return None, "no credential"
         record = store.by_id(token_id)
         return (record, "") if record else (None, "session of a revoked token")
-    except TokenError as exc:  # a broken token file: refuse everything, say why once
-        log.error("%s", exc)
+    except TokenError as exc:  # a broken token file: refuse everything, say why (rate-limited)
+        _refusal_log.warn("token-file", "%s", exc, level=logging.ERROR)
         return None, "the hub's token file cannot be read"
 
 

@@ -117,6 +117,21 @@ def test_refusals_are_counted_in_stats_and_logged_without_the_token(
     assert "tc1_secret-guess" not in caplog.text
 
 
+def test_a_token_file_broken_while_running_refuses_all_and_says_why_once(
+        app: Flask, client: FlaskClient, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import hub.tokens
+    from tapcast.ratelog import RateLimitedLog
+
+    monkeypatch.setattr(hub.tokens, "_refusal_log", RateLimitedLog(hub.tokens.log, 60.0))
+    token_store(app.config["TAPCAST"].hub.database).path.write_text("{not json")
+    for _ in range(5):
+        r = client.get("/api/v1/nodes")
+        assert r.status_code == 401 and "token file cannot be read" in r.json["error"]
+    broken = [r for r in caplog.records if "not a token file" in r.message]
+    assert len(broken) == 1 and broken[0].levelname == "ERROR"
+
+
 def test_token_file_keeps_only_hashes(app: Flask, token: str) -> None:
     path = token_store(app.config["TAPCAST"].hub.database).path
     assert token not in path.read_text()
