@@ -350,6 +350,12 @@ def sign_in_page(form: SignInForm | None = None, error: str = "",
     return response
 
 
+@bp.get("/signin")
+def signin_form() -> ResponseReturnValue:
+    """/signin opened by address (after a refused sign-in it is in the address bar): /."""
+    return redirect(url_for("pages.index"), 303)
+
+
 @bp.post("/signin")
 def signin() -> ResponseReturnValue:
     form = SignInForm()

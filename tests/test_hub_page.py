@@ -97,6 +97,11 @@ def test_a_wrong_token_at_sign_in_is_refused_and_counted(anonymous: FlaskClient,
     assert stats.json["api"]["auth_failures"] >= 1
 
 
+def test_opening_signin_by_address_leads_to_the_form(anonymous: FlaskClient) -> None:
+    r = anonymous.get("/signin")
+    assert r.status_code == 303 and r.headers["Location"] == "/"
+
+
 def test_sign_in_without_the_forms_csrf_token_is_refused(anonymous: FlaskClient,
                                                          token: str) -> None:
     r = anonymous.post("/signin", data={"token": token})
