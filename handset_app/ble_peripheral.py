@@ -25,7 +25,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn
 
 from bumble import att, core, gatt, hci
 from bumble.device import Connection, Device
@@ -139,15 +140,11 @@ class BlePeripheral:
         and drop its link now, before the NFC exchange, because the node tapped next
         starts connecting as soon as it has authenticated the phone, and a link that
         arrives then must not be mistaken for the old one."""
-        self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
         if self._window_task is not None:
             self._window_task.cancel()
             self._window_task = None
         self._endpoint = None
-        self._drop_unbound_links()
-        stale = self.drop_link()
-        if stale is not None:
-            await stale
+        await self._drop_all_links()
         await asyncio.shield(self._stop_advertising_locked())
 
     async def open_window(self, session_key: bytes) -> None:
@@ -157,11 +154,7 @@ class BlePeripheral:
         # A link still left from the previous tap (end_session() was not called) belongs
         # to a dead session (other key): drop it, or this handset would never advertise
         # for the new one.
-        self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
-        self._drop_unbound_links()
-        stale = self.drop_link()
-        if stale is not None:
-            await stale
+        await self._drop_all_links()
         self._endpoint = Endpoint(session_key, "handset")
         self._window_open_until = time.monotonic() + self.window
         self.window_closed.clear()
@@ -247,9 +240,7 @@ class BlePeripheral:
         are dropped and advertising stops."""
         self._connection = connection
         self.connected.set()
-        for other in list(self._links - {connection}):
-            self._dead.add(other)
-            self._spawn(self._disconnect(other))
+        self._drop_unbound_links()
         self._spawn(self._stop_advertising_locked())
 
     @staticmethod
@@ -274,6 +265,14 @@ class BlePeripheral:
             self._dead.add(other)
             self._spawn(self._disconnect(other))
 
+    async def _drop_all_links(self) -> None:
+        """The session is over: drop every link, the bound one last and awaited."""
+        self._window_open_until = 0.0  # so the drop does not re-advertise for the old one
+        self._drop_unbound_links()
+        stale = self.drop_link()
+        if stale is not None:
+            await stale
+
     def drop_link(self) -> asyncio.Task[None] | None:
         """Break the link from this side, as when the customer walks out of range:
         from this call on nothing more from the node is taken (frames in flight are
@@ -282,15 +281,13 @@ class BlePeripheral:
         if connection is None:
             return None
         self._dead.add(connection)
-        task = asyncio.ensure_future(self._disconnect(connection))
+        return self._spawn(self._disconnect(connection))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------- receive
     async def _on_rx_write(self, connection: Connection, value: bytes) -> None:
@@ -305,7 +302,7 @@ class BlePeripheral:
             log.exception("%s: rx write failed", self.name)
             raise att.ATT_Error(att.ATT_UNLIKELY_ERROR_ERROR, message=repr(exc)) from None
 
-    def _drop(self, reason: str, detail: str) -> None:
+    def _drop(self, reason: str, detail: str) -> NoReturn:
         """A frame dropped unread: counted, one debug line, an ATT error for a write
         request (nothing else: no state, no reply)."""
         self.dropped[reason] += 1
@@ -316,7 +313,6 @@ class BlePeripheral:
         endpoint = self._endpoint
         if endpoint is None:
             self._drop("no_session", "open_window() was not called")
-            return
         if len(value) > connection.att_mtu - 3:  # bumble accepts long (prepared) writes
             self._drop("oversized", f"{len(value)} bytes exceeds MTU-3 = {connection.att_mtu - 3}")
         if self._connection is not None and connection is not self._connection:
@@ -325,7 +321,6 @@ class BlePeripheral:
             event = endpoint.handle(value)
         except Unauthentic as exc:
             self._drop("unauthentic", str(exc))
-            return
         except FrameError as exc:  # authentic, but refused: the peer holds the key
             if self._connection is None:
                 self._bind(connection)
