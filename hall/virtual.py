@@ -35,7 +35,8 @@ from typing import IO, TYPE_CHECKING, Any
 from node.config import NodeConfig
 from tapcast import config as cfg
 from tapcast.keys import HubAuthority, make_handset_credentials, write_node_credentials
-from tapcast.streamkeys import STREAM_SECRET_FILE, write_node_stream_key, write_stream_secret
+from tapcast.streamkeys import (STREAM_SECRET_FILE, load_stream_secret, write_node_stream_key,
+                                write_stream_secret)
 
 if TYPE_CHECKING:  # the hall wires the parts together; it imports them only when it runs
     from handset_app.sim import SimulatedHandset, TapReport
@@ -160,6 +161,10 @@ class VirtualHall:
         self.authority.save(self.workdir / "hub-authority")
         if not self.stream_secret_path.exists():
             write_stream_secret(self.workdir / "hub-authority", self.stream_secret)
+        elif load_stream_secret(self.stream_secret_path) != self.stream_secret:
+            raise ValueError(f"{self.stream_secret_path} holds another stream secret than "
+                             "this hall's: its hub would refuse every node's events; use a "
+                             "new workdir or pass stream_secret= from that file")
         self.air = VirtualAir()
         expires = time.time() + CERT_LIFETIME
         for i in range(self.node_count):

@@ -70,3 +70,14 @@ def test_keys_node_without_the_hubs_secret_says_so_in_one_line(tmp_path: Path) -
     assert result.exit_code == 1 and "no hub stream secret" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "n1").exists()  # nothing half-written
+
+
+async def test_a_hall_refuses_a_workdir_whose_secret_its_nodes_would_not_match(
+        tmp_path: Path) -> None:
+    from hall.virtual import VirtualHall
+
+    write_stream_secret(tmp_path / "hub-authority")  # left by an earlier run
+    hall = VirtualHall(tmp_path, "mqtt://127.0.0.1:1", nodes=1, handsets=1, processes=False)
+    with pytest.raises(ValueError, match="another stream secret"):
+        await hall.start()
+    await hall.stop()
