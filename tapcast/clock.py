@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import math
 import os
@@ -43,13 +44,19 @@ FLOOR_FILE = "time-floor"
 _TIME_ERROR = 5  # adjtimex(2) clock state: "not synchronised to a reliable server"
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Once: find_library runs ldconfig in a subprocess (about 1.5 ms here, more on a Pi),
+    # and the sync state is read on every tap.
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 def system_clock_synchronized() -> bool:
     """True when the kernel reports the system clock as synchronised (an NTP client such
     as systemd-timesyncd or chrony has set it). False when it cannot tell."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         buf = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
-        state = libc.adjtimex(buf)
+        state = _libc().adjtimex(buf)
     except (OSError, AttributeError):
         return False
     return 0 <= state != _TIME_ERROR
