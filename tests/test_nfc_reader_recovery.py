@@ -171,10 +171,3 @@ async def test_stop_is_prompt_while_the_reader_waits_to_retry(
     assert time.monotonic() - t0 < 1.0
     assert node.reader.status.state == "stopped"
 
-
-async def test_a_reader_missing_at_start_still_raises_for_the_operator(
-        hub: HubAuthority) -> None:
-    reader = NfcReader("usb:ffff:ffff", 0.02, lambda: None,  # type: ignore[arg-type,return-value]
-                       asyncio.get_running_loop(), lambda outcome: None)
-    with pytest.raises(OSError, match="usb:ffff:ffff"):
-        reader.start()
