@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.common import Progress, Result, percentile, sample_stats, table
+from benchmarks.common import Progress, Result, percentile, sample_stats
 from tapcast.protocol import mqtt as m
 
 log = logging.getLogger(__name__)
@@ -820,10 +820,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["side"]:
         side_main(sys.argv[2:])
     else:
-        handler = logging.StreamHandler()
-        handler.setLevel(logging.WARNING)
-        logging.basicConfig(level=logging.WARNING, handlers=[handler])
-        found = main()
-        print(table(found))
-        print()
-        print(render(found))
+        from benchmarks.common import run_and_report
+
+        run_and_report(main, render)

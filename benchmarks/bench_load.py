@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    from benchmarks.bench_tap import run_and_report
+    from benchmarks.bench_tap import render
+    from benchmarks.common import run_and_report
 
-    run_and_report(main)
+    run_and_report(main, render, raw=True)

@@ -46,7 +46,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -585,20 +584,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     return asyncio.run(measure(args.taps, args.blocks, args.seed))
 
 
-def run_and_report(run: Callable[[], list[Result]]) -> None:
-    """A tap benchmark from the command line: warnings only (nfcpy sets its logger to
-    INFO on import), then the markdown table, one line per figure and the raw extras."""
-    from benchmarks.common import table
-
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
-    found = run()
-    print(table(found))
-    print()
-    print(render(found))
-    print(json.dumps({r.name: r.extra for r in found}, indent=1, default=str))
-
-
 if __name__ == "__main__":
-    run_and_report(main)
+    from benchmarks.common import run_and_report
+
+    run_and_report(main, render, raw=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import heapq
 import json
+import logging
 import math
 import platform
 import random
@@ -163,3 +164,27 @@ def table(results: list[Result]) -> str:
         ratio = f"{r.ratio:.2f}" if r.ratio else "-"
         rows.append(f"| {r.name} | {value} | {floor} | {ratio} | {r.target} |")
     return "\n".join(rows)
+
+
+def warnings_only() -> None:
+    """Log warnings and worse only: nfcpy sets its logger to INFO on import, and a
+    benchmark's screen is for its progress line and results."""
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+
+
+def run_and_report(run: Callable[[], list[Result]],
+                   render: Callable[[list[Result]], str] | None = None, *,
+                   raw: bool = False) -> list[Result]:
+    """A benchmark from the command line: warnings only, then the markdown table, the
+    benchmark's own one-line-per-figure ``render`` and, with ``raw``, every extra."""
+    warnings_only()
+    found = run()
+    print(table(found))
+    if render is not None:
+        print()
+        print(render(found))
+    if raw:
+        print(json.dumps({r.name: r.extra for r in found}, indent=1, default=str))
+    return found

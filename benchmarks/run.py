@@ -6,19 +6,16 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 from benchmarks import bench_ingest, bench_load, bench_tap
-from benchmarks.common import save, table
+from benchmarks.common import save, table, warnings_only
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run all Tapcast benchmarks.")
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke check)")
     args = parser.parse_args()
-    handler = logging.StreamHandler()
-    handler.setLevel(logging.WARNING)  # nfcpy sets its logger to INFO on import
-    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    warnings_only()
     quick = args.quick
     results = bench_tap.main(["--taps", "40", "--blocks", "2"] if quick else [])
     results += bench_load.main(["--duration", "10", "--floor-taps", "30"] if quick else [])
