@@ -68,6 +68,15 @@ async def connect(radio: HciAdapter, handset: BlePeripheral, key: bytes,
                               **kwargs)  # type: ignore[arg-type]
 
 
+async def push_arrives(radio: HciAdapter, handset: BlePeripheral, key: bytes, size: int) -> None:
+    """The genuine node connects, pushes an item of ``size`` bytes and the handset opens
+    it (whatever a stranger did before)."""
+    session = await connect(radio, handset, key)
+    await session.send(item(size))
+    assert (await handset.messages.get()).body == item(size).body
+    await session.close()
+
+
 async def test_content_bigger_than_several_mtus_arrives_intact_and_opened(
         air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(session_key)
@@ -125,10 +134,7 @@ async def test_close_says_bye_to_the_handset(air: VirtualAir, radio: HciAdapter,
 async def test_public_address_type_is_honoured(air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
     handset = await make_handset(air, address_type=PUBLIC)
     await handset.open_window(session_key)
-    session = await connect(radio, handset, session_key)
-    await session.send(item(600))
-    assert (await handset.messages.get()).body == item(600).body
-    await session.close()
+    await push_arrives(radio, handset, session_key, 600)
     await handset.close()
 
 
@@ -183,12 +189,9 @@ async def test_a_strangers_forged_frames_inside_the_window_do_not_block_the_genu
     with pytest.raises(BleakGATTProtocolError) as err:  # a write request gets an ATT error
         await intruder.write_gatt_char(RX_UUID, forged["forged-done"], response=True)
     assert err.value.args[0] == ATT_FRAME_ERROR
-    session = await connect(radio, handset, session_key)
-    await session.send(item(1000))
-    assert (await handset.messages.get()).body == item(1000).body
+    await push_arrives(radio, handset, session_key, 1000)
     assert handset.dropped["unauthentic"] == len(forged) + 1
     assert handset.errors.empty()
-    await session.close()
 
 
 async def test_an_oversized_long_write_from_a_stranger_is_dropped_and_counted(
@@ -201,21 +204,18 @@ async def test_an_oversized_long_write_from_a_stranger_is_dropped_and_counted(
     with pytest.raises(Exception):  # (bumble drops long writes over 512 bytes silently)
         await link.gatt_client.write_value(rx.handle, b"\x01" * 400, with_response=True)
     assert handset.dropped["oversized"] == 1
-    session = await connect(radio, handset, session_key)
-    await session.send(item(500))
-    assert (await handset.messages.get()).body == item(500).body
-    await session.close()
+    await push_arrives(radio, handset, session_key, 500)
 
 
 async def test_the_session_binds_to_the_node_and_drops_the_stranger_who_connected_first(
-        air: VirtualAir, radio: HciAdapter, handset: BlePeripheral, session_key: bytes) -> None:
+        air: VirtualAir, radio: HciAdapter, session_key: bytes) -> None:
+    handset = await make_handset(air, bind_timeout=60.0)  # only the bind can drop it
     await handset.open_window(session_key)
     intruder = await stranger(air, handset)
-    session = await connect(radio, handset, session_key)
+    await push_arrives(radio, handset, session_key, 300)
     await until(lambda: not intruder.is_connected)
-    await session.send(item(300))
-    assert (await handset.messages.get()).body == item(300).body
-    await session.close()
+    assert handset.dropped["unproven_connection"] == 0
+    await handset.close()
 
 
 async def test_genuine_frames_replayed_by_a_stranger_after_a_dropped_link_are_refused(
@@ -455,7 +455,7 @@ async def test_bluetooth_4_0_link_without_data_length_extension_works_at_mtu_23(
                                  backend=BumbleBleakClient,
                                  backend_kwargs={"hci_adapter": radio, "mtu": 23}, connect_timeout=1.0)
     assert session.frame_size == 20
-    content = item(1000)  # about 90 frames of 11 payload bytes
+    content = item(1000)  # 231 frames of 5 payload bytes
     await session.send(content)
     assert await handset.messages.get() == content
     await session.close()
@@ -492,6 +492,7 @@ async def test_ble_push_from_a_bumble_adapter_string_opens_sessions_on_the_air(
                               on_first_content=firsts.append)
     await session.send(item(300))
     assert firsts == [session.first_content_at]
+    assert (await handset.messages.get()).body == item(300).body
     await session.close()
     await push.close()
 
