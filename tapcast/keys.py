@@ -475,6 +475,8 @@ def read_hub_public_keys(path: str | Path) -> tuple[bytes, ...]:
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise KeyFileError(f"{path}: not a PEM public key (no PEM block found)")
+    if data.count(b"-----BEGIN ") != len(blocks):  # a trusted key would silently be lost
+        raise KeyFileError(f"{path}: a PEM block is cut short (BEGIN without END)")
     return tuple(_load_public(b, path) for b in blocks)
 
 

@@ -255,3 +255,13 @@ def test_single_key_hub_pub_from_before_rotation_still_loads(tmp_path: Path,
     hub.save(tmp_path / "hub")  # hub.pub as HubAuthority writes it: one PEM block
     (tmp_path / "hub.pub").write_bytes((tmp_path / "hub" / "hub.pub").read_bytes())
     assert load_handset_credentials(tmp_path).hub_keyring.keys == (hub.public_key_bytes,)
+
+
+def test_hub_pub_with_a_block_cut_short_is_refused(tmp_path: Path, hub: HubAuthority) -> None:
+    """Rotation: an old key pasted in half must not silently drop out of the keyring."""
+    new = HubAuthority.from_seed(bytes([9]) * 32)
+    write_handset_credentials(tmp_path, new, "h-1", EXPIRES, also_trust=[hub.public_key_bytes])
+    pub = tmp_path / "hub.pub"
+    pub.write_bytes(pub.read_bytes()[:-40])
+    with pytest.raises(KeyFileError, match="cut short"):
+        load_handset_credentials(tmp_path)
