@@ -227,17 +227,28 @@ async def test_malformed_or_impossible_acks_are_logged_and_delete_nothing(
     assert any("epoch another" in r.getMessage() for r in caplog.records)
 
 
-async def test_a_wiped_data_dir_is_a_new_epoch_whose_acks_the_old_outbox_ignores(
+async def test_a_wiped_data_dir_is_a_new_epoch_and_acks_of_the_old_one_delete_nothing(
         mosquitto: Mosquitto, hub: TestHub, tmp_path: Path) -> None:
     mqtt = MqttSection(brokers=[mosquitto.url])
-    with Outbox(tmp_path / "a.db") as old, Outbox(tmp_path / "b.db") as new:
-        assert old.epoch != new.epoch
-        new.add("tap")
-        up = Uplink("n5", mqtt, new, key("n5"), **FAST)
+    with Outbox(tmp_path / "old.db") as old:
+        old.add("tap")
+        old_epoch = old.epoch
+    (tmp_path / "old.db").unlink()  # the SD card is replaced: same path, new file
+    with Outbox(tmp_path / "old.db") as new:
+        assert new.epoch != old_epoch
+        new.add_many([("tap", None)] * 2)
+        hub.ack = False
+        up = Uplink("n5", mqtt, new, key("n5"), ack_timeout=30, **{
+            k: v for k, v in FAST.items() if k != "ack_timeout"})
         await up.start()
-        await up.wait_drained(timeout=10)
+        await hub.wait_until(lambda: hub.stored["n5"] == {1, 2})
+        assert hub.epochs["n5"] == new.epoch  # batches carry the new epoch
+        hub.send_ack("n5", 2, epoch=old_epoch)  # an ack the old outbox was owed
+        hub.send_ack("n5", 1)  # QoS1 from one publisher: arrives after it
+        await up.wait_drained(timeout=5, upto=1)
         await up.stop()
-        assert hub.epochs["n5"] == new.epoch
+        assert [e.seq for e in new.pending(10)] == [2]
+        assert up.refused_acks == 1
 
 
 async def test_broker_restart_mid_stream_loses_nothing_and_the_outbox_drains(
