@@ -31,7 +31,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
-from bleak.exc import BleakError
+from bleak.exc import BleakCharacteristicNotFoundError, BleakError
 
 from node.config import BleSection
 from tapcast.radio import parse_ble_adapter
@@ -79,8 +79,11 @@ class PushSession:
     async def _setup(self) -> None:
         """After each (re)connect: notifications on, limits read."""
         self._link_lost.clear()
-        await self.client.start_notify(TX_UUID, self._on_notify)
-        self.info = Info.decode(bytes(await self.client.read_gatt_char(INFO_UUID)))
+        try:
+            await self.client.start_notify(TX_UUID, self._on_notify)
+            self.info = Info.decode(bytes(await self.client.read_gatt_char(INFO_UUID)))
+        except (BleakCharacteristicNotFoundError, FrameError) as exc:  # anyone may advertise the token
+            raise PushError(f"{self.client.address} is not a Tapcast handset: {exc}") from None
         # HELLO proves the session key, so the handset binds this link (and drops any
         # stranger's) before it sends or accepts anything; its answer proves the handset
         # holds the key too (a device that merely copied the tap's token cannot answer).

@@ -351,6 +351,31 @@ async def test_a_stranger_who_copied_the_token_and_is_seen_first_does_not_block_
         await handset.close()
 
 
+async def test_a_device_without_the_tapcast_service_advertising_the_token_is_skipped(
+        air: VirtualAir, session_key: bytes) -> None:
+    rogue = air.local_adapter("rogue")
+    device = await rogue.device()
+    reached = asyncio.Event()
+    device.on("connection", lambda _connection: reached.set())
+    await device.start_advertising(advertising_data=bytes(core.AdvertisingData([
+        (core.AdvertisingData.FLAGS, bytes([0x06])),
+        (core.AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS,
+         core.UUID(session_token(session_key)).to_bytes(force_128=True)),
+    ])), advertising_interval_min=20, advertising_interval_max=20)
+    tapped = await make_handset(air)
+    push = BlePush.from_config(BleSection(adapter=await air.serve("node-rogue"), connect_timeout=3.0))
+    await push.start()
+    opening = asyncio.ensure_future(push.open(tapped.address, tapped.address_type, session_key))
+    await reached.wait()  # the node went for the rogue first
+    await tapped.open_window(session_key)
+    session = await opening
+    assert session.client.address == tapped.address
+    await session.close()
+    await push.close()
+    await tapped.close()
+    await rogue.close()
+
+
 async def test_no_handset_with_the_token_times_out_with_a_clear_error(
         air: VirtualAir, handset: BlePeripheral, session_key: bytes) -> None:
     await handset.open_window(os.urandom(32))  # another tap's token
