@@ -10,12 +10,13 @@ Best time = the latest of
   * the floor: the latest trustworthy time this node has seen, persisted in its data
     dir (``time-floor``) and never moved backwards, so a reboot without network cannot
     take the node back before the last time it knew;
-  * the newest hub-signed timestamp seen since start (``observe_hub_time``; the caller
-    checks the hub's signature first), advanced by the monotonic clock since then.
+  * the newest hub time seen since start (``observe_hub_time``; the caller checks
+    first that it comes from the hub: the uplink takes it from acks whose tag verifies
+    under the node's stream key), advanced by the monotonic clock since then.
 
 ``trusted`` says whether that value comes from a trustworthy source: the kernel says
 the system clock is NTP-synchronised (adjtimex, as ``timedatectl`` reads it), or a
-hub-signed time was seen since start. Only trusted time moves the floor: an unsynchronised
+hub time was seen since start. Only trusted time moves the floor: an unsynchronised
 clock running days ahead must not be persisted, or the node would carry the error
 forward after the clock is corrected.
 
@@ -94,11 +95,11 @@ class BestTime:
             return 0.0
 
     def observe_hub_time(self, ts: float) -> None:
-        """A hub-signed timestamp (its signature already checked by the caller)."""
+        """The hub's time, from a message the caller has authenticated as the hub's."""
         with self._lock:
             if self._hub is None or ts > self._hub_now():
                 self._hub = (float(ts), self._monotonic())
-                log.info("best time: hub-signed time %.0f", ts)
+                log.info("best time: hub time %.0f", ts)
 
     def _hub_now(self) -> float:
         if self._hub is None:
@@ -111,7 +112,7 @@ class BestTime:
         return self._hub is not None or self._synchronized()
 
     def now(self) -> float:
-        """The latest of system clock, floor and hub-signed time; a trusted reading
+        """The latest of system clock, floor and hub time; a trusted reading
         also raises the in-memory floor (``persist`` writes it)."""
         with self._lock:
             system, hub = self._system(), self._hub_now()
