@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from bumble import att
 from bleak import BleakClient
 from bleak.exc import BleakError, BleakGATTProtocolError
 from bumble import core
@@ -201,8 +202,10 @@ async def test_an_oversized_long_write_from_a_stranger_is_dropped_and_counted(
     rx = intruder.services.get_characteristic(RX_UUID)
     # bleak refuses writes over MTU-3; bumble itself turns one into a prepared write
     link = intruder._backend._connection  # type: ignore[attr-defined]
-    with pytest.raises(Exception):  # (bumble drops long writes over 512 bytes silently)
+    # (bumble drops long writes over 512 bytes silently)
+    with pytest.raises(att.ATT_Error) as refused:
         await link.gatt_client.write_value(rx.handle, b"\x01" * 400, with_response=True)
+    assert refused.value.error_code == ATT_FRAME_ERROR  # the handset's own refusal
     assert handset.dropped["oversized"] == 1
     await push_arrives(radio, handset, session_key, 500)
 
