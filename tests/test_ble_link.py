@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from bumble import att
 from bleak import BleakClient
 from bleak.exc import BleakError, BleakGATTProtocolError
-from bumble import core
+from bumble import att, core
 
 from handset_app.ble_peripheral import ATT_FRAME_ERROR, BlePeripheral
 from node.ble_push import BlePush, PushError, PushSession, find_handset, open_session
