@@ -1,14 +1,16 @@
 # Two commands do all set-up on a fresh Debian machine with Python 3.11:
 #   make demo   the whole system on embedded defaults (virtual hall, embedded broker);
 #               pass options as ARGS="--duration 10 --nodes 5"
-#   make test   the test suite (installs Debian's mosquitto and chromium when missing)
+#   make test   the test suite (installs Debian's mosquitto and chromium when missing, and
+#               PostgreSQL when none answers on 127.0.0.1:5432)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-dev
-APT     = $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+SUDO    = $(if $(filter 0,$(shell id -u)),,sudo)
+APT     = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test bench fuzz system-deps demo-deps bench-deps clean
+.PHONY: demo test bench fuzz system-deps postgres-deps demo-deps bench-deps clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { $(APT) update -q && $(APT) install -y -q python3.11 python3.11-venv; }
@@ -28,6 +30,20 @@ system-deps:
 	  $(APT) update -q && $(APT) install -y -q $$missing; \
 	fi
 
+# PostgreSQL for the storage and ingest tests, which run on SQLite and on PostgreSQL
+# (hall/testing/postgres.py): when nothing answers on 127.0.0.1:5432, install Debian's
+# postgresql, start its clusters and give the postgres role the password the tests use
+# (a server with trust authentication, as on a developer's box, ignores it). Point
+# TAPCAST_TEST_POSTGRES at another server to use that one instead.
+postgres-deps: $(STAMP)
+	@$(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', 5432), 3).close()" \
+	  2>/dev/null || [ -n "$$TAPCAST_TEST_POSTGRES" ] || { \
+	  echo "no PostgreSQL on 127.0.0.1:5432: installing and starting Debian's postgresql"; \
+	  command -v pg_lsclusters >/dev/null || { $(APT) update -q && $(APT) install -y -q postgresql; }; \
+	  pg_lsclusters -h | while read -r version cluster rest; do \
+	    $(SUDO) pg_ctlcluster "$$version" "$$cluster" start || true; done; \
+	  $(SUDO) runuser -u postgres -- psql -q -c "ALTER ROLE postgres PASSWORD 'tapcast'"; }
+
 # The demo runs a real Mosquitto when one is installed (amqtt is only its fallback).
 demo-deps:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
@@ -37,7 +53,7 @@ demo-deps:
 demo: $(STAMP) demo-deps
 	$(BIN)/tapcast demo $(ARGS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps postgres-deps
 	$(BIN)/pytest -q
 
 # The ingest floor is fed by C publishers (mosquitto_pub from mosquitto-clients).

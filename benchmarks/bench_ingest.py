@@ -416,6 +416,7 @@ def product_side(url: str, workload: Workload, db_path: Path,
     """The hub's Ingest as shipped, into a fresh SQLite file."""
     from hub.config import HubConfig
     from hub.db import open_db
+    from hub.migrate import upgrade
     from hub.ingest import Ingest
     from tapcast import config as cfg
 
@@ -425,6 +426,7 @@ def product_side(url: str, workload: Workload, db_path: Path,
         "hub": {"database": str(db_path), "stream_secret": str(secret)},
         "mqtt": {"broker": url, "client_id": f"bench-hub-{uuid.uuid4().hex[:8]}"}},
         environ={})
+    upgrade(conf.hub.database, echo=lambda line: None)
     db = open_db(conf.hub.database)
     ingest = Ingest(conf, db)
     probe = _Probe.attach(ingest)

@@ -202,15 +202,20 @@ def hub_serve(config_path: Path | None, workers: int | None) -> None:
     run_serve(_hub_config(config_path), workers=workers)
 
 
-@hub.command("init-db")
-@_HUB_CONFIG_OPTION
-def hub_init_db(config_path: Path | None) -> None:
-    """Create the hub database (the web and ingest also create it when missing)."""
-    from hub.run import open_database
+@hub.group("db")
+def hub_db() -> None:
+    """The hub database's schema (SQLite file or PostgreSQL URL, [hub] database)."""
 
-    db = open_database(_hub_config(config_path))
-    db.close()
-    click.echo(f"hub database ready: {db.path.resolve()}")
+
+@hub_db.command("upgrade")
+@_HUB_CONFIG_OPTION
+def hub_db_upgrade(config_path: Path | None) -> None:
+    """Create the tables, or migrate them to this hub's schema (also converts a SQLite
+    file written before migrations). The hub's processes refuse a database that is not
+    migrated. Safe to run again, and from several boxes at once."""
+    from hub.run import upgrade_database
+
+    upgrade_database(_hub_config(config_path), echo=click.echo)
 
 
 @hub.group("token")
@@ -291,14 +296,18 @@ def hub_token_revoke(config_path: Path | None, name: str) -> None:
 @click.option("--keep-hub", is_flag=True, help="Keep the hub (and its page) up after the run until Ctrl-C.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("var/demo"), show_default=True)
 @click.option("--seed", default=None, type=int, help="Random seed for reproducible tapping.")
+@click.option("--database", default=None, metavar="URL",
+              help="The hub's database, e.g. postgresql://user@host/tapcast (migrated "
+                   "first); by default a new SQLite file in the run's folder.")
 def demo(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
-         keep_hub: bool, workdir: Path, seed: int | None) -> None:
+         keep_hub: bool, workdir: Path, seed: int | None, database: str | None) -> None:
     """The whole system on one machine without radios: the virtual hall."""
     from hall.demo import DemoError, run_demo
 
     try:
         summary = run_demo(nodes=nodes, handsets=handsets, duration=duration, broker=broker,
-                           hub_port=hub_port, workdir=workdir, seed=seed, keep_hub=keep_hub)
+                           hub_port=hub_port, workdir=workdir, seed=seed, keep_hub=keep_hub,
+                           database=database)
     except (DemoError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

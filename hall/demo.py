@@ -178,12 +178,14 @@ def check_hub_port(port: int) -> None:
 class HubProcesses:
     """`tapcast hub web` and `tapcast hub ingest`, each its own process, as deployed."""
 
-    def __init__(self, workdir: Path, broker: str, port: int, stream_secret: Path) -> None:
+    def __init__(self, workdir: Path, broker: str, port: int, stream_secret: Path,
+                 database: str | None = None) -> None:
         self.dir = workdir / "hub"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "hub.toml"
+        self.database = database or str(self.dir / "hub.db")
         conf = cfg.load(HubConfig, data={
-            "hub": {"database": str(self.dir / "hub.db"), "port": port,
+            "hub": {"database": self.database, "port": port,
                     "stream_secret": str(stream_secret)},
             "mqtt": {"broker": broker}}, environ={})
         self.config_path.write_text(cfg.dump(conf))
@@ -199,7 +201,14 @@ class HubProcesses:
     async def start(self) -> None:
         if self.port:
             check_hub_port(self.port)
-        # The ingest first: it creates and migrates the database the web workers read.
+        # `tapcast hub db upgrade` first: the hub's processes refuse an unmigrated database.
+        from hub.dbengine import StorageError
+        from hub.migrate import upgrade
+
+        try:
+            await asyncio.to_thread(upgrade, self.database, echo=log.info)
+        except StorageError as exc:
+            raise DemoError(f"--database: {exc}") from None
         ingest_line = await self._spawn("ingest", "hub ingest subscribed")
         web_line = await self._spawn("web", "hub web")
         found = re.search(r"https?://\S+", web_line)
@@ -275,18 +284,20 @@ def _last_line(path: Path) -> str:
 
 def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
              hub_port: int, workdir: Path, seed: int | None,
-             keep_hub: bool = False) -> Summary:
+             keep_hub: bool = False, database: str | None = None) -> Summary:
     """Run the whole system; blocking. Returns the summary (also printed). Raises
     DemoError with one line naming the cause when it cannot run."""
     if nodes < 1 or handsets < 1:
         raise DemoError("--nodes and --handsets must be at least 1")
     workdir = Path(workdir) / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run(nodes, handsets, duration, broker, hub_port, workdir, seed, keep_hub))
+    return asyncio.run(_run(nodes, handsets, duration, broker, hub_port, workdir, seed, keep_hub,
+                            database))
 
 
 async def _run(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
-               workdir: Path, seed: int | None, keep_hub: bool) -> Summary:
+               workdir: Path, seed: int | None, keep_hub: bool,
+               database: str | None = None) -> Summary:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -301,7 +312,8 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
     from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
 
     write_stream_secret(workdir / "hub-authority")
-    hub = HubProcesses(workdir, broker, hub_port, workdir / "hub-authority" / STREAM_SECRET_FILE)
+    hub = HubProcesses(workdir, broker, hub_port, workdir / "hub-authority" / STREAM_SECRET_FILE,
+                       database)
     summary = Summary(broker=broker)
     try:
         await hub.start()

@@ -6,7 +6,8 @@ would knock one another off the broker. The hub's processes (``hub/run.py``):
 ``tapcast hub web`` (gunicorn workers, each building its own app after fork),
 ``tapcast hub ingest`` (the one MQTT ingest) and ``tapcast hub serve`` (both, one box).
 
-``flask --app hub init-db`` creates the database; ``flask --app hub run`` is Flask's
+``tapcast hub db upgrade`` creates or migrates the database, which every process
+(``create_app`` included) refuses until then; ``flask --app hub run`` is Flask's
 development server for the pages and API (no ingest). ``hall.testing.hub`` runs app and
 ingest in one process for tests.
 """
@@ -14,10 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
 from flask import Flask, Response, current_app
 
 from tapcast.config import load
@@ -57,20 +56,14 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     api.register_error_handlers(app)
-    _register_cli(app)
     return app
 
 
 def init_db(app: Flask) -> HubDB:
     """Open the hub database named in the config and attach it to ``app`` (raises
-    hub.db.StorageError naming the path and the reason when it cannot)."""
+    hub.db.StorageError naming it and the reason when it cannot, e.g. not migrated)."""
     db = open_db(app.config["TAPCAST"].hub.database)
     app.extensions[_DB] = db
-
-    @app.teardown_appcontext
-    def release_connection(exc: BaseException | None) -> None:
-        db.release()
-
     return db
 
 
@@ -107,10 +100,3 @@ def close_app(app: Flask) -> None:
     db = app.extensions.get(_DB)
     if db is not None:
         db.close()
-
-
-def _register_cli(app: Flask) -> None:
-    @app.cli.command("init-db")
-    def init_db_command() -> None:
-        """Create the hub database (tables are created when it is opened)."""
-        click.echo(f"hub database ready: {Path(get_db(app).path).resolve()}")

@@ -75,9 +75,20 @@ def check_broker_url(url: str) -> BrokerUrl:
 
 
 def open_database(config: HubConfig) -> HubDB:
-    """The hub database, or HubStartError naming the path and the OS's reason."""
+    """The hub database, or HubStartError naming it and the reason (unreachable, not
+    migrated: the message says to run `tapcast hub db upgrade`)."""
     try:
         return open_db(config.hub.database)
+    except StorageError as exc:
+        raise HubStartError(str(exc)) from None
+
+
+def upgrade_database(config: HubConfig, *, echo: Echo = _echo) -> None:
+    """``tapcast hub db upgrade``: migrate ``[hub] database`` to this hub's schema."""
+    from hub.migrate import upgrade
+
+    try:
+        upgrade(config.hub.database, echo=echo)
     except StorageError as exc:
         raise HubStartError(str(exc)) from None
 

@@ -6,9 +6,41 @@ from pathlib import Path
 import pytest
 
 from hall.testing.hub import HubServer, hub_config, serve
+from hall.testing.postgres import PostgresServer
 from hall.air import VirtualAir
 from hall.testing.mosquitto import Mosquitto
 from hall.virtual import VirtualHall
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The test run's PostgreSQL databases (created on the server `make test` makes
+    sure of, dropped at the end of the run)."""
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres: PostgresServer) -> str:
+    """A PostgreSQL database at the newest schema revision, cloned per test."""
+    return postgres.migrated_template()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hub_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated hub database of each kind, for the storage and ingest tests: a SQLite
+    file in the test's folder, or a fresh PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        from hub.migrate import upgrade
+
+        path = str(tmp_path / "hub.db")
+        upgrade(path, echo=lambda line: None)
+        yield path
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    with postgres.clone(request.getfixturevalue("postgres_template")) as url:
+        yield url
 
 
 @pytest.fixture

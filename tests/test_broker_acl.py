@@ -19,6 +19,7 @@ import pytest
 from hall.testing.mosquitto import Mosquitto, TestCa, free_port
 from hub.config import HubConfig
 from hub.db import HubDB
+from hub.migrate import upgrade
 from hub.ingest import Ingest
 from node.config import MqttSection
 from node.outbox import Outbox
@@ -254,6 +255,7 @@ async def ingest(shipped: ShippedBroker, tmp_path: Path) -> AsyncIterator[tuple[
                 "stream_secret": str(tmp_path / "stream.secret")},
         "mqtt": {"broker": shipped.plain_url, "username": HUB_USER,
                  "password": PASSWORDS[HUB_USER]}})
+    upgrade(config.hub.database, echo=print)
     db = HubDB(config.hub.database)
     running = Ingest(config, db)
     await asyncio.to_thread(running.start, TIMEOUT)

@@ -34,7 +34,7 @@ async def hall(mosquitto: Mosquitto, running_hub: HubServer, tmp_path: Path) -> 
 
 
 def hub_events(running_hub: HubServer) -> list[dict]:
-    return [dict(row) for row in get_db(running_hub.app).db.query(
+    return [dict(row) for row in get_db(running_hub.app).query(
         "select node_id, seq, kind, data from events order by node_id, seq")]
 
 

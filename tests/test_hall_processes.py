@@ -23,7 +23,7 @@ async def hall(make_hall) -> VirtualHall:  # type: ignore[no-untyped-def]
 
 def hub_events(running_hub) -> list[dict]:  # type: ignore[no-untyped-def]
     from hub import get_db
-    return [dict(row) for row in get_db(running_hub.app).db.query(
+    return [dict(row) for row in get_db(running_hub.app).query(
         "select node_id, seq, id, kind, data from events order by node_id, seq")]
 
 

@@ -14,6 +14,7 @@ from hall.testing.hub import api_get, api_token
 from hub import create_app, get_db
 from hub.config import HubConfig
 from hub.tokens import token_store
+from hub.migrate import upgrade
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
 
@@ -26,6 +27,7 @@ def ev(seq: int, kind: str = "tap", **data: object) -> Event:
 def app(tmp_path: Path) -> Iterator[Flask]:
     config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db"),
                                            "stale_after": 60.0}}, environ={})
+    upgrade(config.hub.database, echo=print)
     app = create_app(config)
     db = get_db(app)
     now = time.time()
@@ -382,12 +384,6 @@ def test_openapi_schema_refs_all_resolve(client: FlaskClient) -> None:
     assert refs and all(r.removeprefix("#/components/schemas/") in schemas for r in refs)
 
 
-def test_init_db_command_reports_the_database(app: Flask) -> None:
-    result = app.test_cli_runner().invoke(args=["init-db"])
-    assert result.exit_code == 0, result.output
-    assert "hub.db" in result.output
-
-
 def test_serve_runs_ingest_and_api_until_shutdown(mosquitto, tmp_path: Path) -> None:  # noqa: ANN001
     import urllib.request
 
@@ -419,6 +415,7 @@ def test_served_requests_do_not_leak_database_connections(tmp_path: Path) -> Non
 
     db_path = tmp_path / "leak.db"
     config = load(HubConfig, data={"hub": {"database": str(db_path), "port": 0}}, environ={})
+    upgrade(str(db_path), echo=print)
     hub = serve(config, start_ingest=False)
 
     def open_fds() -> int:

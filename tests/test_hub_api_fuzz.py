@@ -20,6 +20,7 @@ from schemathesis.checks import positive_data_acceptance
 from hall.testing.hub import api_token
 from hub import create_app, get_db
 from hub.config import HubConfig
+from hub.migrate import upgrade
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
 
@@ -29,6 +30,7 @@ MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
     config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db")}}, environ={})
+    upgrade(config.hub.database, echo=print)
     app = create_app(config)
     now = time.time()
     get_db(app).write_batch(

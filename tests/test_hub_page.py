@@ -15,6 +15,7 @@ from hall.testing.hub import api_token
 from hub import create_app, get_db
 from hub.config import HubConfig
 from hub.tokens import token_store
+from hub.migrate import upgrade
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
 
@@ -22,6 +23,7 @@ from tapcast.protocol.mqtt import Event, NodeState
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
     config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db")}}, environ={})
+    upgrade(config.hub.database, echo=print)
     app = create_app(config)
     yield app
     get_db(app).close()

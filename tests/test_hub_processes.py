@@ -306,12 +306,20 @@ def test_broker_url_with_another_scheme_is_one_line(command: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("command", ["web", "ingest", "serve"])
-def test_postgresql_database_is_one_line(command: str, tmp_path: Path) -> None:
+def test_an_unreachable_postgresql_database_is_one_line(command: str, tmp_path: Path) -> None:
     config = write_config(tmp_path, "mqtt://127.0.0.1:1883")
     line = one_error_line(command, config, {
-        "TAPCAST_HUB__DATABASE": "postgresql://hub:secret@db.example/tapcast"})
-    assert "PostgreSQL is not supported yet" in line and "SQLite file path" in line
+        "TAPCAST_HUB__DATABASE": "postgresql://hub:secret@127.0.0.1:1/tapcast"})
+    assert "127.0.0.1:1/tapcast: cannot open it" in line
     assert "secret" not in line
+
+
+@pytest.mark.parametrize("command", ["web", "ingest", "serve"])
+def test_a_database_that_is_not_migrated_is_one_line_naming_the_command(
+        command: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path, "mqtt://127.0.0.1:1883")
+    line = one_error_line(command, config, {"TAPCAST_HUB__DATABASE": str(tmp_path / "new.db")})
+    assert "not migrated" in line and "tapcast hub db upgrade" in line
 
 
 @pytest.mark.parametrize("command", ["web", "ingest"])

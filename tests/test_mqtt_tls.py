@@ -15,6 +15,7 @@ import pytest
 from hall.testing.mosquitto import BrokerTls, Mosquitto, TestCa
 from hub.config import HubConfig
 from hub.db import HubDB
+from hub.migrate import upgrade
 from hub.ingest import Ingest
 from node.config import MqttSection
 from node.outbox import Outbox
@@ -139,6 +140,7 @@ def test_hub_ingest_with_a_missing_ca_file_fails_when_made(tmp_path: Path) -> No
     config = load(HubConfig, environ={}, data={
         "hub": {"database": str(tmp_path / "hub.db"), "stream_secret": secret_file(tmp_path)},
         "mqtt": {"broker": "mqtts://hub.example", "ca_file": str(tmp_path / "no-ca.crt")}})
+    upgrade(config.hub.database, echo=print)
     db = HubDB(config.hub.database)
     try:
         with pytest.raises(ValueError, match=r"\[mqtt\] ca_file '.*no-ca\.crt'"):
@@ -340,6 +342,7 @@ async def test_hub_ingest_stores_node_events_over_mqtts(
     config = load(HubConfig, environ={}, data={
         "hub": {"database": str(tmp_path / "hub.db"), "stream_secret": secret_file(tmp_path)},
         "mqtt": {"broker": tls_broker.url, "ca_file": str(ca.cert_file)}})
+    upgrade(config.hub.database, echo=print)
     db = HubDB(config.hub.database)
     ingest = Ingest(config, db)
     try:

@@ -32,8 +32,8 @@ async def hub_sees(running_hub: HubServer, predicate: Any, timeout: float = 10.0
 
 
 def reader_state(db: Any) -> str | None:
-    row = db.db.execute("SELECT state FROM nodes WHERE node_id = 'node-1'").fetchone()
-    return json.loads(row[0]).get("reader") if row and row[0] else None
+    rows = db.query("SELECT state FROM nodes WHERE node_id = 'node-1'")
+    return json.loads(rows[0]["state"]).get("reader") if rows and rows[0]["state"] else None
 
 
 async def test_a_lost_reader_is_one_event_and_shows_failed_in_the_node_state_until_back(
@@ -60,7 +60,7 @@ async def test_a_lost_reader_is_one_event_and_shows_failed_in_the_node_state_unt
     report = await hall.tap(hall.handsets[0], hall.nodes[0])
     assert report.ok, report.error
     assert await hall.drain(10.0)
-    errors = [json.loads(r["data"]) for r in get_db(running_hub.app).db.query(
+    errors = [json.loads(r["data"]) for r in get_db(running_hub.app).query(
         "SELECT data FROM events WHERE kind = 'error'")]
     assert [(e["component"], e["device"]) for e in errors] == [
         ("nfc_reader", hall.nodes[0].nfc_device)]

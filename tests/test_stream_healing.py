@@ -4,6 +4,7 @@ was wiped both resume at once, and the hub records what was lost instead of wedg
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -28,8 +29,8 @@ async def tap_and_drain(hall: VirtualHall) -> None:
 
 
 def stored(server: HubServer) -> list[tuple[str, int, str]]:
-    return [(r["epoch"], r["seq"], r["kind"]) for r in get_db(server.app).db.query(
-        "SELECT epoch, seq, kind FROM events ORDER BY rowid")]
+    return [(r["epoch"], r["seq"], r["kind"]) for r in get_db(server.app).query(
+        "SELECT epoch, seq, kind FROM events ORDER BY pos")]
 
 
 async def test_a_hub_database_restored_from_an_older_copy_resumes_the_node(
@@ -38,7 +39,7 @@ async def test_a_hub_database_restored_from_an_older_copy_resumes_the_node(
     await tap_and_drain(hall)
     before = len(stored(running_hub))
     backup = tmp_path / "backup.db"
-    get_db(running_hub.app).db.execute(f"VACUUM INTO '{backup}'")  # last night's copy
+    sqlite3.connect(database).execute(f"VACUUM INTO '{backup}'")  # last night's copy
     await tap_and_drain(hall)  # acked: the node deleted these, only the live copy has them
     lost = len(stored(running_hub)) - before
     running_hub.shutdown()

@@ -122,15 +122,25 @@ def api_get(url: str, token: str, timeout: float = 10.0) -> Any:
         return json.load(response)
 
 
-def hub_config(database: Path | str, broker: str, *, port: int = 0, **hub: Any) -> HubConfig:
-    """A hub config for a test: this database, this broker, a free port by default, no
-    ``TAPCAST_*`` environment overrides. Unless ``stream_secret`` is given, the stream
-    secret is ``stream.secret`` beside the database (created when missing), so stand-in
-    nodes can derive their keys from it."""
+def hub_config(database: Path | str, broker: str, *, port: int = 0, migrate: bool = True,
+               secret_dir: Path | None = None, **hub: Any) -> HubConfig:
+    """A hub config for a test: this database (a SQLite path or a PostgreSQL URL),
+    this broker, a free port by default, no ``TAPCAST_*`` environment overrides. The
+    database is migrated (``tapcast hub db upgrade``) unless ``migrate=False``. Unless
+    ``stream_secret`` is given, the stream secret is ``stream.secret`` in
+    ``secret_dir`` (default: beside a SQLite database; required for a URL), created when
+    missing, so stand-in nodes can derive their keys from it."""
+    from hub.migrate import upgrade
     from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
 
+    if migrate:
+        upgrade(str(database), echo=log.debug)
     if "stream_secret" not in hub:
-        secret_path = Path(database).parent / STREAM_SECRET_FILE
+        if secret_dir is None:
+            if "://" in str(database):
+                raise ValueError("hub_config: give secret_dir for a database URL")
+            secret_dir = Path(database).parent
+        secret_path = secret_dir / STREAM_SECRET_FILE
         if not secret_path.exists():
             write_stream_secret(secret_path.parent)
         hub["stream_secret"] = str(secret_path)
