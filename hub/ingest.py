@@ -12,21 +12,29 @@ Threads and why:
   values) and queues; it must stay fast, because the broker's delivery rate to this
   client is the ceiling for the whole hub. A batch whose tag does not verify is counted
   and dropped; an authentic one that does not decode is quarantined (kept verbatim) and
-  acked past, so one bad batch never wedges a node.
-* one writer thread takes everything queued (up to ``mqtt.batch_size`` events), writes
-  it in ONE transaction, then publishes one tagged EventAck per stream touched. Acks go out only
-  after the commit, so an ack always means "on disk". While a commit runs, the next
-  batch queues up, so batches grow with the load.
+  acked past, so one bad batch never wedges a node. Its client reads the socket in
+  large chunks (``tapcast.mqttclient.BufferedClient``): fewer system calls per message.
+* the event writer takes everything queued (up to ``mqtt.batch_size`` events), writes
+  it in ONE transaction, then publishes one tagged EventAck per stream touched. Acks go
+  out only after the commit, so an ack always means "on disk". While a commit runs, the
+  next batch queues up, so batches grow with the load.
+* the node writer (the status lane) stores status and state messages from a queue of
+  their own, in transactions of their own: a backlog of events never delays them, so
+  the operator page's online/offline and heartbeats stay current under load.
 
 The MQTT session is persistent (``clean_session=False`` with ``mqtt.client_id``):
 while the hub restarts the broker keeps queueing the QoS1 batches for it. Two hubs
 must therefore not share a client id (the broker would disconnect one for the other).
+With ``mqtt.shared_group`` set, several ingest workers share the events through an MQTT
+5 shared subscription, each with its own session ("<client_id>-<worker>", clean_start
+off, ``mqtt.session_expiry``); see docs/mqtt.md, "Several ingest workers".
 """
 from __future__ import annotations
 
 import functools
 import logging
 import queue
+import re
 import sys
 import threading
 import time
@@ -37,6 +45,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from hub.config import HubConfig
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
 from tapcast.protocol.mqtt import (BATCH_CONTEXT, HUB_SUBSCRIPTIONS, EventAck, ForgedError,
                                    NodeState, PayloadError, decode_batch, decode_batch_header,
@@ -50,11 +61,39 @@ from hub.db import HubDB, Quarantined
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Messages queued for the writer before paho's thread waits for room. The writer drains
 # 100k+ events/s, so this only bites when the disk stalls; then the broker holds the
 # rest (and nodes re-send whatever is never acked).
 MAX_QUEUED = 10_000
+
+#: Which topic leaves go through the shared subscription when ``mqtt.shared_group`` is
+#: set. Only events: a node's status and state are "the latest wins", and through a
+#: share two of its messages could reach two workers and be stored out of order (an
+#: "offline" overwritten by the "online" before it); a retained message is not sent to
+#: a shared subscription either. So each worker subscribes to those itself and stores
+#: them all (the same values, in the node's order: the last write is the newest).
+SHARED_LEAVES = ("events",)
+
+
+def client_id_for(config: HubConfig, worker: int = 1) -> str:
+    """The MQTT client id of ingest ``worker`` (1, 2, ...): ``mqtt.client_id`` alone
+    without a shared group (one ingest), "<client_id>-<worker>" with one, so each
+    worker has a session of its own that a restart (same number) resumes."""
+    if not config.mqtt.shared_group:
+        return config.mqtt.client_id
+    return f"{config.mqtt.client_id}-{worker}"
+
+
+def subscriptions(config: HubConfig) -> list[str]:
+    """The hub's topic filters: HUB_SUBSCRIPTIONS, the events one shared
+    ($share/<group>/...) when ``mqtt.shared_group`` is set."""
+    group = config.mqtt.shared_group
+    if not group:
+        return list(HUB_SUBSCRIPTIONS)
+    return [f"$share/{group}/{topic}" if topic.rsplit("/", 1)[1] in SHARED_LEAVES else topic
+            for topic in HUB_SUBSCRIPTIONS]
 
 
 @dataclass
@@ -84,13 +123,26 @@ class Ingest:
 
     ``start()`` connects in the background (and keeps reconnecting: paho's loop thread
     retries and ``on_connect`` re-subscribes); ``stop()`` disconnects, writes what is
-    queued and joins the writer. Tests wait on ``wait_ready`` / ``wait_for`` instead of
-    sleeping."""
+    queued and joins the writers. ``worker`` numbers this ingest among several sharing
+    ``mqtt.shared_group`` (its client id). Tests wait on ``wait_ready`` / ``wait_for``
+    instead of sleeping."""
 
-    def __init__(self, config: HubConfig, db: HubDB) -> None:
+    def __init__(self, config: HubConfig, db: HubDB, *, worker: int = 1) -> None:
         self.config = config
         self.db = db
         self.counters = IngestCounters()
+        mq = config.mqtt
+        group = mq.shared_group
+        if group and not _GROUP_RE.fullmatch(group):
+            raise ValueError(f"[mqtt] shared_group {group!r}: use letters, digits, '_' "
+                             "and '-' (it becomes part of the topic $share/<group>/...)")
+        if worker < 1:
+            raise ValueError(f"ingest worker numbers start at 1, got {worker}")
+        if worker > 1 and not group:
+            raise ValueError("several ingest workers need [mqtt] shared_group (for example "
+                             "\"hub\"): without it each would store every event")
+        self.worker = worker
+        self.client_id = client_id_for(config, worker)
         # Raises StreamKeyError (a ValueError: one line at start-up) when it is missing.
         secret = load_stream_secret(config.hub.stream_secret)
         # Node keys derived once each; bounded, since topics are chosen by whoever publishes.
@@ -98,21 +150,25 @@ class Ingest:
         self._ratelog = RateLimitedLog(log)
         self._cond = threading.Condition()
         self._ready = threading.Event()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # events, quarantine
+        self._nodes_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # status, state
         self._room = threading.Event()
         self._stopping = False
         self._writer: threading.Thread | None = None
+        self._node_writer: threading.Thread | None = None
         #: Called on paho's thread as ``link_listener(up, reason)``: up=True once
         #: subscribed, False when a connection attempt fails or the link is lost (it
         #: keeps retrying either way). ``tapcast hub ingest`` prints these; keep it fast.
         self.link_listener: Callable[[bool, str], None] | None = None
-        broker = parse_broker_url(config.mqtt.broker)
+        broker = parse_broker_url(mq.broker)
         self._broker = broker
+        self._v5 = bool(group)
+        self._subscriptions = subscriptions(config)
         self._client = make_client(
-            config.mqtt.client_id, clean_session=False,
-            username=config.mqtt.username or broker.username,
-            password=config.mqtt.password or broker.password)
-        mq = config.mqtt
+            self.client_id, clean_session=False,
+            username=mq.username or broker.username,
+            password=mq.password or broker.password,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311, buffered=True)
         configure_tls(self._client, broker, TlsFiles(mq.ca_file, mq.cert_file, mq.key_file))
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.on_connect = self._on_connect
@@ -124,32 +180,46 @@ class Ingest:
     # ------------------------------------------------------------- lifecycle
 
     def start(self, wait: float | None = None) -> None:
-        """Start the writer and the MQTT loop. With ``wait``, block until subscribed
+        """Start the writers and the MQTT loop. With ``wait``, block until subscribed
         (TimeoutError after that many seconds); otherwise keep retrying in the background."""
         if self._writer is not None:
             raise RuntimeError("ingest already started")
         self._writer = threading.Thread(target=self._write_loop, name="hub-ingest-writer",
                                         daemon=True)
+        self._node_writer = threading.Thread(target=self._node_write_loop,
+                                             name="hub-ingest-nodes", daemon=True)
         self._writer.start()
-        log.info("hub ingest connecting to %s as %r", self._broker, self.config.mqtt.client_id)
-        self._client.connect_async(self._broker.host, self._broker.port, keepalive=30)
+        self._node_writer.start()
+        log.info("hub ingest connecting to %s as %r (MQTT %s)", self._broker, self.client_id,
+                 "5" if self._v5 else "3.1.1")
+        if self._v5:
+            # clean_start off plus a session expiry: what clean_session=False was in
+            # MQTT 3.1.1, the broker keeping this worker's session while it restarts.
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = max(0, int(self.config.mqtt.session_expiry))
+            self._client.connect_async(self._broker.host, self._broker.port, keepalive=30,
+                                       clean_start=False, properties=props)
+        else:
+            self._client.connect_async(self._broker.host, self._broker.port, keepalive=30)
         self._client.loop_start()
         if wait is not None and not self.wait_ready(wait):
             raise TimeoutError(f"hub ingest not subscribed on {self._broker} within {wait}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Disconnect, store what is already queued, stop the writer."""
+        """Disconnect, store what is already queued, stop the writers."""
         self._stopping = True
         self._room.set()
         self._client.disconnect()
         self._client.loop_stop()
         self._ready.clear()
-        if self._writer is not None:
-            self._queue.put(_STOP)
-            self._writer.join(timeout)
-            if self._writer.is_alive():
-                log.error("hub ingest writer did not stop within %ss", timeout)
-            self._writer = None
+        for thread, q in ((self._writer, self._queue), (self._node_writer, self._nodes_queue)):
+            if thread is None:
+                continue
+            q.put(_STOP)
+            thread.join(timeout)
+            if thread.is_alive():
+                log.error("hub ingest %s did not stop within %ss", thread.name, timeout)
+        self._writer = self._node_writer = None
 
     def wait_ready(self, timeout: float) -> bool:
         """True once connected and subscribed (cleared while disconnected)."""
@@ -177,7 +247,7 @@ class Ingest:
                  getattr(flags, "session_present", None))
         # Always (re-)subscribe: after a broker restart without persistence the session
         # is gone, and subscribing again is harmless when it is not.
-        client.subscribe([(topic, 1) for topic in HUB_SUBSCRIPTIONS])
+        client.subscribe([(topic, 1) for topic in self._subscriptions])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
                       reason_codes: Any, properties: Any) -> None:
@@ -219,27 +289,24 @@ class Ingest:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         """Runs on paho's network thread: validate and queue, nothing slow. Never raises
         (an exception here would stop paho's loop)."""
-        counters = self.counters
-        counters.messages += 1
-        while self._queue.qsize() >= MAX_QUEUED and not self._stopping:
-            self._room.clear()  # backpressure: the writer sets it after each write
-            if self._queue.qsize() < MAX_QUEUED:
-                break
-            self._room.wait(1.0)
+        self.counters.messages += 1
         # A retained message is a replay of the past: it says nothing about liveness now.
         heard = None if msg.retain else time.time()
+        topic = msg.topic
         try:
-            node_id, leaf = parse_node_topic(msg.topic)
+            node_id, leaf = parse_node_topic(topic)
             if leaf == "events":
-                self._on_batch(node_id, msg.topic, msg.payload, heard)
-            elif leaf == "state":
+                if self._queue.qsize() >= MAX_QUEUED:
+                    self._wait_for_room()
+                self._on_batch(node_id, topic, msg.payload, heard)
+            elif leaf == "state":  # the status lane: never behind queued events
                 state = decode_state(msg.payload)
                 if state.node_id != node_id:
                     raise PayloadError(f"state names node {state.node_id!r} but was "
                                        f"published under {node_id!r}")
-                self._queue.put(("state", node_id, state, heard))
+                self._nodes_queue.put(("state", node_id, state, heard))
             elif leaf == "status":
-                self._queue.put(("status", node_id, decode_status(msg.payload), heard))
+                self._nodes_queue.put(("status", node_id, decode_status(msg.payload), heard))
             else:
                 raise PayloadError(f"the hub does not handle topic leaf {leaf!r}")
         except ForgedError as exc:
@@ -254,6 +321,15 @@ class Ingest:
             self._ratelog.warn("unexpected", "unexpected error handling %s: %s: %s",
                                msg.topic, type(exc).__name__, exc, level=logging.ERROR)
             self._dropped(msg, f"unexpected {type(exc).__name__}: {exc}")
+
+    def _wait_for_room(self) -> None:
+        """Backpressure: the event queue is full (the disk stalls), so paho's thread
+        stops reading until the writer makes room; the broker holds the rest."""
+        while self._queue.qsize() >= MAX_QUEUED and not self._stopping:
+            self._room.clear()  # the writer sets it after each write
+            if self._queue.qsize() < MAX_QUEUED:
+                break
+            self._room.wait(1.0)
 
     def _on_batch(self, node_id: str, topic: str, payload: bytes, heard: float | None) -> None:
         """Authenticate (ForgedError), then decode once; an authentic batch that does not
@@ -284,17 +360,19 @@ class Ingest:
     # ------------------------------------------------------------------ writer
 
     def _write_loop(self) -> None:
+        """The event writer: events and quarantined batches, acked after each commit."""
         batch_size = max(1, self.config.mqtt.batch_size)
+        get, get_nowait = self._queue.get, self._queue.get_nowait
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            first = get()
             if first is _STOP:
                 break
             items = [first]
             n = _weight(first)
             while n < batch_size:
                 try:
-                    item = self._queue.get_nowait()
+                    item = get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -307,6 +385,29 @@ class Ingest:
             except Exception:  # noqa: BLE001 - the writer must outlive any one batch
                 log.exception("hub ingest writer failed on a batch; continuing")
             self._room.set()
+
+    def _node_write_loop(self) -> None:
+        """The status lane: every status and state queued so far, in one transaction of
+        its own (the latest per node wins), whatever the event writer is doing."""
+        stopping = False
+        while not stopping:
+            first = self._nodes_queue.get()
+            if first is _STOP:
+                break
+            items = [first]
+            while True:
+                try:
+                    item = self._nodes_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stopping = True
+                    break
+                items.append(item)
+            try:
+                self._write(items)
+            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                log.exception("hub ingest node writer failed; continuing")
 
     def _write(self, items: list[tuple[str, str, Any, float | None]]) -> None:
         batches = []
@@ -326,8 +427,13 @@ class Ingest:
             if heard is not None and not (what == "status" and body == "offline"):
                 seen[node_id] = max(seen.get(node_id, 0.0), heard)
         try:
-            result = self.db.write(batches, quarantined=quarantined, states=states.values(),
-                                   statuses=statuses.values(), seen=seen)
+            # Node rows in one order (node id) in every transaction, whichever lane or
+            # worker writes it: concurrent writers then never wait on each other in a
+            # cycle (a deadlock, with row locks on PostgreSQL).
+            result = self.db.write(batches, quarantined=quarantined,
+                                   states=[states[k] for k in sorted(states)],
+                                   statuses=[statuses[k] for k in sorted(statuses)],
+                                   seen={k: seen[k] for k in sorted(seen)})
         except Exception:  # noqa: BLE001 - disk full, locked...: nodes re-send, we go on
             if len(items) > 1:
                 # One bad message must not sink the others coalesced with it (and again

@@ -4,9 +4,11 @@ quarantined and acked past."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -267,3 +269,52 @@ def test_one_unstorable_message_does_not_sink_the_others_written_with_it(
     ingest._write([("events", "n1", good, None), ("events", "n2", bad, None)])
     assert db.count_events() == 2 and db.acked_seq("n1") == 2
     assert (ingest.counters.write_errors, ingest.counters.stored) == (1, 2)
+
+
+class EventWritesWait:
+    """A HubDB whose event writes (any with batches) wait until the test opens the
+    gate: an event writer stuck on a slow disk, a backlog queued behind it."""
+
+    def __init__(self, db: HubDB) -> None:
+        self.db = db
+        self.gate = threading.Event()
+        self.stuck = threading.Event()
+
+    def write(self, batches: Any = (), **kwargs: Any) -> Any:
+        if batches:
+            self.stuck.set()
+            assert self.gate.wait(TIMEOUT), "the test never opened the gate"
+        return self.db.write(batches, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_status_and_state_are_stored_while_the_event_writer_is_stuck_behind_a_backlog(
+        hub_config: HubConfig, db: HubDB, pub: NodePublisher) -> None:
+    slow = EventWritesWait(db)
+    running = Ingest(hub_config, slow)  # type: ignore[arg-type]
+    running.start(wait=TIMEOUT)
+    try:
+        pub.publish_batch(make_batch("n1", range(1, 6)))
+        assert slow.stuck.wait(TIMEOUT)
+        for first in range(6, 1006, 5):  # a backlog queued behind the stuck write
+            pub.publish_batch(make_batch("n1", range(first, first + 5), low=1))
+        assert running.wait_for(lambda c: c.received == 1005, TIMEOUT)
+        state = NodeState(node_id="n1", ts=time.time(), version="2.0", zone="hall-b",
+                          uptime=1.0, outbox_depth=1000)
+        pub.publish(state_topic("n1"), encode(state), retain=True)
+        pub.publish(status_topic("n1"), b"online", retain=True)
+
+        def stored(_: object) -> bool:
+            node = db.get_node("n1", stale_after=60)
+            return node is not None and node["version"] == "2.0" \
+                and node["reported_status"] == "online"
+
+        assert running.wait_for(stored, TIMEOUT)
+        assert db.count_events() == 0  # the events are still waiting
+    finally:
+        slow.gate.set()
+    pub.wait_acked("n1", 1005)
+    running.stop()
+    assert db.count_events() == 1005
