@@ -182,13 +182,23 @@ def hub_web(config_path: Path | None, workers: int | None) -> None:
 
 @hub.command("ingest")
 @_HUB_CONFIG_OPTION
-def hub_ingest(config_path: Path | None) -> None:
+@click.option("--workers", type=int, default=None,
+              help="ingest worker processes on the shared subscription (default: [mqtt] "
+              "workers; more than 1 needs [mqtt] shared_group)")
+@click.option("--worker", type=int, default=None,
+              help="run as this one worker number (client id <client_id>-N), e.g. one "
+              "per systemd unit; not with --workers")
+def hub_ingest(config_path: Path | None, workers: int | None, worker: int | None) -> None:
     """Store what nodes publish over MQTT and ack it; run exactly one per MQTT client
-    id. Prints "hub ingest subscribed at ..." when subscribed, and keeps retrying while
-    the broker is away; SIGTERM or Ctrl-C stops it after storing what it queued."""
+    id. Prints "hub ingest subscribed at ..." when subscribed (each worker does), and
+    keeps retrying while the broker is away; SIGTERM or Ctrl-C stops it after storing
+    what it queued. With --workers N, a worker that dies is started again."""
     from hub.run import run_ingest
 
-    run_ingest(_hub_config(config_path))
+    if workers is not None and worker is not None:
+        raise click.UsageError("give --workers (fork N workers) or --worker (be worker N), "
+                               "not both")
+    run_ingest(_hub_config(config_path), workers=workers, worker=worker)
 
 
 @hub.command("serve")

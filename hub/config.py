@@ -44,9 +44,24 @@ class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):
     key_file: str = ""
     # The persistent session's client id: two hubs must never share it. A broker with
     # use_username_as_clientid (firmware_config/mosquitto.conf) uses the user name.
+    # With a shared_group, ingest worker N uses "<client_id>-N" (N from 1).
     client_id: str = "tapcast-hub"
     # Events are written in one transaction per batch of at most this many.
     batch_size: int = 1000
+    # "" (default): one `hub ingest`, MQTT 3.1.1, a plain subscription (any broker,
+    # the demo's amqtt included). A name, e.g. "hub": MQTT 5, and the events topic is
+    # subscribed as $share/<name>/... so several ingest workers (on one box or many,
+    # all writing one database) each get a part of the events; every worker still
+    # subscribes to status and state itself (docs/mqtt.md, "Several ingest workers").
+    shared_group: str = ""
+    # Ingest worker processes `tapcast hub ingest` runs (--workers overrides); more
+    # than 1 needs a shared_group.
+    workers: int = 1
+    # MQTT 5 only (shared_group set): seconds the broker keeps a worker's session (its
+    # subscription and queued events) after the worker goes away. While it lasts,
+    # Mosquitto keeps handing that worker its share of new events, which wait for it;
+    # nodes re-send what is not acked, so a shorter expiry only costs re-sends.
+    session_expiry: int = 300
 
 
 class HubConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -3,9 +3,10 @@
 Why separate processes: the web part scales by adding gunicorn workers, and the ingest
 must run exactly once per MQTT client id (a second one with the same id takes the
 session over and the broker disconnects the first, back and forth). So ``create_app``
-never opens MQTT, ``hub web`` runs only workers, ``hub ingest`` runs the one ingest,
-and ``hub serve`` runs both for a single box: the ingest in this process, gunicorn in a
-child forked before any thread starts.
+never opens MQTT, ``hub web`` runs only workers, ``hub ingest`` runs the ingest (one
+process, or ``--workers N`` forked workers on an MQTT 5 shared subscription, each with
+its own client id), and ``hub serve`` runs both for a single box: one ingest in this
+process, gunicorn in a child forked before any thread starts.
 
 Start-up errors are ``HubStartError`` (a ``click.ClickException``): one line naming
 the setting, the value and the reason, no traceback. Each process prints one line to
@@ -26,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -207,17 +209,17 @@ class _LinkReporter:
             self.echo(line)
 
 
-def _start_ingest(config: HubConfig, echo: Echo) -> tuple[Ingest, HubDB]:
+def _start_ingest(config: HubConfig, echo: Echo, worker: int = 1) -> tuple[Ingest, HubDB]:
     from hub.ingest import Ingest
 
     broker = check_broker_url(config.mqtt.broker)
     db = open_database(config)
     try:
-        ingest = Ingest(config, db)
+        ingest = Ingest(config, db, worker=worker)
     except ValueError as exc:  # e.g. a TLS file of [mqtt] that cannot be loaded
         db.close()
         raise HubStartError(str(exc)) from None
-    ingest.link_listener = _LinkReporter(broker, config.mqtt.client_id, echo)
+    ingest.link_listener = _LinkReporter(broker, ingest.client_id, echo)
     ingest.start()
     return ingest, db
 
@@ -230,16 +232,120 @@ def _stop_ingest(ingest: Ingest, db: HubDB, echo: Echo, why: str) -> None:
          "duplicates dropped since it started")
 
 
-def run_ingest(config: HubConfig, *, echo: Echo = _echo) -> None:
-    """``tapcast hub ingest``: the MQTT ingest alone until SIGTERM/SIGINT. An
-    unreachable broker is not fatal: it says so and keeps retrying."""
+def _ingest_workers(config: HubConfig, workers: int | None) -> int:
+    n = config.mqtt.workers if workers is None else workers
+    if n < 1:
+        raise HubStartError(f"ingest workers must be at least 1, got {n} ([mqtt] workers "
+                            "or --workers)")
+    if n > 1 and not config.mqtt.shared_group:
+        raise HubStartError(f"{n} ingest workers need [mqtt] shared_group (for example "
+                            "\"hub\", on an MQTT 5 broker such as Mosquitto 2): without a "
+                            "shared subscription each worker would get every event")
+    return n
+
+
+def run_ingest(config: HubConfig, *, workers: int | None = None, worker: int | None = None,
+               echo: Echo = _echo) -> None:
+    """``tapcast hub ingest``: the MQTT ingest until SIGTERM/SIGINT. An unreachable
+    broker is not fatal: it says so and keeps retrying. ``workers`` > 1 (or ``[mqtt]
+    workers``) forks that many ingest processes on the shared subscription, numbered
+    1..N (each its own client id and session) and restarts one that dies; ``worker``
+    runs this process as that one number (one process per systemd unit)."""
+    n = 1 if worker is not None else _ingest_workers(config, workers)
+    if n > 1:
+        _run_ingest_workers(config, n, echo)
+        return
+    if worker is not None and worker < 1:
+        raise HubStartError(f"--worker numbers start at 1, got {worker}")
     with _stop_signals() as signals:
-        ingest, db = _start_ingest(config, echo)
+        ingest, db = _start_ingest(config, echo, worker or 1)
         why = "error"
         try:
             why = signals.wait()
         finally:
             _stop_ingest(ingest, db, echo, why)
+
+
+#: A worker that exits (other than by a signal) sooner than this after it started is
+#: failing to start, not crashing at random: restarting it would only spin.
+_MIN_WORKER_LIFE = 2.0
+
+
+def _run_ingest_workers(config: HubConfig, n: int, echo: Echo) -> None:
+    """N forked ingest workers; one that dies (SIGKILL, a crash) is started again under
+    the same number at once, so it resumes its broker session: Mosquitto keeps handing
+    a gone member of a shared subscription its share of the events until its session
+    expires, and they wait there for it."""
+    from tapcast.streamkeys import load_stream_secret
+
+    check_broker_url(config.mqtt.broker)
+    open_database(config).close()  # one line for a bad database, not one per worker
+    try:
+        load_stream_secret(config.hub.stream_secret)
+    except ValueError as exc:
+        raise HubStartError(str(exc)) from None
+    context = multiprocessing.get_context("fork")
+    with _stop_signals() as signals:
+        procs: dict[int, tuple[multiprocessing.Process, float]] = {}
+
+        def spawn(k: int) -> None:
+            # Forked from this thread-free process: no lock is held by a missing thread.
+            proc = context.Process(target=_ingest_child, args=(config, k, signals.fds),
+                                   name=f"hub-ingest-{k}")
+            proc.start()
+            procs[k] = (proc, time.monotonic())
+
+        failed = ""
+        why = "error"
+        try:
+            for k in range(1, n + 1):
+                spawn(k)
+            echo(f"hub ingest: {n} workers (pids "
+                 f"{', '.join(str(p.pid) for p, _ in procs.values())})")
+            while True:
+                why = signals.wait(*(p.sentinel for p, _ in procs.values()))
+                if why != "child":
+                    break
+                for k, (proc, started) in sorted(procs.items()):
+                    if proc.is_alive():
+                        continue
+                    proc.join()
+                    code = proc.exitcode or 0
+                    if code >= 0 and time.monotonic() - started < _MIN_WORKER_LIFE:
+                        failed = (f"hub ingest worker {k} exited with code {code} at start; "
+                                  "stopped the other workers (see the lines above)")
+                        break
+                    how = (f"was killed by {signal.Signals(-code).name}" if code < 0
+                           else f"exited with code {code}")
+                    echo(f"hub ingest worker {k} {how}; starting it again")
+                    spawn(k)
+                if failed:
+                    why = "error"
+                    break
+        finally:
+            for proc, _ in procs.values():
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            for proc, _ in procs.values():
+                _stop_child(proc, name="hub ingest worker")
+    if failed:
+        raise HubStartError(failed)
+    echo(f"hub ingest stopped ({why}): {n} workers")
+
+
+def _ingest_child(config: HubConfig, worker: int, parent_fds: tuple[int, ...]) -> None:
+    """One forked ingest worker of ``hub ingest --workers N``."""
+    signal.set_wakeup_fd(-1)  # the parent's signal pipe is the parent's
+    for fd in parent_fds:
+        os.close(fd)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    _die_with_parent()
+    try:
+        run_ingest(config, worker=worker)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
 
 
 # -------------------------------------------------------------------- serve
@@ -303,12 +409,13 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _stop_child(proc: multiprocessing.Process, timeout: float = 20.0) -> None:
+def _stop_child(proc: multiprocessing.Process, timeout: float = 20.0,
+                name: str = "hub web") -> None:
     if proc.is_alive():
         os.kill(proc.pid, signal.SIGTERM)  # type: ignore[arg-type]
     proc.join(timeout)
     if proc.is_alive():
-        log.warning("hub web did not stop within %.0f s; killing it", timeout)
+        log.warning("%s did not stop within %.0f s; killing it", name, timeout)
         proc.kill()
         proc.join()
 
