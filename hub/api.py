@@ -22,7 +22,8 @@ from tapcast.keys import MAX_ID_LEN
 from tapcast.protocol.mqtt import ID_RE, KIND_PATTERN, EventKind
 
 from hub import tokens
-from hub.db import MAX_EVENTS_LIMIT, HubDB, QueryError, decode_cursor, encode_cursor
+from hub.db import (MAX_EVENTS_LIMIT, MAX_NODES_LIMIT, NODE_STATUSES, HubDB, QueryError,
+                    decode_cursor, encode_cursor)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,11 @@ MAX_INT = 2**63 - 1
 MAX_CURSOR_LEN = 200
 #: A number parameter's text, at most (a unix time with microseconds is 17).
 MAX_NUMBER_LEN = 64
-#: since_ts bounds (unix seconds): 1e11 is the year 5138.
+#: since/until bounds (unix seconds): 1e11 is the year 5138.
 MAX_TS = 1e11
+DEFAULT_NODES_LIMIT = 50
+#: Longest zone or version a node reports (tapcast.protocol.mqtt.NodeState).
+MAX_LABEL_LEN = 64
 _INT_TEXT = re.compile(r"-?[0-9]{1,20}")
 _NUMBER_TEXT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
@@ -142,6 +146,37 @@ def _kind_arg() -> str | None:
     return raw
 
 
+def _label_arg(name: str) -> str | None:
+    raw = request.args.get(name)
+    if raw is not None and (not raw or len(raw) > MAX_LABEL_LEN or not raw.isprintable()):
+        raise BadRequest(f"{name} {_shown(raw)} is not a {name} a node reports: use 1.."
+                         f"{MAX_LABEL_LEN} printable characters")
+    return raw
+
+
+def _choice_arg(name: str, choices: tuple[str, ...]) -> str | None:
+    raw = request.args.get(name)
+    if raw is not None and raw not in choices:
+        raise BadRequest(f"{name} must be one of {', '.join(choices)}, got {_shown(raw)}")
+    return raw
+
+
+def _next_url(endpoint: str, next_cursor: str | None) -> str | None:
+    if next_cursor is None:
+        return None
+    args = {k: v for k, v in request.args.items() if k != "cursor"}
+    return url_for(endpoint, **args, cursor=next_cursor)
+
+
+def conditional(payload: dict[str, Any]) -> ResponseReturnValue:
+    """JSON with an ETag; a 304 without a body when the client's copy is current, so a
+    page refreshing every few seconds moves only what changed."""
+    response = jsonify(payload)
+    response.add_etag()
+    response.headers["Cache-Control"] = "private, no-cache"  # revalidate every time
+    return response.make_conditional(request)
+
+
 def _public_node(node: dict[str, Any], *, with_state: bool) -> dict[str, Any]:
     out = dict(node)
     if not with_state:
@@ -151,9 +186,19 @@ def _public_node(node: dict[str, Any], *, with_state: bool) -> dict[str, Any]:
 
 @bp.get("/nodes")
 def list_nodes() -> ResponseReturnValue:
-    _check_params(())
-    nodes = _db().list_nodes(stale_after=_stale_after())
-    return jsonify({"nodes": [_public_node(n, with_state=False) for n in nodes]})
+    """One page of nodes by id; filters on indexes (zone, version) or the computed
+    status; ``cursor`` for the next page."""
+    _check_params(("zone", "version", "status", "limit", "cursor"))
+    limit = _int_arg("limit", 1, MAX_NODES_LIMIT) or DEFAULT_NODES_LIMIT
+    try:
+        nodes, next_cursor = _db().list_nodes(
+            stale_after=_stale_after(), zone=_label_arg("zone"), version=_label_arg("version"),
+            status=_choice_arg("status", NODE_STATUSES), cursor=_cursor_arg(), limit=limit)
+    except QueryError as exc:
+        raise BadRequest(str(exc)) from None
+    return conditional({"nodes": [_public_node(n, with_state=False) for n in nodes],
+                        "next_cursor": next_cursor,
+                        "next": _next_url("api.list_nodes", next_cursor)})
 
 
 @bp.get("/nodes/<node_id>")
@@ -168,7 +213,7 @@ def get_node(node_id: str) -> ResponseReturnValue:
 
 @bp.get("/events")
 def list_events() -> ResponseReturnValue:
-    allowed = ("node_id", "kind", "since_seq", "since_ts", "limit", "cursor")
+    allowed = ("node_id", "kind", "since_seq", "since", "until", "limit", "cursor")
     _check_params(allowed)
     node_id = _node_id_arg(request.args.get("node_id"))
     kind = _kind_arg()
@@ -176,14 +221,12 @@ def list_events() -> ResponseReturnValue:
     try:
         events, next_cursor = _db().list_events(
             node_id=node_id, kind=kind, since_seq=_int_arg("since_seq", 0),
-            since_ts=_float_arg("since_ts", 0.0, MAX_TS), cursor=_cursor_arg(), limit=limit)
+            since=_float_arg("since", 0.0, MAX_TS), until=_float_arg("until", 0.0, MAX_TS),
+            cursor=_cursor_arg(), limit=limit)
     except QueryError as exc:
         raise BadRequest(str(exc)) from None
-    next_url = None
-    if next_cursor is not None:
-        args = {k: v for k, v in request.args.items() if k != "cursor"}
-        next_url = url_for("api.list_events", **args, cursor=next_cursor)
-    return jsonify({"events": events, "next_cursor": next_cursor, "next": next_url})
+    return conditional({"events": events, "next_cursor": next_cursor,
+                        "next": _next_url("api.list_events", next_cursor)})
 
 
 @bp.get("/incidents")
@@ -202,15 +245,13 @@ def list_incidents() -> ResponseReturnValue:
             raise BadRequest(f"cursor {_shown(cursor)} is not one this API returned for "
                              "/api/v1/incidents; pass next_cursor from a previous page "
                              "unchanged") from None
-    db = _db()
-    incidents = db.list_incidents(node_id=node_id, limit=limit, before=before)
-    next_cursor = next_url = None
-    if len(incidents) == limit and db.list_incidents(node_id=node_id, limit=1,
-                                                     before=incidents[-1]["id"]):
+    incidents = _db().list_incidents(node_id=node_id, limit=limit + 1, before=before)
+    next_cursor = None
+    if len(incidents) > limit:  # one more than asked: there is a next page
+        incidents = incidents[:limit]
         next_cursor = encode_cursor(_INCIDENT_CURSOR, incidents[-1]["id"])
-        args = {k: v for k, v in request.args.items() if k != "cursor"}
-        next_url = url_for("api.list_incidents", **args, cursor=next_cursor)
-    return jsonify({"incidents": incidents, "next_cursor": next_cursor, "next": next_url})
+    return conditional({"incidents": incidents, "next_cursor": next_cursor,
+                        "next": _next_url("api.list_incidents", next_cursor)})
 
 
 def incident_totals(db: HubDB) -> dict[str, int]:
@@ -224,12 +265,10 @@ def stats() -> ResponseReturnValue:
     from hub import get_ingest
 
     db = _db()
-    nodes = db.list_nodes(stale_after=_stale_after())
-    online = sum(1 for n in nodes if n["status"] == "online")
     ingest = get_ingest()
-    return jsonify({
+    return conditional({
         "events": db.event_totals(),
-        "nodes": {"total": len(nodes), "online": online, "offline": len(nodes) - online},
+        "nodes": db.node_totals(stale_after=_stale_after()),
         "incidents": incident_totals(db),
         "ingest": ingest.counters.snapshot() if ingest is not None else None,
         "api": {"auth_failures": tokens.auth_failures()},

@@ -11,10 +11,10 @@ from tapcast.keys import MAX_ID_LEN
 
 from tapcast.protocol.mqtt import KIND_PATTERN
 
-from hub.api import (DEFAULT_EVENTS_LIMIT, DEFAULT_INCIDENTS_LIMIT, EVENT_KINDS,
-                     INCIDENT_KINDS, MAX_CURSOR_LEN, MAX_INT, MAX_KIND_LEN, MAX_NUMBER_LEN,
-                     MAX_TS)
-from hub.db import MAX_EVENTS_LIMIT
+from hub.api import (DEFAULT_EVENTS_LIMIT, DEFAULT_INCIDENTS_LIMIT, DEFAULT_NODES_LIMIT,
+                     EVENT_KINDS, INCIDENT_KINDS, MAX_CURSOR_LEN, MAX_INT, MAX_KIND_LEN,
+                     MAX_LABEL_LEN, MAX_NUMBER_LEN, MAX_TS)
+from hub.db import MAX_EVENTS_LIMIT, MAX_NODES_LIMIT, NODE_STATUSES
 from hub.tokens import HOW_TO_GET_ONE
 
 
@@ -26,6 +26,11 @@ def _error(description: str) -> dict[str, Any]:
 def _ok(ref: str, description: str = "OK") -> dict[str, Any]:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+#: Listings answer with an ETag and honour If-None-Match (the page's refreshes).
+_NOT_MODIFIED = {"304": {"description": "unchanged since the ETag sent in If-None-Match"}}
+_LABEL = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_LEN}
 
 
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -91,9 +96,20 @@ def openapi_document() -> dict[str, Any]:
                                 "counters."},
         "paths": {
             "/api/v1/nodes": {"get": {
-                "summary": "All nodes that have reported, by id",
+                "summary": "Nodes that have reported, by id, paginated by cursor",
                 "operationId": "listNodes",
-                "responses": {"200": _ok("NodeList"), **_GUARDED}}},
+                "parameters": [
+                    _query("zone", _LABEL, "only nodes in this zone"),
+                    _query("version", _LABEL, "only nodes reporting this software version"),
+                    _query("status", {"enum": list(NODE_STATUSES)},
+                           "only nodes online (heard within hub.stale_after and not "
+                           "reported offline), or only the others"),
+                    _query("limit", {"type": "integer", "minimum": 1,
+                                     "maximum": MAX_NODES_LIMIT,
+                                     "default": DEFAULT_NODES_LIMIT}, "page size"),
+                    _query("cursor", _CURSOR, "next_cursor from the previous page, unchanged"),
+                ],
+                "responses": {"200": _ok("NodeList"), **_NOT_MODIFIED, **_GUARDED}}},
             "/api/v1/nodes/{node_id}": {"get": {
                 "summary": "One node, with its last state snapshot",
                 "operationId": "getNode",
@@ -111,15 +127,18 @@ def openapi_document() -> dict[str, Any]:
                     _query("since_seq", {"type": "integer", "minimum": 0,
                                          "maximum": MAX_INT},
                            "only seq > this (needs node_id)"),
-                    _query("since_ts", {"type": "number", "minimum": 0, "maximum": MAX_TS},
-                           "only events whose ts (unix seconds) is after this; decimal "
-                           f"text of at most {MAX_NUMBER_LEN} characters"),
+                    _query("since", {"type": "number", "minimum": 0, "maximum": MAX_TS},
+                           "only events the hub stored after this (unix seconds, the hub's "
+                           f"clock); decimal text of at most {MAX_NUMBER_LEN} characters"),
+                    _query("until", {"type": "number", "minimum": 0, "maximum": MAX_TS},
+                           "only events the hub stored at or before this (unix seconds, "
+                           "the hub's clock)"),
                     _query("limit", {"type": "integer", "minimum": 1,
                                      "maximum": MAX_EVENTS_LIMIT,
                                      "default": DEFAULT_EVENTS_LIMIT}, "page size"),
                     _query("cursor", _CURSOR, "next_cursor from the previous page, unchanged"),
                 ],
-                "responses": {"200": _ok("EventPage"), **_GUARDED}}},
+                "responses": {"200": _ok("EventPage"), **_NOT_MODIFIED, **_GUARDED}}},
             "/api/v1/incidents": {"get": {
                 "summary": "Incidents of the event stream (events lost for good, conflicts, "
                            "quarantined batches, new outbox epochs), newest first, paginated "
@@ -132,12 +151,12 @@ def openapi_document() -> dict[str, Any]:
                                      "default": DEFAULT_INCIDENTS_LIMIT}, "page size"),
                     _query("cursor", _CURSOR, "next_cursor from the previous page, unchanged"),
                 ],
-                "responses": {"200": _ok("IncidentPage"), **_GUARDED}}},
+                "responses": {"200": _ok("IncidentPage"), **_NOT_MODIFIED, **_GUARDED}}},
             "/api/v1/stats": {"get": {
                 "summary": "Event counts per kind, node counts, incident totals, ingest "
                            "counters",
                 "operationId": "getStats",
-                "responses": {"200": _ok("Stats"), **_GUARDED}}},
+                "responses": {"200": _ok("Stats"), **_NOT_MODIFIED, **_GUARDED}}},
             "/api/v1/openapi.json": {"get": {
                 "summary": "This document",
                 "operationId": "getOpenApi",
@@ -164,7 +183,9 @@ def openapi_document() -> dict[str, Any]:
                 "properties": {"state": {"type": ["object", "null"],
                                          "description": "last NodeState (docs/mqtt.md)"}}}]},
             "NodeList": {"type": "object", "properties": {
-                "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}}},
+                "nodes": {"type": "array", "items": {"$ref": "#/components/schemas/Node"}},
+                "next_cursor": {"type": ["string", "null"]},
+                "next": {"type": ["string", "null"], "description": "URL of the next page"}}},
             "Event": {"type": "object", "properties": {
                 "node_id": {"type": "string"}, "seq": {"type": "integer"},
                 "epoch": {"type": "string",

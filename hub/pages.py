@@ -2,6 +2,10 @@
 
 Rendered on the server first (usable without JavaScript, testable with the Flask test
 client), then refreshed by hub/static/hub.js polling the JSON API every few seconds.
+Nothing on it grows with the fleet: the nodes table is one page (filters by zone,
+version and status in the address, a link to the next page), the counts come from
+maintained totals, and each refresh is a conditional request (ETag) that moves no body
+when nothing changed.
 Without a session (hub/tokens.py) ``/`` shows the sign-in form instead of any data.
 """
 from __future__ import annotations
@@ -9,8 +13,10 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, request
 from flask.typing import ResponseReturnValue
+
+from hub.db import NODE_STATUSES, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +24,7 @@ bp = Blueprint("pages", __name__)
 
 LATEST_EVENTS = 20
 LATEST_INCIDENTS = 10
+NODES_PER_PAGE = 50
 REFRESH_SECONDS = 3
 
 
@@ -35,7 +42,17 @@ def index() -> ResponseReturnValue:
     stale_after = current_app.config["TAPCAST"].hub.stale_after
     events, _ = db.list_events(limit=LATEST_EVENTS)
     incidents = incident_totals(db)
-    return render_template("index.html", nodes=db.list_nodes(stale_after=stale_after),
+    filters = node_filters()
+    try:
+        nodes, next_cursor = db.list_nodes(stale_after=stale_after, limit=NODES_PER_PAGE,
+                                           cursor=request.args.get("cursor") or None, **filters)
+    except QueryError:  # a hand-edited address: show the first page of everything
+        filters = {}
+        nodes, next_cursor = db.list_nodes(stale_after=stale_after, limit=NODES_PER_PAGE)
+    return render_template("index.html", nodes=nodes, next_cursor=next_cursor,
+                           filters=filters, statuses=NODE_STATUSES,
+                           node_totals=db.node_totals(stale_after=stale_after),
+                           nodes_per_page=NODES_PER_PAGE,
                            totals=db.event_totals(), events=events, now=time.time(),
                            incidents=db.list_incidents(limit=LATEST_INCIDENTS),
                            incident_totals=incidents, incident_kinds=INCIDENT_KINDS,
@@ -44,6 +61,19 @@ def index() -> ResponseReturnValue:
                            refresh_ms=REFRESH_SECONDS * 1000, latest=LATEST_EVENTS,
                            latest_incidents=LATEST_INCIDENTS,
                            signed_in_as=record.name, signout_form=SignOutForm())
+
+
+def node_filters() -> dict[str, str]:
+    """The nodes table's filters from the page address (zone, version, status); blank
+    fields are no filter, and anything the API would refuse is dropped."""
+    out = {}
+    for name in ("zone", "version", "status"):
+        value = (request.args.get(name) or "").strip()
+        if value and len(value) <= 64 and value.isprintable():
+            out[name] = value
+    if out.get("status") not in (None, *NODE_STATUSES):
+        del out["status"]
+    return out
 
 
 @bp.app_template_filter("clock")

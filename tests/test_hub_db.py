@@ -79,7 +79,7 @@ def test_a_failed_batch_leaves_nothing_behind(db: HubDB) -> None:
         db.write_batch([("n1", ev(1)), ("n1", ev(2)), ("n2", unencodable)])
     assert db.count_events() == 0
     assert db.acked_seq("n1") == 0
-    assert db.list_nodes(stale_after=60) == []
+    assert db.list_nodes(stale_after=60) == ([], None)
 
 
 def test_events_are_stored_field_for_field(db: HubDB) -> None:
@@ -216,7 +216,6 @@ def test_events_list_newest_first_with_filters(db: HubDB) -> None:
     assert [(e["node_id"], e["seq"]) for e in events] == [("b", 1), ("a", 2), ("a", 1)]
     assert [e["seq"] for e in db.list_events(node_id="a", kind="tap")[0]] == [1]
     assert [e["seq"] for e in db.list_events(node_id="a", since_seq=1)[0]] == [2]
-    assert [e["node_id"] for e in db.list_events(since_ts=1001.5)[0]] == ["a"]
     assert db.list_events(kind="auth")[0][0]["data"] == {"ok": True}
 
 
@@ -302,3 +301,87 @@ def test_event_data_too_deep_to_store_keeps_the_event_and_says_so(db: HubDB) -> 
     result = db.write_batch([("n1", Event(id="x", seq=1, kind="tap", ts=1.0, data=deep))])
     assert result.stored == 1 and result.acked == {"n1": 1}
     assert db.list_events()[0][0]["data"] == {"_dropped": "data nested too deeply to store"}
+
+
+def test_time_filters_bound_the_hub_time_each_event_was_stored(db: HubDB) -> None:
+    for received, seq in ((100.0, 1), (200.0, 2), (300.0, 3)):
+        db.write_batch([("n1", ev(seq))], received=received)
+    assert [e["seq"] for e in db.list_events(since=100.0)[0]] == [3, 2]
+    assert [e["seq"] for e in db.list_events(until=200.0)[0]] == [2, 1]
+    assert [e["seq"] for e in db.list_events(since=150.0, until=250.0)[0]] == [2]
+    assert db.list_events(since=300.0) == ([], None)
+    assert db.list_events(until=99.0) == ([], None)
+
+
+def test_time_filters_page_like_the_rest(db: HubDB) -> None:
+    for seq in range(1, 8):
+        db.write_batch([("n1", ev(seq))], received=float(seq))
+    first, cursor = db.list_events(since=2.0, until=6.0, limit=3)
+    rest, end = db.list_events(since=2.0, until=6.0, limit=3, cursor=cursor)
+    assert [e["seq"] for e in first + rest] == [6, 5, 4, 3] and end is None
+
+
+def test_kind_filter_finds_a_rare_kind_among_many(db: HubDB) -> None:
+    db.write_batch([("n1", ev(s)) for s in range(1, 200)] + [("n1", ev(200, "error"))])
+    assert [e["seq"] for e in db.list_events(kind="error")[0]] == [200]
+
+
+def state(node_id: str, zone: str, version: str) -> NodeState:
+    return NodeState(node_id=node_id, ts=50.0, version=version, zone=zone, uptime=1.0,
+                     outbox_depth=0)
+
+
+@pytest.fixture
+def fleet(db: HubDB) -> HubDB:
+    """Seven nodes: n0..n6 in zones a/b, versions 1/2; n5 and n6 not heard lately."""
+    for i in range(7):
+        node = f"n{i}"
+        db.write(states=[(node, state(node, "ab"[i % 2], "12"[i // 4]),
+                          100.0 if i < 5 else 10.0)])
+    return db
+
+
+def test_nodes_are_listed_a_page_at_a_time_by_id(fleet: HubDB) -> None:
+    first, cursor = fleet.list_nodes(stale_after=30, now=110.0, limit=4)
+    rest, end = fleet.list_nodes(stale_after=30, now=110.0, limit=4, cursor=cursor)
+    assert [n["node_id"] for n in first] == ["n0", "n1", "n2", "n3"]
+    assert [n["node_id"] for n in rest] == ["n4", "n5", "n6"] and end is None
+
+
+@pytest.mark.parametrize("filters,expected", [
+    ({"zone": "a"}, ["n0", "n2", "n4", "n6"]),
+    ({"version": "2"}, ["n4", "n5", "n6"]),
+    ({"status": "offline"}, ["n5", "n6"]),
+    ({"status": "online", "zone": "b"}, ["n1", "n3"]),
+    ({"zone": "nowhere"}, []),
+])
+def test_nodes_are_filtered_by_zone_version_and_status(fleet: HubDB, filters: dict,
+                                                       expected: list[str]) -> None:
+    nodes, _ = fleet.list_nodes(stale_after=30, now=110.0, **filters)
+    assert [n["node_id"] for n in nodes] == expected
+
+
+def test_a_filtered_listing_pages_within_its_filter(fleet: HubDB) -> None:
+    first, cursor = fleet.list_nodes(stale_after=30, now=110.0, zone="a", limit=2)
+    rest, end = fleet.list_nodes(stale_after=30, now=110.0, zone="a", limit=2, cursor=cursor)
+    assert [n["node_id"] for n in first + rest] == ["n0", "n2", "n4", "n6"] and end is None
+
+
+def test_node_totals_count_online_and_offline(fleet: HubDB) -> None:
+    fleet.write(statuses=[("n0", "offline", 105.0)])
+    assert fleet.node_totals(stale_after=30, now=110.0) == {
+        "total": 7, "online": 4, "offline": 3}
+
+
+def test_a_node_cursor_from_another_listing_is_refused(fleet: HubDB) -> None:
+    cursor = "bm9kZTox"  # base64 of "node:1": an events cursor, not a nodes one
+    with pytest.raises(QueryError, match="not one this API returned"):
+        fleet.list_nodes(stale_after=30, cursor=cursor)
+
+
+def test_fleet_totals_are_maintained_not_summed_per_node(db: HubDB) -> None:
+    db.write_batch([(f"n{i}", ev(1, "auth", ok=True)) for i in range(40)]
+                   + [(f"n{i}", ev(2, "tap")) for i in range(40)])
+    assert db.query("SELECT sum(n) AS n FROM kind_totals WHERE kind = 'auth'") == [{"n": 40}]
+    assert db.event_totals() == {"total": 80, "by_kind": {"auth": 40, "tap": 40},
+                                 "auth_ok": 40, "auth_rejected": 0}

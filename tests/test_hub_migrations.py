@@ -57,7 +57,7 @@ def legacy_file(path: Path, user_version: int = 2) -> None:
 def test_upgrade_creates_every_table_in_an_empty_database(empty_database: str) -> None:
     assert upgrade(empty_database, echo=print) == (None, head_revision())
     with HubDB(empty_database) as db:
-        assert db.count_events() == 0 and db.list_nodes(stale_after=1) == []
+        assert db.count_events() == 0 and db.list_nodes(stale_after=1) == ([], None)
 
 
 def test_upgrade_again_changes_nothing(empty_database: str) -> None:

@@ -194,8 +194,9 @@ def test_page_refreshes_itself_from_the_api_without_external_assets(client: Flas
     js = client.get("/static/hub.js").get_data(as_text=True)
     assert "/api/v1/nodes" in js and "/api/v1/stats" in js and "setTimeout(refresh" in js
     assert "/api/v1/incidents" in js
-    # The fetch budget: one request per section, four per refresh.
-    assert len(re.findall(r'getJson\("/api/v1/', js)) == 4
+    # The fetch budget: one request per section, four per refresh, each conditional.
+    assert len(re.findall(r'getJson\((nodesUrl\(\)|"/api/v1/)', js)) == 4
+    assert "If-None-Match" in js
 
 
 def test_page_without_incidents_says_so_and_raises_no_flag(client: FlaskClient) -> None:

@@ -1,5 +1,8 @@
 // Tapcast hub operator page: refresh nodes, counts, incidents and latest events from
-// /api/v1 (four requests per refresh).
+// /api/v1 (four requests per refresh). Each is conditional (If-None-Match with the
+// ETag of the last answer): an unchanged answer is a 304 without a body, and the
+// table is left as it is. The nodes table refreshes the page (filters, cursor) the
+// server rendered, never the whole fleet.
 // Same markup (ids, data-testid) as the server-rendered template, so tests can
 // address the page before and after a refresh.
 "use strict";
@@ -31,7 +34,7 @@
   function renderNodes(nodes) {
     const tbody = document.getElementById("nodes-body");
     tbody.replaceChildren();
-    if (!nodes.length) return empty(tbody, 7, "No node has reported yet.");
+    if (!nodes.length) return empty(tbody, 7, "No node matches.");
     for (const n of nodes) {
       const tr = document.createElement("tr");
       tr.dataset.testid = "node-row";
@@ -49,6 +52,11 @@
       cell(tr, String(n.events.total));
       tbody.appendChild(tr);
     }
+  }
+  function renderNodeTotals(totals) {
+    document.getElementById("nodes-total").textContent = totals.total;
+    document.getElementById("nodes-online").textContent = totals.online;
+    document.getElementById("nodes-offline").textContent = totals.offline;
   }
   function renderCounts(events) {
     const byKind = events.by_kind;
@@ -107,26 +115,49 @@
       tbody.appendChild(tr);
     }
   }
+  const etags = new Map();  // url -> ETag of the last answer rendered
+  // The JSON at url, or null when it is unchanged since the last call (304).
   async function getJson(url) {
-    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    if (etags.has(url)) headers["If-None-Match"] = etags.get(url);
+    // no-store: the browser's cache stays out of it, so a 304 reaches this code
+    const r = await fetch(url, { headers, cache: "no-store" });
+    if (r.status === 304) return null;
     if (r.status === 401) {  // signed out or token revoked: the reload shows the form
       window.location.reload();
       throw new Error("signed out");
     }
     if (!r.ok) throw new Error(url + ": HTTP " + r.status);
-    return r.json();
+    const body = await r.json();
+    if (r.headers.get("ETag")) etags.set(url, r.headers.get("ETag"));
+    return body;
   }
+  function nodesUrl() {
+    const table = document.getElementById("nodes-table");
+    const params = new URLSearchParams(JSON.parse(table.dataset.filters || "{}"));
+    if (table.dataset.cursor) params.set("cursor", table.dataset.cursor);
+    params.set("limit", table.dataset.limit || "50");
+    return "/api/v1/nodes?" + params.toString();
+  }
+  let lastIncidents = null, lastIncidentTotals = null;
   async function refresh() {
     const err = document.getElementById("refresh-error");
     try {
       const [nodes, stats, events, incidents] = await Promise.all([
-        getJson("/api/v1/nodes"), getJson("/api/v1/stats"),
+        getJson(nodesUrl()), getJson("/api/v1/stats"),
         getJson("/api/v1/events?limit=" + latest),
         getJson("/api/v1/incidents?limit=" + latestIncidents)]);
-      renderNodes(nodes.nodes);
-      renderCounts(stats.events);
-      renderIncidents(stats.incidents, incidents.incidents);
-      renderEvents(events.events);
+      if (nodes) renderNodes(nodes.nodes);
+      if (stats) {
+        renderNodeTotals(stats.nodes);
+        renderCounts(stats.events);
+      }
+      if (stats || incidents) {
+        lastIncidents = incidents ? incidents.incidents : lastIncidents;
+        lastIncidentTotals = stats ? stats.incidents : lastIncidentTotals;
+        if (lastIncidents && lastIncidentTotals) renderIncidents(lastIncidentTotals, lastIncidents);
+      }
+      if (events) renderEvents(events.events);
       document.getElementById("last-refresh").textContent = clock(Date.now() / 1000);
       err.hidden = true;
     } catch (e) {

@@ -1,4 +1,5 @@
-"""Event stream: nodes, streams, events, event counts, incidents, quarantine.
+"""Event stream: nodes, streams, events, event counts and totals, incidents,
+quarantine, and the indexes the operator views page and filter on.
 
 Also adopts a hub database written before migrations (SQLite, ``PRAGMA user_version``
 2, the issue-6 schema made by sqlite-utils): its tables are kept, ``events`` is rebuilt
@@ -46,6 +47,7 @@ def upgrade() -> None:
         sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("node_id", name="pk_nodes"),
     )
+    _view_indexes()
     op.create_table(
         "streams",
         sa.Column("node_id", sa.String(64), nullable=False),
@@ -56,7 +58,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("node_id", "epoch", name="pk_streams"),
     )
     _create_events("events")
-    op.create_index("ix_events_node_id_pos", "events", ["node_id", "pos"])
+    _event_indexes()
     op.create_table(
         "event_counts",
         sa.Column("node_id", sa.String(64), nullable=False),
@@ -65,6 +67,7 @@ def upgrade() -> None:
         sa.Column("ok", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("node_id", "kind", name="pk_event_counts"),
     )
+    _create_kind_totals()
     op.create_table(
         "incidents",
         sa.Column("id", BigId, autoincrement=True, nullable=False),
@@ -90,6 +93,29 @@ def upgrade() -> None:
         sa.Column("received", Time, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_quarantine"),
         sa.UniqueConstraint("digest", name="uq_quarantine_digest"),
+    )
+
+
+def _view_indexes() -> None:
+    op.create_index("ix_nodes_zone_node_id", "nodes", ["zone", "node_id"])
+    op.create_index("ix_nodes_version_node_id", "nodes", ["version", "node_id"])
+    op.create_index("ix_nodes_last_seen", "nodes", ["last_seen"])
+
+
+def _event_indexes() -> None:
+    op.create_index("ix_events_node_id_pos", "events", ["node_id", "pos"])
+    op.create_index("ix_events_kind_pos", "events", ["kind", "pos"])
+    op.create_index("ix_events_received", "events", ["received"])
+
+
+def _create_kind_totals() -> None:
+    op.create_table(
+        "kind_totals",
+        sa.Column("shard", sa.Integer, autoincrement=False, nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("n", sa.BigInteger, nullable=False),
+        sa.Column("ok", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("shard", "kind", name="pk_kind_totals"),
     )
 
 
@@ -122,11 +148,18 @@ def _adopt_legacy() -> None:
                "FROM events")
     op.drop_table("events")
     op.rename_table("events_adopted", "events")
-    op.create_index("ix_events_node_id_pos", "events", ["node_id", "pos"])
+    _event_indexes()
+    _view_indexes()
     op.create_index("ix_incidents_node_id_id", "incidents", ["node_id", "id"])
+    # The fleet's totals, from the per-node counts, all in shard 0 (any shard will do:
+    # readers sum the shards).
+    _create_kind_totals()
+    op.execute("INSERT INTO kind_totals (shard, kind, n, ok) "
+               "SELECT 0, kind, sum(n), sum(ok) FROM event_counts GROUP BY kind")
     op.execute("PRAGMA user_version = 0")  # from now on Alembic's version table says it
 
 
 def downgrade() -> None:
-    for table in ("quarantine", "incidents", "event_counts", "events", "streams", "nodes"):
+    for table in ("quarantine", "incidents", "kind_totals", "event_counts", "events",
+                  "streams", "nodes"):
         op.drop_table(table)
