@@ -19,11 +19,12 @@ difference); tests/test_hub_migrations.py fails when the two disagree.
 """
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, Float, Index, Integer, LargeBinary, MetaData,
-                        String, Table, Text, UniqueConstraint)
+from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Float, ForeignKey, Index,
+                        Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint,
+                        false)
 
-__all__ = ["metadata", "nodes", "streams", "events", "event_counts", "incidents",
-           "quarantine", "BigId", "Time"]
+__all__ = ["metadata", "nodes", "streams", "events", "event_counts", "kind_totals",
+           "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time"]
 
 # Stable constraint and index names, so migrations can name what they alter.
 metadata = MetaData(naming_convention={
@@ -53,6 +54,10 @@ nodes = Table(
     Column("version", String(64)),
     Column("epoch", String(EPOCH_LEN)),  # the node's current outbox epoch (newest stream)
     Column("acked_seq", BigInteger, nullable=False, server_default="0"),  # of that epoch
+    # the operator views filter by these and page by node_id
+    Index(None, "zone", "node_id"),
+    Index(None, "version", "node_id"),
+    Index(None, "last_seen"),
 )
 
 streams = Table(
@@ -77,6 +82,8 @@ events = Table(
     Column("received", Time, nullable=False),
     UniqueConstraint("node_id", "epoch", "seq"),
     Index(None, "node_id", "pos"),  # one node's events, newest first
+    Index(None, "kind", "pos"),  # one kind's events, newest first
+    Index(None, "received"),  # time filters: hub time -> storage position bounds
 )
 
 event_counts = Table(
@@ -85,6 +92,18 @@ event_counts = Table(
     Column("kind", String(32), primary_key=True),
     Column("n", BigInteger, nullable=False),
     Column("ok", BigInteger, nullable=False),  # how many had data.ok = true (auth verdicts)
+)
+
+#: Event totals per kind for the whole fleet, maintained in the ingest's transaction so
+#: /api/v1/stats reads a few rows instead of summing per node. Spread over SHARDS rows
+#: per kind (by node id) so concurrent ingest workers rarely wait on one hot row.
+KIND_TOTAL_SHARDS = 16
+kind_totals = Table(
+    "kind_totals", metadata,
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(32), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+    Column("ok", BigInteger, nullable=False),
 )
 
 incidents = Table(
@@ -113,3 +132,73 @@ quarantine = Table(
 )
 
 # --- accounts, roles, API tokens, audit log: below this line (revision 0002) ---
+#
+# Accounts: who may sign in and with which role (hub/accounts.py has the roles and what
+# each may do). Why they are shaped so:
+#
+# * ``users`` holds every kind of account, staff and customers alike: the handset app
+#   will register customers, who may have no password and authenticate by their handset
+#   key instead (``handset_id``, the pseudonymous id in the handset's hub-signed
+#   certificate; unique, NULL for staff). ``password_hash`` is an argon2id string.
+#   Accounts are disabled, never deleted, so the audit log's actor ids stay meaningful.
+# * ``api_tokens`` keeps only a token's sha256 (the value is shown once); ``id`` is the
+#   public handle used to list and revoke it. ``scopes`` is a space-separated subset of
+#   the owner's role's permissions, intersected again with the role on every request.
+# * ``audit_log`` is append-only: who (id and name as they were), through what (web,
+#   api, cli), what, on which target, the target before and after as JSON text.
+# * ``settings`` holds values every hub process must share, such as the session-signing
+#   key (created once by whichever process comes first: INSERT ... ON CONFLICT DO
+#   NOTHING, then read back).
+
+USERNAME_LEN = 64
+
+users = Table(
+    "users", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("username", String(USERNAME_LEN), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", String(255)),  # argon2id; NULL: no password sign-in
+    Column("handset_id", String(NODE_ID_LEN), unique=True),  # customers: their handset
+    Column("display_name", String(128)),
+    Column("email", String(254)),
+    Column("created_at", Time, nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default=false()),
+    Column("last_login", Time),
+    CheckConstraint("role IN ('admin', 'operator', 'marketer', 'auditor', 'customer')",
+                    name="role"),
+)
+
+api_tokens = Table(
+    "api_tokens", metadata,
+    Column("id", String(32), primary_key=True),  # public handle, random
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False, unique=True),  # hex digest of the value
+    Column("scopes", Text, nullable=False),  # space-separated permissions
+    Column("created_at", Time, nullable=False),
+    Column("last_used", Time),  # updated at most once a minute
+    Column("expires_at", Time),  # NULL: does not expire
+    Column("revoked_at", Time),  # NULL: not revoked
+    UniqueConstraint("user_id", "name"),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", Time, nullable=False),
+    Column("actor_id", BigInteger),  # NULL for the CLI (whoever runs it on the hub box)
+    Column("actor_name", String(USERNAME_LEN + 16), nullable=False),
+    Column("via", String(8), nullable=False),  # web, api, cli
+    Column("action", String(32), nullable=False),
+    Column("target_type", String(16), nullable=False),
+    Column("target_id", String(64), nullable=False),
+    Column("before", Text),  # JSON object, NULL when created
+    Column("after", Text),  # JSON object
+    Column("remote_addr", String(64)),
+)
+
+settings = Table(
+    "settings", metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
