@@ -244,6 +244,7 @@ class FleetCounts:
     acked_batches: int = 0
     forged_acks: int = 0
     refused_acks: int = 0  # authentic but another epoch or beyond what was sent
+    window_taps: int = 0
     window_batches: int = 0
     window_states: int = 0
     connected_at_start: int = 0  # of the window
@@ -274,7 +275,8 @@ class Fleet:
         self._recent_acks = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._timers: list[asyncio.TimerHandle] = []
+        self._tap_timer: asyncio.TimerHandle | None = None
+        self._next_tap = 0.0
         self._traffic = False
         self._connack: dict[int, asyncio.Future[Any]] = {}
         self._closing = False
@@ -444,17 +446,27 @@ class Fleet:
 
     def _tap(self) -> None:
         """The fleet's taps are one Poisson process (rate nodes / tap_interval) landing
-        on a node chosen at random: the same as one Poisson process per node."""
+        on a node chosen at random: the same as one Poisson process per node. Scheduled
+        on absolute times, so a late loop catches up instead of tapping less."""
         if not self._traffic:
             return
         assert self._loop is not None
         rate = self.params.nodes / self.params.tap_interval
-        self._timers.append(self._loop.call_later(self.rng.expovariate(rate), self._tap))
+        now = self._loop.time()
+        while self._next_tap <= now:
+            self._next_tap += self.rng.expovariate(rate)
+            self._tap_one()
+        self._tap_timer = self._loop.call_at(self._next_tap, self._tap)
+
+    def _tap_one(self) -> None:
+        assert self._loop is not None
         node = self.nodes[self.rng.randrange(len(self.nodes))]
         if not node.connected:
             return
         node.taps += 1
         self.counts.taps += 1
+        if self.in_window:
+            self.counts.window_taps += 1
         handset = f"hs-{self.rng.randrange(1 << 30):08x}"
         for delay, kinds in tap_batches(self.rng):
             if delay <= 0:
@@ -462,11 +474,12 @@ class Fleet:
             else:
                 self._loop.call_later(delay, self._publish_batch, node, kinds, handset)
 
-    def _heartbeat(self, node: SimNode) -> None:
+    def _heartbeat(self, node: SimNode, due: float) -> None:
         if not self._traffic:
             return
         assert self._loop is not None
-        self._loop.call_later(self.params.heartbeat, self._heartbeat, node)
+        self._loop.call_at(due + self.params.heartbeat, self._heartbeat, node,
+                           due + self.params.heartbeat)
         if node.connected:
             self._publish_state(node)
 
@@ -554,9 +567,11 @@ class Fleet:
     def start_traffic(self) -> None:
         assert self._loop is not None
         self._traffic = True
+        now = self._loop.time()
         for node in self.nodes:
-            self._loop.call_later(self.rng.uniform(0, self.params.heartbeat),
-                                  self._heartbeat, node)
+            due = now + self.rng.uniform(0, self.params.heartbeat)
+            self._loop.call_at(due, self._heartbeat, node, due)
+        self._next_tap = now + self.rng.expovariate(self.params.nodes / self.params.tap_interval)
         self._tap()
 
     def begin_window(self) -> None:
@@ -570,9 +585,8 @@ class Fleet:
 
     def stop_traffic(self) -> None:
         self._traffic = False
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
+        if self._tap_timer is not None:
+            self._tap_timer.cancel()
 
     def unacked(self) -> int:
         return sum(len(node.pending) for node in self.nodes)
@@ -630,6 +644,7 @@ class DbSampler(threading.Thread):
         query = sa.text("SELECT node_id, state FROM nodes WHERE node_id IN :ids").bindparams(
             sa.bindparam("ids", expanding=True))
         ids = list(self.nodes)
+        last: dict[str, Any] = {}
         try:
             while not self._stop_event.is_set():
                 t0 = time.time()
@@ -644,8 +659,9 @@ class DbSampler(threading.Thread):
                 self.queries += 1
                 self.query_seconds.append(observed - t0)
                 for node_id, state in rows:
-                    if state is None:
-                        continue
+                    if state is None or state == last.get(node_id):
+                        continue  # unchanged since the last read: nothing to parse
+                    last[node_id] = state
                     ts = (state if isinstance(state, dict) else json.loads(state))["ts"]
                     node = self.nodes.get(node_id)
                     if node is not None and node.states:
@@ -1226,9 +1242,10 @@ def results(product: SideRun, floor: SideRun | None, params: FleetParams,
             if value is None:
                 continue
             fvalue = _p(flo, q)
-            extra: dict[str, Any] = _ci_extra(prod, q)
+            # the interval for the p99s only (a bootstrap of 50k samples takes seconds)
+            extra: dict[str, Any] = _ci_extra(prod, q) if q == 99 else {"n": len(prod)}
             if flo:
-                extra.update(_ci_extra(flo, q, "floor_"))
+                extra.update(_ci_extra(flo, q, "floor_") if q == 99 else {"floor_n": len(flo)})
             out.append(Result(f"{label}: {what} p{q}", "ms", value * MS,
                               fvalue * MS if fvalue is not None else None,
                               targets.get((what, q), ""), extra))
@@ -1265,7 +1282,9 @@ def render(found: list[Result]) -> str:
         p, pe = run["product_counts"], run["product_extra"]
         lines.append(
             f"product: {p['connected_at_start']} nodes connected in {pe['connect_seconds']:.1f} s; "
-            f"window {pe['window_seconds']:.0f} s: {p['window_batches']} batches, "
+            f"window {pe['window_seconds']:.0f} s: {p['window_taps']} taps (Poisson mean "
+            f"{run['params']['nodes'] / run['params']['tap_interval'] * pe['window_seconds']:.0f}), "
+            f"{p['window_batches']} batches, "
             f"{p['window_states']} states published; whole run: {p['taps']} taps, "
             f"{p['batches']} batches ({p['events']} events), {p['acked_batches']} acked, "
             f"{pe['unacked_at_end']} unacked after {pe['drain_seconds']:.1f} s of drain; "
