@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgspec
-from sqlalchemy import Connection, Engine, case, func, select, text, update
+from sqlalchemy import (BigInteger, Connection, Engine, String, bindparam, case, cast, func,
+                        select, text, tuple_, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -108,7 +109,7 @@ class HubDB:
         self.where = shown_url(self.engine.url)
         self.dialect = self.engine.dialect.name
         self._writer = writer(self.engine)
-        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self._sql = _Statements(self.dialect)
         try:
             with self.engine.connect() as conn:
                 check_current(conn, self.where)
@@ -178,14 +179,14 @@ class HubDB:
         keys = set(grouped)
         keys.update((q.node_id, q.header.epoch) for q in quarantined if q.header is not None)
         with self._writer.begin() as conn:
-            w = _Writer(conn, received, self._insert)
+            w = _Writer(conn, received, self._sql)
             w.lock_streams(sorted(keys))
             for q in quarantined:
                 w.quarantine(q)
-            for key in sorted(grouped):
-                w.stream_batches(*key, grouped[key])
+            w.stream_batches(grouped)
             w.flush_events()
             acks = [(node_id, epoch, w.advance(node_id, epoch)) for node_id, epoch in w.order]
+            w.flush_streams()
             w.update_nodes(acks, statuses=statuses, states=states, seen=seen or {})
         total = sum(len(b.events) for b in batches)
         return BatchResult(stored=len(w.rows), duplicates=total - len(w.rows) - w.conflicts,
@@ -382,58 +383,173 @@ class HubDB:
         return rows, next_cursor
 
 
+class _Statements:
+    """The writer's statements, built once per dialect: building a SQLAlchemy statement
+    costs far more than running it, and a transaction runs the same dozen each time,
+    each over every row it concerns (executemany, expanding IN), never once per stream."""
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self.insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.lock_streams = (
+            select(streams.c.node_id, streams.c.epoch, streams.c.acked_seq, streams.c.high)
+            .where(tuple_(streams.c.node_id, streams.c.epoch)
+                   .in_(bindparam("keys", expanding=True)))
+            .order_by(streams.c.node_id, streams.c.epoch)
+            .with_for_update())
+        self.previous_epochs = select(nodes.c.node_id, nodes.c.epoch).where(
+            nodes.c.node_id.in_(bindparam("ids", expanding=True)))
+        self.stored = select(events.c.node_id, events.c.epoch, events.c.seq, events.c.id).where(
+            tuple_(events.c.node_id, events.c.epoch, events.c.seq)
+            .in_(bindparam("keys", expanding=True)))
+        # PostgreSQL plans a long row-value IN list as a scan of the table; joined to
+        # the keys as arrays (unnest) it probes the unique index once per key.
+        self.stored_pg = text(
+            "SELECT e.node_id, e.epoch, e.seq, e.id FROM events AS e JOIN unnest("
+            "CAST(:nodes AS varchar[]), CAST(:epochs AS varchar[]), CAST(:seqs AS bigint[])"
+            ") AS k(node_id, epoch, seq) "
+            "ON e.node_id = k.node_id AND e.epoch = k.epoch AND e.seq = k.seq")
+
+        self.count_between = select(func.count()).select_from(events).where(
+            events.c.node_id == bindparam("node"), events.c.epoch == bindparam("epoch"),
+            events.c.seq > bindparam("lo"), events.c.seq < bindparam("hi"))
+        self.insert_events = events.insert()
+        # PostgreSQL: psycopg's executemany sends a statement per row (pipelined); the
+        # rows as one set of arrays are one statement.
+        self.insert_events_pg = text(
+            "INSERT INTO events (node_id, epoch, seq, id, kind, ts, data, received) "
+            "SELECT * FROM unnest(CAST(:node_id AS varchar[]), CAST(:epoch AS varchar[]), "
+            "CAST(:seq AS bigint[]), CAST(:id AS varchar[]), CAST(:kind AS varchar[]), "
+            "CAST(:ts AS double precision[]), CAST(:data AS text[]), "
+            "CAST(:received AS double precision[]))")
+        self.insert_incidents = incidents.insert()
+        counts = self.insert(event_counts)
+        self.add_counts = counts.on_conflict_do_update(
+            index_elements=["node_id", "kind"],
+            set_={"n": event_counts.c.n + counts.excluded.n,
+                  "ok": event_counts.c.ok + counts.excluded.ok})
+        totals = self.insert(kind_totals)
+        self.add_totals = totals.on_conflict_do_update(
+            index_elements=["shard", "kind"],
+            set_={"n": kind_totals.c.n + totals.excluded.n,
+                  "ok": kind_totals.c.ok + totals.excluded.ok})
+        self.update_streams = update(streams).where(
+            streams.c.node_id == bindparam("s_node"), streams.c.epoch == bindparam("s_epoch")
+        ).values(acked_seq=bindparam("s_acked"), lost=streams.c.lost + bindparam("s_lost"),
+                 high=bindparam("s_high"))
+        self.mirror = update(nodes).where(
+            nodes.c.node_id == bindparam("m_node"), nodes.c.epoch == bindparam("m_epoch_")
+        ).values(acked_seq=bindparam("m_seq_"))
+        # One upsert shape for every node row a transaction writes (a new epoch, the
+        # acked mirror, status, state, liveness): NULL means "leave it", last_seen only
+        # moves forward, and acked_seq follows the mirror when its epoch is current.
+        up = self.insert(nodes).values(
+            node_id=bindparam("n_id"), status=bindparam("n_status"),
+            status_at=bindparam("n_status_at"), last_seen=bindparam("n_last_seen"),
+            state=bindparam("n_state"), zone=bindparam("n_zone"),
+            version=bindparam("n_version"), epoch=bindparam("n_epoch"),
+            acked_seq=bindparam("n_acked"))
+        x = up.excluded
+        m_epoch = cast(bindparam("m_epoch", type_=String), String)
+        m_seq = cast(bindparam("m_seq", type_=BigInteger), BigInteger)
+        self.upsert_nodes = up.on_conflict_do_update(index_elements=["node_id"], set_={
+            "status": func.coalesce(x.status, nodes.c.status),
+            "status_at": func.coalesce(x.status_at, nodes.c.status_at),
+            "state": func.coalesce(x.state, nodes.c.state),
+            "zone": func.coalesce(x.zone, nodes.c.zone),
+            "version": func.coalesce(x.version, nodes.c.version),
+            "epoch": func.coalesce(x.epoch, nodes.c.epoch),
+            "acked_seq": case(
+                (m_epoch.is_not(None) & (func.coalesce(x.epoch, nodes.c.epoch) == m_epoch),
+                 m_seq),
+                (x.epoch.is_not(None), 0),
+                else_=nodes.c.acked_seq),
+            "last_seen": case(
+                (x.last_seen.is_(None), nodes.c.last_seen),
+                (nodes.c.last_seen.is_(None) | (x.last_seen > nodes.c.last_seen), x.last_seen),
+                else_=nodes.c.last_seen),
+        })
+
+    def insert_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert new event rows (all of one transaction)."""
+        if self.dialect == "postgresql":
+            conn.execute(self.insert_events_pg, {
+                column: [r[column] for r in rows]
+                for column in ("node_id", "epoch", "seq", "id", "kind", "ts", "data",
+                               "received")})
+        else:
+            conn.execute(self.insert_events, rows)
+
+    def stored_ids(self, conn: Connection, keys: list[tuple[str, str, int]]
+                   ) -> Iterable[tuple[str, str, int, str]]:
+        """(node, epoch, seq, id) of the stored events among ``keys``."""
+        if self.dialect == "postgresql":
+            return conn.execute(self.stored_pg, {"nodes": [k[0] for k in keys],
+                                                 "epochs": [k[1] for k in keys],
+                                                 "seqs": [k[2] for k in keys]}).all()
+        found: list[tuple[str, str, int, str]] = []
+        for start in range(0, len(keys), 5000):  # bounded statement size
+            found += conn.execute(self.stored, {"keys": keys[start:start + 5000]}).all()
+        return found
+
+
 class _Writer:
     """The per-transaction work of ``HubDB.write`` on one connection: stream locks and
-    bookkeeping, holes, duplicates and conflicts, quarantine, node rows."""
+    bookkeeping, holes, duplicates and conflicts, quarantine, node rows. Statements run
+    over all streams at once; only rare paths (a hole, a quarantined batch, a stream
+    whose stored seqs run past this batch) cost a statement per stream."""
 
     MAX_DETAIL_SEQS = 10  # seqs named in one incident's detail
 
-    def __init__(self, conn: Connection, received: float, insert: Any) -> None:
+    def __init__(self, conn: Connection, received: float, sql: _Statements) -> None:
         self.conn = conn
         self.received = received
-        self.insert = insert  # the dialect's INSERT (for ON CONFLICT)
+        self.sql = sql
         self.rows: list[dict[str, Any]] = []
         self.counts: dict[tuple[str, str], tuple[int, int]] = {}
         self.acked: dict[tuple[str, str], int] = {}  # locked streams -> acked_seq
+        self.high: dict[tuple[str, str], int] = {}  # locked streams -> highest stored seq
+        self.lost_in: dict[tuple[str, str], int] = {}  # seqs found lost now, per stream
+        self.fresh: dict[tuple[str, str], set[int]] = {}  # seqs stored, or inserted now
         self.new_epochs: dict[str, str] = {}  # node -> epoch of a stream created now
         self.order: list[tuple[str, str]] = []  # streams written, in order
+        self.pending_incidents: list[dict[str, Any]] = []
         self.conflicts = self.lost = self.quarantined = self.incidents = 0
 
     def incident(self, node_id: str, epoch: str | None, kind: str, count: int,
                  detail: str) -> None:
-        self.conn.execute(incidents.insert().values(
-            node_id=node_id, epoch=epoch, kind=kind, count=count, detail=detail,
-            at=self.received))
+        self.pending_incidents.append({"node_id": node_id, "epoch": epoch, "kind": kind,
+                                       "count": count, "detail": detail, "at": self.received})
         self.incidents += 1
         log.warning("incident on node %s: %s (%d): %s", node_id, kind, count, detail)
 
     def lock_streams(self, keys: list[tuple[str, str]]) -> None:
         """Create missing streams and lock every one this transaction touches, in sorted
-        order (PostgreSQL: row locks held to commit; SQLite: the file lock already is)."""
-        for node_id, epoch in keys:
-            # RETURNING, not rowcount: what a driver reports as rowcount for an
-            # INSERT that ON CONFLICT skipped is not the same everywhere.
-            created = self.conn.execute(
-                self.insert(streams).values(node_id=node_id, epoch=epoch,
-                                            first_seen=self.received)
-                .on_conflict_do_nothing(index_elements=["node_id", "epoch"])
-                .returning(streams.c.node_id)).first() is not None
-            acked = self.conn.execute(
-                select(streams.c.acked_seq)
-                .where(streams.c.node_id == node_id, streams.c.epoch == epoch)
-                .with_for_update()).scalar_one()
+        order (PostgreSQL: row locks held to commit; SQLite: the file lock already is).
+        A multi-row INSERT ... ON CONFLICT DO NOTHING RETURNING names the streams
+        created now (a new outbox epoch); RETURNING, because what drivers report as
+        rowcount for skipped rows differs."""
+        if not keys:
+            return
+        created = {tuple(r) for r in self.conn.execute(
+            self.sql.insert(streams)
+            .values([{"node_id": n, "epoch": e, "first_seen": self.received} for n, e in keys])
+            .on_conflict_do_nothing(index_elements=["node_id", "epoch"])
+            .returning(streams.c.node_id, streams.c.epoch))}
+        for node_id, epoch, acked, high in self.conn.execute(self.sql.lock_streams,
+                                                             {"keys": keys}):
             self.acked[(node_id, epoch)] = int(acked)
-            if created:
-                self.new_epoch(node_id, epoch)
-
-    def new_epoch(self, node_id: str, epoch: str) -> None:
-        previous = self.conn.execute(select(nodes.c.epoch)
-                                     .where(nodes.c.node_id == node_id)).scalar()
-        if previous is not None and previous != epoch:
-            self.incident(node_id, epoch, "new_epoch", 0,
-                          f"outbox epoch {epoch} follows {previous} (a new data dir: "
-                          f"what the old one had not sent is gone)")
-        self.new_epochs[node_id] = epoch
+            self.high[(node_id, epoch)] = int(high)
+        if created:
+            previous = dict(self.conn.execute(self.sql.previous_epochs,
+                                              {"ids": sorted({n for n, _ in created})}).all())
+            for node_id, epoch in sorted(created):
+                before = previous.get(node_id)
+                if before is not None and before != epoch:
+                    self.incident(node_id, epoch, "new_epoch", 0,
+                                  f"outbox epoch {epoch} follows {before} (a new data dir: "
+                                  f"what the old one had not sent is gone)")
+                self.new_epochs[node_id] = epoch
 
     def touch(self, node_id: str, epoch: str) -> int:
         key = (node_id, epoch)
@@ -441,100 +557,97 @@ class _Writer:
             self.order.append(key)
         return self.acked[key]
 
-    def set_acked(self, node_id: str, epoch: str, acked: int, lost: int = 0) -> None:
-        self.acked[(node_id, epoch)] = acked
-        self.conn.execute(update(streams)
-                          .where(streams.c.node_id == node_id, streams.c.epoch == epoch)
-                          .values(acked_seq=acked, lost=streams.c.lost + lost))
-
     def skip_to(self, node_id: str, epoch: str, acked: int, low: int, why: str) -> int:
         """The node holds nothing below ``low`` any more: seqs acked+1..low-1 that are
         not stored will never come. Record them as lost and move the ack past them."""
         if low <= acked + 1:
             return acked
-        have = self.conn.execute(
-            select(func.count()).select_from(events)
-            .where(events.c.node_id == node_id, events.c.epoch == epoch,
-                   events.c.seq > acked, events.c.seq < low)).scalar_one()
+        have = self.conn.execute(self.sql.count_between, {
+            "node": node_id, "epoch": epoch, "lo": acked, "hi": low}).scalar_one()
         missing = (low - 1 - acked) - int(have)
         if missing > 0:
             self.lost += missing
+            key = (node_id, epoch)
+            self.lost_in[key] = self.lost_in.get(key, 0) + missing
             self.incident(node_id, epoch, "lost", missing,
                           f"seqs {acked + 1}..{low - 1}: {missing} never reached the hub and "
                           f"the node no longer holds them ({why})")
-        self.set_acked(node_id, epoch, low - 1, max(missing, 0))
+        self.acked[(node_id, epoch)] = low - 1
         return low - 1
 
-    def stream_batches(self, node_id: str, epoch: str, group: list[EventBatch]) -> None:
-        acked = self.touch(node_id, epoch)
-        low = max(b.low for b in group)
-        self.skip_to(node_id, epoch, acked, low, "below the lowest seq the node still holds")
-        lo, hi = min(b.first for b in group), max(b.last for b in group)
-        stored = dict(self.conn.execute(
-            select(events.c.seq, events.c.id)
-            .where(events.c.node_id == node_id, events.c.epoch == epoch,
-                   events.c.seq.between(lo, hi))).all())
-        clashes: list[int] = []
+    def stream_batches(self, grouped: dict[tuple[str, str], list[EventBatch]]) -> None:
+        """Every stream's batches: holes below ``low``, then one query for the ids
+        already stored under all incoming (node, epoch, seq), then the new rows."""
+        keys = sorted(grouped)
+        for node_id, epoch in keys:
+            group = grouped[(node_id, epoch)]
+            acked = self.touch(node_id, epoch)
+            # Below the lowest seq the node still holds, and below everything it sent
+            # in this transaction (a node's batches of one write may say different lows).
+            low = min(max(b.low for b in group), min(b.first for b in group))
+            self.skip_to(node_id, epoch, acked, low,
+                         "below the lowest seq the node still holds")
+        wanted = [(n, ep, e.seq) for (n, ep) in keys for b in grouped[(n, ep)] for e in b.events]
+        stored = {(n, ep, seq): i for n, ep, seq, i in self.sql.stored_ids(self.conn, wanted)}
+        for n, ep, seq in stored:  # stored already: part of the contiguous walk
+            self.fresh.setdefault((n, ep), set()).add(seq)
         received = self.received
-        for batch in group:
-            for e in batch.events:
-                known = stored.get(e.seq)
-                if known is not None:
-                    if known != e.id:
-                        clashes.append(e.seq)
-                    continue
-                try:
-                    data = _encode(e.data)
-                except (RecursionError, OverflowError):  # absurdly deep: keep the event
-                    data = _encode({"_dropped": "data nested too deeply to store"})
-                if len(data) > MAX_EVENT_DATA:  # bounded like the rest; keep the event
-                    data = _encode({"_truncated": len(data)})
-                stored[e.seq] = e.id
-                self.rows.append({"node_id": node_id, "epoch": epoch, "seq": e.seq, "id": e.id,
-                                  "kind": e.kind, "ts": e.ts, "data": data.decode(),
-                                  "received": received})
-                ok = 1 if e.kind == "auth" and e.data.get("ok") is True else 0
-                n, k = self.counts.get((node_id, e.kind), (0, 0))
-                self.counts[(node_id, e.kind)] = (n + 1, k + ok)
-        if clashes:
-            self.conflicts += len(clashes)
-            shown = ", ".join(map(str, clashes[:self.MAX_DETAIL_SEQS]))
-            self.incident(node_id, epoch, "conflict", len(clashes),
-                          f"seqs {shown}{' ...' if len(clashes) > self.MAX_DETAIL_SEQS else ''} "
-                          "arrived with other ids than the events stored under them; the "
-                          "first ones stored were kept")
+        for node_id, epoch in keys:
+            fresh = self.fresh.setdefault((node_id, epoch), set())
+            clashes: list[int] = []
+            for batch in grouped[(node_id, epoch)]:
+                for e in batch.events:
+                    known = stored.get((node_id, epoch, e.seq))
+                    if known is not None:
+                        if known != e.id:
+                            clashes.append(e.seq)
+                        continue
+                    try:
+                        data = _encode(e.data)
+                    except (RecursionError, OverflowError):  # absurdly deep: keep the event
+                        data = _encode({"_dropped": "data nested too deeply to store"})
+                    if len(data) > MAX_EVENT_DATA:  # bounded like the rest; keep the event
+                        data = _encode({"_truncated": len(data)})
+                    stored[(node_id, epoch, e.seq)] = e.id
+                    fresh.add(e.seq)
+                    self.rows.append({"node_id": node_id, "epoch": epoch, "seq": e.seq,
+                                      "id": e.id, "kind": e.kind, "ts": e.ts,
+                                      "data": data.decode(), "received": received})
+                    ok = 1 if e.kind == "auth" and e.data.get("ok") is True else 0
+                    n, k = self.counts.get((node_id, e.kind), (0, 0))
+                    self.counts[(node_id, e.kind)] = (n + 1, k + ok)
+            if clashes:
+                self.conflicts += len(clashes)
+                shown = ", ".join(map(str, clashes[:self.MAX_DETAIL_SEQS]))
+                more = " ..." if len(clashes) > self.MAX_DETAIL_SEQS else ""
+                self.incident(node_id, epoch, "conflict", len(clashes),
+                              f"seqs {shown}{more} arrived with other ids than the events "
+                              "stored under them; the first ones stored were kept")
 
     def flush_events(self) -> None:
-        """Insert the new rows and add them to the counts (sorted: lock order)."""
+        """Insert the new rows and add them to the counts and the fleet's totals
+        (sorted: lock order)."""
         if not self.rows:
             return
-        self.conn.execute(events.insert(), self.rows)
-        stmt = self.insert(event_counts)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["node_id", "kind"],
-            set_={"n": event_counts.c.n + stmt.excluded.n,
-                  "ok": event_counts.c.ok + stmt.excluded.ok})
-        self.conn.execute(stmt, [{"node_id": n, "kind": k, "n": c, "ok": ok}
-                                 for (n, k), (c, ok) in sorted(self.counts.items())])
+        self.sql.insert_rows(self.conn, self.rows)
+        self.conn.execute(self.sql.add_counts, [
+            {"node_id": n, "kind": k, "n": c, "ok": ok}
+            for (n, k), (c, ok) in sorted(self.counts.items())])
         totals: dict[tuple[int, str], list[int]] = {}
         for (node_id, kind), (c, ok) in self.counts.items():
             shard = zlib.crc32(node_id.encode()) % KIND_TOTAL_SHARDS
             total = totals.setdefault((shard, kind), [0, 0])
             total[0] += c
             total[1] += ok
-        stmt = self.insert(kind_totals)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["shard", "kind"],
-            set_={"n": kind_totals.c.n + stmt.excluded.n,
-                  "ok": kind_totals.c.ok + stmt.excluded.ok})
-        self.conn.execute(stmt, [{"shard": shard, "kind": kind, "n": c, "ok": ok}
-                                 for (shard, kind), (c, ok) in sorted(totals.items())])
+        self.conn.execute(self.sql.add_totals, [
+            {"shard": shard, "kind": kind, "n": c, "ok": ok}
+            for (shard, kind), (c, ok) in sorted(totals.items())])
 
     def quarantine(self, q: Quarantined) -> None:
         header = q.header
         epoch = header.epoch if header is not None else None
         added = self.conn.execute(
-            self.insert(quarantine).values(
+            self.sql.insert(quarantine).values(
                 node_id=q.node_id, epoch=epoch, first=header.first if header else None,
                 last=header.last if header else None, reason=q.reason[:500],
                 digest=hashlib.sha256(q.payload).hexdigest(), payload=q.payload,
@@ -553,63 +666,85 @@ class _Writer:
         acked = self.skip_to(q.node_id, header.epoch, acked, header.low,
                              "below the lowest seq the node still holds")
         if header.first <= acked + 1 <= header.last:  # ack past it once it is next in line
-            self.set_acked(q.node_id, header.epoch, header.last)
+            self.acked[(q.node_id, header.epoch)] = header.last
 
     def advance(self, node_id: str, epoch: str) -> int:
         """Move the stream's acked_seq up through the contiguous run of stored seqs
-        above it (walks the unique index in order and stops at the first gap)."""
-        acked = self.acked[(node_id, epoch)]
-        found = self.conn.execute(_ADVANCE, {"node": node_id, "epoch": epoch,
-                                             "acked": acked}).scalar()
-        if found is not None:
-            acked = int(found)
-            self.set_acked(node_id, epoch, acked)
+        above it: first through the seqs this transaction knows are stored; past them
+        (seqs stored earlier, out of order, up to ``high``) with the index walk."""
+        key = (node_id, epoch)
+        acked = self.acked[key]
+        fresh = self.fresh.get(key, ())
+        while acked + 1 in fresh:
+            acked += 1
+        if self.high[key] > acked:  # stored earlier beyond this run: walk the index
+            found = self.conn.execute(_ADVANCE, {"node": node_id, "epoch": epoch,
+                                                 "acked": acked}).scalar()
+            if found is not None:
+                acked = int(found)
+        self.acked[key] = acked
         return acked
+
+    def flush_streams(self) -> None:
+        rows = []
+        for key in sorted(self.order):
+            high = max([self.high[key], *self.fresh.get(key, ())])
+            rows.append({"s_node": key[0], "s_epoch": key[1], "s_acked": self.acked[key],
+                         "s_lost": self.lost_in.get(key, 0), "s_high": high})
+        if rows:
+            self.conn.execute(self.sql.update_streams, rows)
+        if self.pending_incidents:
+            self.conn.execute(self.sql.insert_incidents, self.pending_incidents)
 
     def update_nodes(self, acks: list[tuple[str, str, int]], *,
                      statuses: Iterable[tuple[str, str, float | None]],
                      states: Iterable[tuple[str, NodeState, float | None]],
                      seen: dict[str, float]) -> None:
-        """The node rows, last and in sorted order (lock order): a new epoch, acked
-        mirrors, statuses, states, liveness."""
+        """The node rows, last, in one upsert in node-id order (lock order): a new
+        epoch, the acked mirror, status, state, liveness."""
         received = self.received
         per_node: dict[str, dict[str, Any]] = {}
+
+        def row(node_id: str) -> dict[str, Any]:
+            found = per_node.get(node_id)
+            if found is None:
+                found = per_node[node_id] = dict.fromkeys(_NODE_PARAMS)
+                found["n_id"] = node_id
+            return found
+
         for node_id, epoch in self.new_epochs.items():
-            per_node.setdefault(node_id, {}).update(epoch=epoch, acked_seq=0)
+            row(node_id)["n_epoch"] = epoch
         for node_id, status, heard in statuses:
-            per_node.setdefault(node_id, {}).update(
-                status=status, status_at=heard if heard is not None else received)
+            r = row(node_id)
+            r["n_status"] = status
+            r["n_status_at"] = heard if heard is not None else received
         for node_id, state, heard in states:
+            r = row(node_id)
             # A retained state is as fresh as its own timestamp, no fresher.
-            per_node.setdefault(node_id, {}).update(
-                state=_encode(state).decode(), zone=state.zone, version=state.version,
-                last_seen=max(heard if heard is not None else min(state.ts, received),
-                              per_node.get(node_id, {}).get("last_seen", 0.0)))
+            at = heard if heard is not None else min(state.ts, received)
+            r.update(n_state=_encode(state).decode(), n_zone=state.zone,
+                     n_version=state.version, n_last_seen=max(at, r["n_last_seen"] or 0.0))
         for node_id, heard in seen.items():
-            row = per_node.setdefault(node_id, {})
-            row["last_seen"] = max(heard, row.get("last_seen", 0.0))
-        mirrors: dict[str, list[tuple[str, int]]] = {}
+            r = row(node_id)
+            r["n_last_seen"] = max(heard, r["n_last_seen"] or 0.0)
+        extra: list[dict[str, Any]] = []
         for node_id, epoch, seq in acks:
-            mirrors.setdefault(node_id, []).append((epoch, seq))
-        for node_id in sorted(per_node.keys() | mirrors.keys()):
-            values = per_node.get(node_id)
-            if values:
-                self._upsert_node(node_id, values)
-            for epoch, seq in mirrors.get(node_id, ()):
-                self.conn.execute(update(nodes)
-                                  .where(nodes.c.node_id == node_id, nodes.c.epoch == epoch)
-                                  .values(acked_seq=seq))
+            r = row(node_id)
+            if r["m_epoch"] is None:
+                r["m_epoch"], r["m_seq"] = epoch, seq
+            else:  # two epochs of one node in one transaction: rare, own statement
+                extra.append({"m_node": node_id, "m_epoch_": epoch, "m_seq_": seq})
+        for r in per_node.values():  # the values a brand-new node row starts with
+            r["n_acked"] = r["m_seq"] if r["m_epoch"] is not None \
+                and r["m_epoch"] == r["n_epoch"] else 0
+        if per_node:
+            self.conn.execute(self.sql.upsert_nodes, [per_node[n] for n in sorted(per_node)])
+        if extra:  # rows this transaction has locked already
+            self.conn.execute(self.sql.mirror, extra)
 
-    def _upsert_node(self, node_id: str, values: dict[str, Any]) -> None:
-        stmt = self.insert(nodes).values(node_id=node_id, **values)
-        changes: dict[str, Any] = {k: stmt.excluded[k] for k in values if k != "last_seen"}
-        if "last_seen" in values:  # only ever forward
-            changes["last_seen"] = case(
-                (nodes.c.last_seen.is_(None), stmt.excluded.last_seen),
-                (stmt.excluded.last_seen > nodes.c.last_seen, stmt.excluded.last_seen),
-                else_=nodes.c.last_seen)
-        self.conn.execute(stmt.on_conflict_do_update(index_elements=["node_id"], set_=changes))
 
+_NODE_PARAMS = ("n_id", "n_status", "n_status_at", "n_last_seen", "n_state", "n_zone",
+                "n_version", "n_epoch", "n_acked", "m_epoch", "m_seq")
 
 # The first stored seq above acked whose successor is missing, provided acked + 1 is
 # stored: the end of the contiguous run (walks the unique index in seq order).

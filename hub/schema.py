@@ -66,6 +66,9 @@ streams = Table(
     Column("epoch", String(EPOCH_LEN), primary_key=True),
     Column("acked_seq", BigInteger, nullable=False, server_default="0"),  # all <= it: stored or lost
     Column("lost", BigInteger, nullable=False, server_default="0"),  # seqs the hub will never get
+    # the highest seq stored: past acked_seq only when seqs arrived out of order, and
+    # then the writer walks the index from acked_seq (else it need not look)
+    Column("high", BigInteger, nullable=False, server_default="0"),
     Column("first_seen", Time, nullable=False),
 )
 

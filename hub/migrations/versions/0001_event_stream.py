@@ -54,6 +54,7 @@ def upgrade() -> None:
         sa.Column("epoch", sa.String(64), nullable=False),
         sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("lost", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("high", sa.BigInteger, nullable=False, server_default="0"),
         sa.Column("first_seen", Time, nullable=False),
         sa.PrimaryKeyConstraint("node_id", "epoch", name="pk_streams"),
     )
@@ -151,6 +152,11 @@ def _adopt_legacy() -> None:
     _event_indexes()
     _view_indexes()
     op.create_index("ix_incidents_node_id_id", "incidents", ["node_id", "id"])
+    # streams.high: the highest seq stored per stream
+    with op.batch_alter_table("streams") as batch:
+        batch.add_column(sa.Column("high", sa.BigInteger, nullable=False, server_default="0"))
+    op.execute("UPDATE streams SET high = coalesce((SELECT max(seq) FROM events AS e WHERE "
+               "e.node_id = streams.node_id AND e.epoch = streams.epoch), 0)")
     # The fleet's totals, from the per-node counts, all in shard 0 (any shard will do:
     # readers sum the shards).
     _create_kind_totals()
