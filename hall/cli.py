@@ -228,70 +228,226 @@ def hub_db_upgrade(config_path: Path | None) -> None:
     upgrade_database(_hub_config(config_path), echo=click.echo)
 
 
-@hub.group("token")
-def hub_token() -> None:
-    """Interim API tokens for /api/v1 and the operator page (users and roles come
-    later). Stored hashed next to the hub database; the value is shown only once."""
-
-
-def _token_store(config_path: Path | None):  # noqa: ANN202 - hub.tokens.TokenStore
-    from hub.tokens import TokenError, token_store
+def _accounts(config_path: Path | None):  # noqa: ANN202 - hub.accounts.Accounts
+    """The accounts of the hub database in the config (migrated: else one line saying
+    so); closed when the command ends."""
+    from hub.accounts import Accounts
+    from hub.db import StorageError, open_db
 
     try:
-        return token_store(_hub_config(config_path).hub.database)
-    except TokenError as exc:
+        db = open_db(_hub_config(config_path).hub.database)
+    except StorageError as exc:
         raise click.ClickException(str(exc)) from None
+    click.get_current_context().call_on_close(db.close)
+    return Accounts(db.engine)
+
+
+def _clock(ts: float | None) -> str:
+    import time
+
+    return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+#: hub.accounts.ROLES, spelled out so `--help` works without importing the hub (a
+#: test checks they agree).
+_ROLES = ("admin", "operator", "marketer", "auditor", "customer")
+
+
+@hub.group("user")
+def hub_user() -> None:
+    """Accounts of the hub page and API (roles: admin, operator, marketer, auditor,
+    customer). Every change is written to the audit log (via cli)."""
+
+
+def _read_password(username: str, from_stdin: bool) -> str:
+    """The new password: one line of stdin, or asked twice without echo."""
+    from hub.accounts import AccountError, check_password
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt(f"password for {username}", hide_input=True,
+                                confirmation_prompt=True)
+    try:
+        check_password(password, username)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    return password
+
+
+_PASSWORD_STDIN = click.option("--password-stdin", is_flag=True,
+                               help="read the password from the first line of stdin "
+                                    "instead of asking twice")
+
+
+@hub_user.command("create")
+@_HUB_CONFIG_OPTION
+@click.option("--username", required=True)
+@click.option("--role", required=True, type=click.Choice(_ROLES))
+@click.option("--no-password", is_flag=True,
+              help="an account that cannot sign in with a password (API tokens only)")
+@click.option("--display-name", default=None)
+@click.option("--email", default=None)
+@_PASSWORD_STDIN
+def hub_user_create(config_path: Path | None, username: str, role: str, no_password: bool,
+                    display_name: str | None, email: str | None, password_stdin: bool) -> None:
+    """Create an account; asks for its password twice (there is never a default one).
+    The first admin of a new hub is made this way."""
+    from hub.accounts import AccountError, Actor, check_username
+
+    accounts = _accounts(config_path)
+    try:
+        check_username(username)
+        if accounts.get_user(username) is not None:
+            raise AccountError(f"user {username!r} exists")
+        password = None if no_password else _read_password(username, password_stdin)
+        accounts.create_user(Actor.cli(), username, role, password=password,
+                             display_name=display_name, email=email)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"user {username!r} ({role}) created")
+
+
+@hub_user.command("list")
+@_HUB_CONFIG_OPTION
+def hub_user_list(config_path: Path | None) -> None:
+    """Every account: name, role, whether it can sign in with a password, last sign-in."""
+    users = _accounts(config_path).list_users()
+    if not users:
+        click.echo("no users: make the first admin with `tapcast hub user create "
+                   "--username NAME --role admin`")
+    for user in users:
+        state = "disabled" if user.disabled else "enabled"
+        password = "password" if user.has_password else "no password"
+        click.echo(f"{user.username}\t{user.role}\t{state}\t{password}\t"
+                   f"last sign-in {_clock(user.last_login)}")
+
+
+@hub_user.command("set-role")
+@_HUB_CONFIG_OPTION
+@click.argument("username")
+@click.argument("role", type=click.Choice(_ROLES))
+def hub_user_set_role(config_path: Path | None, username: str, role: str) -> None:
+    """Change a role; its sessions and tokens get the new role's powers at once."""
+    from hub.accounts import AccountError, Actor
+
+    try:
+        _accounts(config_path).update_user(Actor.cli(), username, role=role)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"user {username!r} is now {role}")
+
+
+@hub_user.command("disable")
+@_HUB_CONFIG_OPTION
+@click.argument("username")
+def hub_user_disable(config_path: Path | None, username: str) -> None:
+    """Disable an account: its sessions and tokens stop at once (it is kept, for the
+    audit log)."""
+    from hub.accounts import AccountError, Actor
+
+    try:
+        _accounts(config_path).update_user(Actor.cli(), username, disabled=True)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"user {username!r} disabled")
+
+
+@hub_user.command("enable")
+@_HUB_CONFIG_OPTION
+@click.argument("username")
+def hub_user_enable(config_path: Path | None, username: str) -> None:
+    """Enable a disabled account again."""
+    from hub.accounts import AccountError, Actor
+
+    try:
+        _accounts(config_path).update_user(Actor.cli(), username, disabled=False)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"user {username!r} enabled")
+
+
+@hub_user.command("set-password")
+@_HUB_CONFIG_OPTION
+@click.argument("username")
+@_PASSWORD_STDIN
+def hub_user_set_password(config_path: Path | None, username: str,
+                          password_stdin: bool) -> None:
+    """Set a new password (asked twice), e.g. for an admin who lost theirs."""
+    from hub.accounts import AccountError, Actor
+
+    accounts = _accounts(config_path)
+    try:
+        if accounts.get_user(username) is None:
+            raise AccountError(f"no user {username!r}")
+        accounts.set_password(Actor.cli(), username, _read_password(username, password_stdin))
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"password of {username!r} set")
+
+
+@hub.group("token")
+def hub_token() -> None:
+    """Personal API tokens for /api/v1 (also made on the hub page, My tokens). Stored
+    hashed in the hub database; the value is shown only once."""
 
 
 @hub_token.command("create")
 @_HUB_CONFIG_OPTION
-@click.option("--name", required=True, help="who or what uses it, e.g. alice or grafana")
-def hub_token_create(config_path: Path | None, name: str) -> None:
+@click.option("--user", "username", required=True, help="whose token it is")
+@click.option("--name", required=True, help="what uses it, e.g. grafana")
+@click.option("--scopes", required=True,
+              help="comma-separated permissions, within the user's role (e.g. "
+                   "nodes:read,stats:read), or 'all' for everything the role may do")
+@click.option("--expires-days", type=click.IntRange(1, 3650), default=None,
+              help="valid for this many days (default: until revoked)")
+def hub_token_create(config_path: Path | None, username: str, name: str, scopes: str,
+                     expires_days: int | None) -> None:
     """Create a token and print it once (only its hash is kept)."""
-    from hub.tokens import TokenError
+    import time
 
-    store = _token_store(config_path)
+    from hub.accounts import AccountError, Actor
+
+    expires = None if expires_days is None else time.time() + expires_days * 86400.0
     try:
-        token = store.create(name)
-    except (TokenError, OSError) as exc:
+        token, value = _accounts(config_path).create_token(Actor.cli(), username, name,
+                                                           scopes, expires_at=expires)
+    except AccountError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(token)
-    click.echo(f"token {name!r} created; it is shown only this once. Send it as "
-               "'Authorization: Bearer <token>', or paste it into the hub page's sign-in "
-               "form.", err=True)
+    click.echo(value)
+    click.echo(f"token {name!r} of {username} (id {token.id}, scopes "
+               f"{' '.join(token.scopes)}) created; it is shown only this once. Send it as "
+               "'Authorization: Bearer <token>'.", err=True)
 
 
 @hub_token.command("list")
 @_HUB_CONFIG_OPTION
-def hub_token_list(config_path: Path | None) -> None:
-    """Names and creation times of the tokens (never their values)."""
-    import time
-
-    from hub.tokens import TokenError
-
-    try:
-        records = _token_store(config_path).records()
-    except TokenError as exc:
-        raise click.ClickException(str(exc)) from None
-    if not records:
-        click.echo("no tokens: create one with `tapcast hub token create --name NAME`")
-    for record in records:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.created))
-        click.echo(f"{record.name}\tcreated {created} UTC")
+@click.option("--user", "username", default=None, help="only this user's tokens")
+def hub_token_list(config_path: Path | None, username: str | None) -> None:
+    """Ids, owners, names, scopes and dates of the tokens (never their values)."""
+    tokens = _accounts(config_path).list_tokens(username)
+    if not tokens:
+        click.echo("no tokens: create one with `tapcast hub token create --user NAME "
+                   "--name NAME --scopes all`")
+    for t in tokens:
+        state = f"revoked {_clock(t.revoked_at)}" if t.revoked_at else (
+            f"expires {_clock(t.expires_at)}" if t.expires_at else "active")
+        click.echo(f"{t.id}\t{t.username}\t{t.name}\t{' '.join(t.scopes)}\t"
+                   f"created {_clock(t.created_at)}\tlast used {_clock(t.last_used)}\t{state}")
 
 
 @hub_token.command("revoke")
 @_HUB_CONFIG_OPTION
-@click.argument("name")
-def hub_token_revoke(config_path: Path | None, name: str) -> None:
-    """Revoke a token: API requests and page sessions using it stop at once."""
-    from hub.tokens import TokenError
+@click.argument("token_id")
+def hub_token_revoke(config_path: Path | None, token_id: str) -> None:
+    """Revoke a token by its id (`token list`): it stops at once."""
+    from hub.accounts import AccountError, Actor
 
     try:
-        _token_store(config_path).revoke(name)
-    except (TokenError, OSError) as exc:
+        token = _accounts(config_path).revoke_token(Actor.cli(), token_id)
+    except AccountError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"token {name!r} revoked")
+    click.echo(f"token {token.name!r} of {token.username} ({token.id}) revoked")
 
 
 @main.command()

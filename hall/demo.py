@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hub.config import HubConfig
-from hub.tokens import token_store
 from tapcast import config as cfg
 from tapcast.mqttclient import parse_broker_url
 
@@ -189,9 +188,10 @@ class HubProcesses:
                     "stream_secret": str(stream_secret)},
             "mqtt": {"broker": broker}}, environ={})
         self.config_path.write_text(cfg.dump(conf))
-        # The demo's own API token, made as `tapcast hub token create` makes it: the demo
-        # reads /api/v1/stats with it, and prints it for signing in to the hub page.
-        self.token = token_store(conf.hub.database).create(f"demo-{os.getpid()}")
+        # Made in start(), once the database is migrated: an admin account with a random
+        # password (printed, for the page) and a token of it (the demo reads
+        # /api/v1/stats with it; printed, for curl).
+        self.username = self.password = self.token = ""
         self.port = port
         self.url = ""
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -209,11 +209,39 @@ class HubProcesses:
             await asyncio.to_thread(upgrade, self.database, echo=log.info)
         except StorageError as exc:
             raise DemoError(f"--database: {exc}") from None
+        await asyncio.to_thread(self._make_admin)
         ingest_line = await self._spawn("ingest", "hub ingest subscribed")
         web_line = await self._spawn("web", "hub web")
         found = re.search(r"https?://\S+", web_line)
         self.url = found.group(0).rstrip(".,)") if found else f"http://127.0.0.1:{self.port}"
         log.info("%s / %s", ingest_line, web_line)
+
+    def _make_admin(self) -> None:
+        """The demo's admin, as `tapcast hub user create` and `tapcast hub token create`
+        make them: "demo" (or demo-PID when a database given with --database has one),
+        with a random password, never a fixed one."""
+        import secrets
+
+        from hub.accounts import Accounts, Actor
+        from hub.db import open_db
+
+        db = open_db(self.database)
+        try:
+            accounts = Accounts(db.engine)
+            username = "demo" if accounts.get_user("demo") is None else f"demo-{os.getpid()}"
+            password = secrets.token_urlsafe(12)
+            actor = Actor.cli()
+            accounts.create_user(actor, username, "admin", password=password,
+                                 display_name="tapcast demo")
+            self.token = accounts.create_token(actor, username, "demo", "all")[1]
+        finally:
+            db.close()
+        self.username, self.password = username, password
+
+    @property
+    def sign_in(self) -> str:
+        """How to sign in, as printed."""
+        return f"sign in as {self.username} with password {self.password}"
 
     async def _spawn(self, what: str, ready_prefix: str) -> str:
         log_file = (self.dir / f"{what}.log").open("a", encoding="utf-8")
@@ -319,19 +347,19 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
         await hub.start()
         summary.hub_url = hub.url
         print(f"Tapcast demo: {nodes} nodes, {handsets} handsets, {duration:.0f} s, broker {broker}\n"
-              f"hub: {hub.url}  sign in with token {hub.token}\n"
+              f"hub: {hub.url}  {hub.sign_in}\n"
               f"  (API: curl -H 'Authorization: Bearer {hub.token}' {hub.url}/api/v1/nodes)"
               f"   files: {workdir}\n"
               "Ctrl-C stops early.", flush=True)
         await _run_hall(workdir, broker, nodes, handsets, duration, seed, summary, hub, stop)
         print(summary.render(), flush=True)
         if keep_hub and not stop.is_set():
-            print(f"hub still up at {hub.url} (--keep-hub; sign in with token {hub.token});"
-                  " Ctrl-C stops it", flush=True)
+            print(f"hub still up at {hub.url} (--keep-hub; {hub.sign_in}; API token "
+                  f"{hub.token}); Ctrl-C stops it", flush=True)
             await stop.wait()
         elif keep_hub:
-            print(f"hub still up at {hub.url} (--keep-hub; sign in with token {hub.token});"
-                  " Ctrl-C again stops it", flush=True)
+            print(f"hub still up at {hub.url} (--keep-hub; {hub.sign_in}; API token "
+                  f"{hub.token}); Ctrl-C again stops it", flush=True)
             stop.clear()
             await stop.wait()
     finally:

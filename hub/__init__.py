@@ -48,13 +48,15 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.config["TAPCAST"] = config
     app.json.sort_keys = False  # keep documented field order in API answers
 
-    from hub import api, pages, tokens
+    from hub import accounts_api, accounts_pages, api, auth, pages
 
     init_db(app)
-    tokens.init_app(app)  # session key, token store, sign-in views (interim credential)
+    auth.init_app(app)  # accounts, session key, sign-in, CSRF, the access gate
     init_worker_header(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(accounts_api.bp)
     app.register_blueprint(pages.bp)
+    app.register_blueprint(accounts_pages.bp)
     api.register_error_handlers(app)
     return app
 

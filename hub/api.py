@@ -4,7 +4,8 @@ Every error is JSON ``{"error": "..."}`` saying what to fix; unknown query param
 are refused (a typo such as ``?node=n1`` must not silently return everything), and so is
 a parameter given twice. Every value is bounded before it reaches the database (integers
 to SQLite's signed 64 bits, strings by length), so no input can make a 500. Every route
-but the OpenAPI document needs a credential (hub/tokens.py).
+but the OpenAPI document needs a credential and a permission (hub/auth.py:
+every view carries its access rule).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 from tapcast.keys import MAX_ID_LEN
 from tapcast.protocol.mqtt import ID_RE, KIND_PATTERN, EventKind
 
-from hub import tokens
+from hub.auth import auth_counts, public, requires
 from hub.db import (MAX_EVENTS_LIMIT, MAX_NODES_LIMIT, NODE_STATUSES, HubDB, QueryError,
                     decode_cursor, encode_cursor)
 
@@ -72,14 +73,6 @@ def _stale_after() -> float:
 def _shown(raw: str, limit: int = 40) -> str:
     """A client's text as quoted in an error: repr, cut short (it may be megabytes)."""
     return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
-
-
-@bp.before_request
-def require_credential() -> ResponseReturnValue | None:
-    """Every route but the OpenAPI document needs a token or the page's session."""
-    if request.endpoint == "api.openapi":
-        return None
-    return tokens.require_credential()
 
 
 def _check_params(allowed: tuple[str, ...]) -> None:
@@ -185,6 +178,7 @@ def _public_node(node: dict[str, Any], *, with_state: bool) -> dict[str, Any]:
 
 
 @bp.get("/nodes")
+@requires("nodes:read")
 def list_nodes() -> ResponseReturnValue:
     """One page of nodes by id; filters on indexes (zone, version) or the computed
     status; ``cursor`` for the next page."""
@@ -202,6 +196,7 @@ def list_nodes() -> ResponseReturnValue:
 
 
 @bp.get("/nodes/<node_id>")
+@requires("nodes:read")
 def get_node(node_id: str) -> ResponseReturnValue:
     _check_params(())
     _node_id_arg(node_id)
@@ -212,6 +207,7 @@ def get_node(node_id: str) -> ResponseReturnValue:
 
 
 @bp.get("/events")
+@requires("events:read")
 def list_events() -> ResponseReturnValue:
     allowed = ("node_id", "kind", "since_seq", "since", "until", "limit", "cursor")
     _check_params(allowed)
@@ -230,6 +226,7 @@ def list_events() -> ResponseReturnValue:
 
 
 @bp.get("/incidents")
+@requires("incidents:read")
 def list_incidents() -> ResponseReturnValue:
     """Incidents of the event stream (lost, conflict, quarantined, new_epoch), newest
     first, paged by cursor like the events."""
@@ -260,6 +257,7 @@ def incident_totals(db: HubDB) -> dict[str, int]:
 
 
 @bp.get("/stats")
+@requires("stats:read")
 def stats() -> ResponseReturnValue:
     _check_params(())
     from hub import get_ingest
@@ -271,11 +269,12 @@ def stats() -> ResponseReturnValue:
         "nodes": db.node_totals(stale_after=_stale_after()),
         "incidents": incident_totals(db),
         "ingest": ingest.counters.snapshot() if ingest is not None else None,
-        "api": {"auth_failures": tokens.auth_failures()},
+        "api": auth_counts(),
     })
 
 
 @bp.get("/openapi.json")
+@public
 def openapi() -> ResponseReturnValue:
     from hub.openapi import openapi_document
     return jsonify(openapi_document())

@@ -24,6 +24,10 @@ class HubSection(msgspec.Struct, forbid_unknown_fields=True):
     # init-hub` as stream.secret next to the hub authority. `hub ingest` derives each
     # node's stream key from it to check batches and tag acks (docs/mqtt.md).
     stream_secret: str = "var/hub/stream.secret"
+    # Where Flask-Limiter counts failed sign-ins (5 a minute per address and per user
+    # name): "memory://" is per process, so with N web workers an attacker gets up to N
+    # times that; a shared storage such as "redis://host:6379" makes it exact.
+    ratelimit_storage: str = "memory://"
 
 
 class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,7 +15,8 @@ from hub.api import (DEFAULT_EVENTS_LIMIT, DEFAULT_INCIDENTS_LIMIT, DEFAULT_NODE
                      EVENT_KINDS, INCIDENT_KINDS, MAX_CURSOR_LEN, MAX_INT, MAX_KIND_LEN,
                      MAX_LABEL_LEN, MAX_NUMBER_LEN, MAX_TS)
 from hub.db import MAX_EVENTS_LIMIT, MAX_NODES_LIMIT, NODE_STATUSES
-from hub.tokens import HOW_TO_GET_ONE
+from hub.accounts_openapi import account_paths, account_schemas
+from hub.auth import HOW_TO_GET_ONE
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -57,6 +58,8 @@ _GUARDED = {
                                              "description": 'Bearer realm="tapcast-hub"'}},
             "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Error"}}}},
+    "403": _error("the credential's role (or the token's scopes) does not include the "
+                  "permission this route needs (docs/api.md, Roles)"),
 }
 
 
@@ -92,8 +95,9 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "Tapcast hub API", "version": "1",
-                 "description": "Read-only operator API: nodes, events, incidents and "
-                                "counters."},
+                 "description": "Operator API: nodes, events, incidents and "
+                                "counters; accounts, personal tokens and the audit "
+                                "log."},
         "paths": {
             "/api/v1/nodes": {"get": {
                 "summary": "Nodes that have reported, by id, paginated by cursor",
@@ -163,15 +167,19 @@ def openapi_document() -> dict[str, Any]:
                 "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1 document",
                                       "content": {"application/json": {}}}}}},
+            **account_paths(_GUARDED, _error, _ok, _query),
         },
         "security": [{"bearerToken": []}, {"operatorSession": []}],
         "components": {"securitySchemes": {
             "bearerToken": {"type": "http", "scheme": "bearer",
-                            "description": "interim hub-issued token: "
-                                           f"{HOW_TO_GET_ONE}"},
+                            "description": "a personal API token (its owner's role, cut "
+                                           f"down to its scopes): {HOW_TO_GET_ONE}"},
             "operatorSession": {"type": "apiKey", "in": "cookie", "name": "tapcast_session",
                                 "description": "the operator page's session, set by "
-                                               "signing in at / with a token"},
+                                               "signing in at / with a user name and "
+                                               "password; a state-changing request "
+                                               "with it also needs the X-CSRFToken "
+                                               "header"},
         }, "schemas": {
             "Error": {"type": "object", "required": ["error"],
                       "properties": {"error": {"type": "string"}}},
@@ -240,6 +248,11 @@ def openapi_document() -> dict[str, Any]:
                 "api": {"type": "object", "properties": {
                     "auth_failures": {"type": "integer", "description":
                                       "requests refused for want of a valid credential "
-                                      "since hub web started (all its workers)"}}}}},
+                                      "(failed sign-ins included) since hub web started "
+                                      "(all its workers)"},
+                    "login_failures": {"type": "integer", "description":
+                                       "failed sign-ins (wrong user name or password) "
+                                       "since hub web started (all its workers)"}}}}},
+            **account_schemas(),
         }},
     }

@@ -6,7 +6,8 @@ Nothing on it grows with the fleet: the nodes table is one page (filters by zone
 version and status in the address, a link to the next page), the counts come from
 maintained totals, and each refresh is a conditional request (ETag) that moves no body
 when nothing changed.
-Without a session (hub/tokens.py) ``/`` shows the sign-in form instead of any data.
+Without a session ``/`` shows the sign-in form instead of any data (hub/auth.py); a
+role without the permissions below sees what it may do instead.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from flask import Blueprint, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 
+from hub.auth import current_principal, signed_in
 from hub.db import NODE_STATUSES, QueryError
 
 log = logging.getLogger(__name__)
@@ -26,18 +28,21 @@ LATEST_EVENTS = 20
 LATEST_INCIDENTS = 10
 NODES_PER_PAGE = 50
 REFRESH_SECONDS = 3
+#: What the operator page shows needs all of these (hub/accounts.py ROLE_PERMISSIONS).
+OPERATOR_PAGE = frozenset({"nodes:read", "events:read", "incidents:read", "stats:read"})
 
 
 @bp.get("/")
+@signed_in
 def index() -> ResponseReturnValue:
-    """The data for a signed-in operator (or a bearer token); the sign-in form else."""
+    """The fleet for a role that may read it; for other roles, what the role may do.
+    (Without a session the access gate shows the sign-in form here.)"""
     from hub import get_db
+    from hub.accounts_pages import home_page
     from hub.api import INCIDENT_KINDS, incident_totals
-    from hub.tokens import SignOutForm, current_credential, sign_in_page
 
-    record, _ = current_credential()
-    if record is None:
-        return sign_in_page()
+    if not OPERATOR_PAGE <= current_principal().permissions:
+        return home_page()
     db = get_db()
     stale_after = current_app.config["TAPCAST"].hub.stale_after
     events, _ = db.list_events(limit=LATEST_EVENTS)
@@ -59,8 +64,7 @@ def index() -> ResponseReturnValue:
                            incident_count=sum(n for k, n in incidents.items()
                                               if k != "quarantined_batches"),
                            refresh_ms=REFRESH_SECONDS * 1000, latest=LATEST_EVENTS,
-                           latest_incidents=LATEST_INCIDENTS,
-                           signed_in_as=record.name, signout_form=SignOutForm())
+                           latest_incidents=LATEST_INCIDENTS)
 
 
 def node_filters() -> dict[str, str]:

@@ -99,11 +99,10 @@ def check_web_app(config: HubConfig) -> None:
     """Build the app once in the master before forking workers: a bad database fails
     here in one line, not in every worker. Closed again, so no connection is forked."""
     from hub import close_app, create_app
-    from hub.tokens import TokenError
 
     try:
         app = create_app(config)
-    except (StorageError, TokenError) as exc:
+    except StorageError as exc:
         raise HubStartError(str(exc)) from None
     close_app(app)
 

@@ -1,6 +1,7 @@
 """The `tapcast` command as a person uses it: clear errors, and a demo that runs."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,28 +29,137 @@ def test_node_run_without_key_files_says_what_is_missing(tmp_path: Path) -> None
     assert "tapcast keys node" in result.output
 
 
-def test_hub_token_commands_create_list_and_revoke(tmp_path: Path) -> None:
-    from hub.tokens import token_store
+def _hub_toml(tmp_path: Path) -> str:
+    """hub.toml naming a migrated SQLite database, for the account commands."""
+    from hub.migrate import upgrade
 
+    upgrade(str(tmp_path / "hub.db"), echo=lambda line: None)
     config = tmp_path / "hub.toml"
     config.write_text(f'[hub]\ndatabase = "{tmp_path / "hub.db"}"\n')
+    return str(config)
+
+
+@pytest.fixture
+def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hub.accounts
+    from hall.testing.hub import cheap_password_hashing
+
+    monkeypatch.setattr(hub.accounts, "HASHER", cheap_password_hashing())
+
+
+def _accounts(tmp_path: Path):  # noqa: ANN202
+    from hub.accounts import Accounts
+    from hub.db import open_db
+
+    return Accounts(open_db(str(tmp_path / "hub.db")).engine)
+
+
+def test_the_first_admin_is_made_by_the_cli_with_a_password_asked_twice(
+        tmp_path: Path, cheap_passwords: None) -> None:
+    config = _hub_toml(tmp_path)
+    result = CliRunner().invoke(main, ["hub", "user", "create", "--config", config,
+                                       "--username", "alice", "--role", "admin"],
+                                input="correct horse battery\ncorrect horse battery\n")
+    assert result.exit_code == 0, result.output
+    assert "correct horse" not in result.output  # not echoed
+    accounts = _accounts(tmp_path)
+    assert accounts.authenticate("alice", "correct horse battery").role == "admin"
+    entry = accounts.audit_entries()[0]
+    assert (entry["action"], entry["via"]) == ("user.create", "cli")
+    assert entry["actor_name"].startswith("cli:")
+
+
+@pytest.mark.parametrize("password,why", [("short", "too short"),
+                                          ("alice alice alice", "must not contain")])
+def test_user_create_refuses_a_weak_password_and_makes_nobody(
+        tmp_path: Path, password: str, why: str) -> None:
+    config = _hub_toml(tmp_path)
+    result = CliRunner().invoke(main, ["hub", "user", "create", "--config", config,
+                                       "--username", "alice", "--role", "admin",
+                                       "--password-stdin"], input=password + "\n")
+    assert result.exit_code == 1 and why in result.output
+    assert _accounts(tmp_path).get_user("alice") is None
+
+
+def test_user_create_with_differing_passwords_asks_again(tmp_path: Path,
+                                                         cheap_passwords: None) -> None:
+    config = _hub_toml(tmp_path)
+    result = CliRunner().invoke(main, ["hub", "user", "create", "--config", config,
+                                       "--username", "alice", "--role", "admin"],
+                                input="correct horse battery\nother\n"
+                                      "correct horse battery\ncorrect horse battery\n")
+    assert result.exit_code == 0 and "do not match" in result.output
+
+
+def test_user_commands_list_set_role_disable_and_refuse_to_strand_the_hub(
+        tmp_path: Path, cheap_passwords: None) -> None:
+    config = _hub_toml(tmp_path)
     runner = CliRunner()
-    created = runner.invoke(main, ["hub", "token", "create", "--config", str(config),
-                                   "--name", "alice"])
+
+    def run(*args: str, stdin: str | None = None) -> object:
+        return runner.invoke(main, ["hub", "user", args[0], "--config", config, *args[1:]],
+                             input=stdin)
+
+    assert run("list").output.startswith("no users: make the first admin")
+    assert run("create", "--username", "root", "--role", "admin", "--password-stdin",
+               stdin="correct horse battery\n").exit_code == 0
+    assert run("create", "--username", "bob", "--role", "operator",
+               "--no-password").exit_code == 0
+    assert run("create", "--username", "bob", "--role", "admin",
+               "--no-password").output.endswith("user 'bob' exists\n")
+    lines = run("list").output.splitlines()
+    assert lines[0].startswith("bob\toperator\tenabled\tno password")
+    assert lines[1].startswith("root\tadmin\tenabled\tpassword")
+    assert run("set-role", "bob", "auditor").exit_code == 0
+    last = run("disable", "root")
+    assert last.exit_code == 1 and "last enabled admin" in last.output
+    assert run("disable", "bob").exit_code == 0
+    assert "bob\tauditor\tdisabled" in run("list").output
+    actions = [e["action"] for e in _accounts(tmp_path).audit_entries()]
+    assert actions == ["user.update", "user.update", "user.create", "user.create"]
+
+
+def test_the_cli_knows_the_hubs_roles() -> None:
+    from hall.cli import _ROLES
+    from hub.accounts import ROLES
+
+    assert _ROLES == ROLES
+
+
+def test_hub_token_commands_create_list_and_revoke(tmp_path: Path) -> None:
+    config = _hub_toml(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(main, ["hub", "user", "create", "--config", config, "--username",
+                                "alice", "--role", "operator", "--no-password"]).exit_code == 0
+    created = runner.invoke(main, ["hub", "token", "create", "--config", config, "--user",
+                                   "alice", "--name", "grafana", "--scopes",
+                                   "nodes:read,stats:read"])
     assert created.exit_code == 0, created.output
     token = created.stdout.strip()
     assert token.startswith("tc1_") and len(token) == 47
     assert "shown only this once" in created.stderr
-    assert token_store(str(tmp_path / "hub.db")).check(token).name == "alice"
-    again = runner.invoke(main, ["hub", "token", "create", "--config", str(config),
-                                 "--name", "alice"])
-    assert again.exit_code == 1 and "revoke it first" in again.output
-    listed = runner.invoke(main, ["hub", "token", "list", "--config", str(config)])
-    assert listed.output.startswith("alice\tcreated ") and token not in listed.output
-    revoked = runner.invoke(main, ["hub", "token", "revoke", "--config", str(config), "alice"])
-    assert revoked.exit_code == 0 and token_store(str(tmp_path / "hub.db")).check(token) is None
-    gone = runner.invoke(main, ["hub", "token", "revoke", "--config", str(config), "alice"])
-    assert gone.exit_code == 1 and "no token named 'alice'" in gone.output
+    user, record = _accounts(tmp_path).check_token(token)
+    assert (user.username, record.scopes) == ("alice", ("nodes:read", "stats:read"))
+    wider = runner.invoke(main, ["hub", "token", "create", "--config", config, "--user",
+                                 "alice", "--name", "admin", "--scopes", "users:admin"])
+    assert wider.exit_code == 1 and "beyond what role operator may do" in wider.output
+    again = runner.invoke(main, ["hub", "token", "create", "--config", config, "--user",
+                                 "alice", "--name", "grafana", "--scopes", "all"])
+    assert again.exit_code == 1 and "revoke it or pick another name" in again.output
+    listed = runner.invoke(main, ["hub", "token", "list", "--config", config])
+    assert listed.output.startswith(f"{record.id}\talice\tgrafana\tnodes:read stats:read")
+    assert token not in listed.output
+    revoked = runner.invoke(main, ["hub", "token", "revoke", "--config", config, record.id])
+    assert revoked.exit_code == 0 and _accounts(tmp_path).check_token(token) is None
+    gone = runner.invoke(main, ["hub", "token", "revoke", "--config", config, "ffff"])
+    assert gone.exit_code == 1 and "no token 'ffff'" in gone.output
+
+
+def test_account_commands_on_an_unmigrated_database_say_what_to_run(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[hub]\ndatabase = "{tmp_path / "hub.db"}"\n')
+    result = CliRunner().invoke(main, ["hub", "user", "list", "--config", str(config)])
+    assert result.exit_code == 1 and "tapcast hub db upgrade" in result.output
 
 
 @pytest.mark.slow
@@ -63,7 +173,9 @@ def test_demo_runs_the_whole_system_and_reports_ok(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "result: ok" in proc.stdout
     assert "hub: http://127.0.0.1:" in proc.stdout
-    assert "sign in with token tc1_" in proc.stdout  # the demo's own token, for the page
+    # the demo's own admin (a random password, for the page) and token (for the API)
+    assert re.search(r"sign in as demo\S* with password \S{12,}", proc.stdout)
+    assert "Authorization: Bearer tc1_" in proc.stdout
     assert "2 node processes serving taps" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
     taps = int(proc.stdout.split("taps")[-1].split()[0])
@@ -188,7 +300,8 @@ def test_demo_keep_hub_keeps_the_hub_up_until_ctrl_c(tmp_path: Path) -> None:
         for line in proc.stdout:
             if line.startswith("hub still up at"):
                 url = re.search(r"http://[^\s;)]+", line).group(0)  # type: ignore[union-attr]
-                token = re.search(r"token (tc1_\S+?)\)", line).group(1)  # type: ignore[union-attr]
+                token = re.search(r"API token (tc1_\S+?)\)", line).group(1)  # type: ignore[union-attr]
+                assert re.search(r"sign in as demo\S* with password \S+;", line)
                 break
         assert url, "the demo never said the hub stays up"
         request = urllib.request.Request(f"{url}/api/v1/stats",

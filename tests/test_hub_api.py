@@ -1,7 +1,8 @@
 """JSON API /api/v1 with Flask's test client over a real SQLite hub database: what it
-answers, that it needs a token, and that no parameter can make it fail."""
+answers, that it needs a credential, and that no parameter can make it fail."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,6 @@ from flask.testing import FlaskClient
 from hall.testing.hub import api_get, api_token
 from hub import create_app, get_db
 from hub.config import HubConfig
-from hub.tokens import token_store
 from hub.migrate import upgrade
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
@@ -61,6 +61,8 @@ def anonymous(app: Flask) -> FlaskClient:
 
 
 # ------------------------------------------------------------------ credential
+# (Roles and scopes: tests/test_hub_roles.py; accounts, tokens, audit:
+# tests/test_hub_accounts.py.)
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nodes", "/api/v1/nodes/n1", "/api/v1/events",
@@ -93,7 +95,9 @@ def test_a_revoked_token_is_401_at_its_next_request(app: Flask, anonymous: Flask
     token = api_token(app.config["TAPCAST"], "leaver")
     auth = {"Authorization": f"Bearer {token}"}
     assert anonymous.get("/api/v1/stats", headers=auth).status_code == 200
-    token_store(app.config["TAPCAST"].hub.database).revoke("leaver")
+    mine = anonymous.get("/api/v1/tokens", headers=auth).json["tokens"]
+    leaver = next(t["id"] for t in mine if t["name"] == "leaver")
+    assert anonymous.delete(f"/api/v1/tokens/{leaver}", headers=auth).status_code == 200
     assert anonymous.get("/api/v1/stats", headers=auth).status_code == 401
 
 
@@ -104,40 +108,26 @@ def test_the_openapi_document_needs_no_token(anonymous: FlaskClient) -> None:
 def test_refusals_are_counted_in_stats_and_logged_without_the_token(
         anonymous: FlaskClient, client: FlaskClient, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    import hub.tokens
+    import hub.auth
     from tapcast.ratelog import RateLimitedLog
 
     # A limiter no earlier test has used, so the first refusal here must be logged.
-    monkeypatch.setattr(hub.tokens, "_refusal_log", RateLimitedLog(hub.tokens.log, 60.0))
+    monkeypatch.setattr(hub.auth, "_refusal_log", RateLimitedLog(hub.auth.log, 60.0))
     before = client.get("/api/v1/stats").json["api"]["auth_failures"]
     for _ in range(5):
         anonymous.get("/api/v1/nodes", headers={"Authorization": "Bearer tc1_secret-guess"})
     assert client.get("/api/v1/stats").json["api"]["auth_failures"] == before + 5
-    refusals = [r for r in caplog.records if "without a valid API credential" in r.message]
+    refusals = [r for r in caplog.records if "without a valid credential" in r.message]
     assert len(refusals) <= 1  # at most one line a minute, however many were refused
-    assert len(refusals) == 1 and "wrong or revoked token" in refusals[0].message
+    assert len(refusals) == 1 and "wrong, expired or revoked token" in refusals[0].message
     assert "tc1_secret-guess" not in caplog.text
 
 
-def test_a_token_file_broken_while_running_refuses_all_and_says_why_once(
-        app: Flask, client: FlaskClient, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    import hub.tokens
-    from tapcast.ratelog import RateLimitedLog
-
-    monkeypatch.setattr(hub.tokens, "_refusal_log", RateLimitedLog(hub.tokens.log, 60.0))
-    token_store(app.config["TAPCAST"].hub.database).path.write_text("{not json")
-    for _ in range(5):
-        r = client.get("/api/v1/nodes")
-        assert r.status_code == 401 and "token file cannot be read" in r.json["error"]
-    broken = [r for r in caplog.records if "not a token file" in r.message]
-    assert len(broken) == 1 and broken[0].levelname == "ERROR"
-
-
-def test_token_file_keeps_only_hashes(app: Flask, token: str) -> None:
-    path = token_store(app.config["TAPCAST"].hub.database).path
-    assert token not in path.read_text()
-    assert path.stat().st_mode & 0o777 == 0o600
+def test_the_database_keeps_only_token_hashes_and_nothing_sits_beside_it(
+        app: Flask, token: str, tmp_path: Path) -> None:
+    rows = get_db(app).query("SELECT sha256, scopes FROM api_tokens")
+    assert rows and all(token not in str(row) for row in rows)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("hub.db")) == []
 
 
 def test_nodes_lists_every_node_with_status_queue_depth_and_counts(client: FlaskClient) -> None:
@@ -360,9 +350,12 @@ def test_unknown_api_path_is_json_404(client: FlaskClient) -> None:
 def test_openapi_document_describes_every_api_route(app: Flask, client: FlaskClient) -> None:
     doc = client.get("/api/v1/openapi.json").json
     assert doc["openapi"].startswith("3.1")
-    routes = {str(rule).replace("<node_id>", "{node_id}") for rule in app.url_map.iter_rules()
-              if str(rule).startswith("/api/v1")}
-    assert routes == set(doc["paths"])
+    operations = {(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(rule)), method.lower())
+                  for rule in app.url_map.iter_rules() if str(rule).startswith("/api/v1")
+                  for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert {path for path, _ in operations} == set(doc["paths"])
+    assert operations == {(path, method) for path, item in doc["paths"].items()
+                          for method in item if method != "parameters"}
     params = {p["name"] for p in doc["paths"]["/api/v1/events"]["get"]["parameters"]}
     assert params == {"node_id", "kind", "since_seq", "since", "until", "limit", "cursor"}
     params = {p["name"] for p in doc["paths"]["/api/v1/nodes"]["get"]["parameters"]}

@@ -1,6 +1,6 @@
 """What an operator sees: the hub page in headless Chromium (Debian's /usr/bin/chromium,
-driven by Playwright): the sign-in form first, then the page updating itself while a
-virtual hall is tapped, until the operator signs out."""
+driven by Playwright): the sign-in form first (user name and password), then the page
+updating itself while a virtual hall is tapped, until the operator signs out."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
@@ -47,10 +47,28 @@ def hub_without_ingest(tmp_path: Path) -> Iterator[HubServer]:
         hub.shutdown()
 
 
-async def sign_in(page, hub: HubServer) -> None:  # noqa: ANN001
-    """What an operator does: open the hub, paste the token, press Sign in."""
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub runs in this process: a cheap argon2 keeps sign-in fast."""
+    import hub.accounts
+    from hall.testing.hub import cheap_password_hashing
+
+    monkeypatch.setattr(hub.accounts, "HASHER", cheap_password_hashing())
+
+
+async def sign_in(page, hub: HubServer, username: str = "olga",  # noqa: ANN001
+                  role: str = "operator") -> None:
+    """What an operator does: open the hub, type user name and password, press Sign in
+    (the account is made first, as an admin would)."""
+    from hall.testing.hub import make_user
+
+    make_user(hub.app.config["TAPCAST"], username, role, password=PASSWORD)
     await page.goto(hub.url + "/")
-    await page.get_by_test_id("signin-token").fill(hub.token)
+    await page.get_by_test_id("signin-username").fill(username)
+    await page.get_by_test_id("signin-password").fill(PASSWORD)
     await page.get_by_test_id("signin-submit").click()
 
 
@@ -66,7 +84,10 @@ async def test_operator_page_shows_taps_and_node_going_offline(
         await expect(page.get_by_test_id("signin-form")).to_be_visible()
         await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
         await sign_in(page, running_hub)
-        await expect(page.get_by_test_id("signed-in-as")).to_have_text("test")
+        await expect(page.get_by_test_id("signed-in-as")).to_have_text("olga")
+        await expect(page.get_by_test_id("signed-in-role")).to_have_text("operator")
+        await expect(page.get_by_test_id("nav-tokens")).to_be_visible()
+        await expect(page.get_by_test_id("nav-users")).to_have_count(0)  # not an admin
         row = page.locator('[data-testid="node-row"][data-node-id="node-1"]')
         await expect(row.locator('[data-testid="node-status"]')).to_have_text("online",
                                                                               timeout=10_000)
@@ -88,16 +109,17 @@ async def test_operator_page_shows_taps_and_node_going_offline(
     await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
 
 
-async def test_page_goes_back_to_the_sign_in_form_when_its_token_is_revoked(
+async def test_page_goes_back_to_the_sign_in_form_when_its_account_is_disabled(
         page, hub_without_ingest: HubServer) -> None:
     from playwright.async_api import expect
 
-    from hub.tokens import token_store
+    from hub.accounts import Actor
+    from hub.auth import accounts
 
     hub = hub_without_ingest
     await sign_in(page, hub)
     await expect(page.get_by_test_id("nodes-table")).to_be_visible()
-    token_store(hub.app.config["TAPCAST"].hub.database).revoke("test")
+    accounts(hub.app).update_user(Actor.cli(), "olga", disabled=True)
     # The next 3 s refresh gets a 401 and reloads: the form, no data.
     await expect(page.get_by_test_id("signin-form")).to_be_visible(timeout=10_000)
     await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
@@ -126,3 +148,45 @@ async def test_an_incident_written_after_the_page_loaded_shows_up_and_raises_the
     await expect(page.get_by_test_id("incidents-flag")).to_have_text("1 incident")
     await expect(page.get_by_test_id("no-incidents")).to_have_count(0)
     await expect(page.get_by_test_id("refresh-error")).to_be_hidden()
+
+
+async def test_a_wrong_password_is_refused_and_a_marketer_sees_only_what_the_role_may(
+        page, hub_without_ingest: HubServer) -> None:
+    from playwright.async_api import expect
+
+    from hall.testing.hub import make_user
+
+    hub = hub_without_ingest
+    make_user(hub.app.config["TAPCAST"], "mia", "marketer", password=PASSWORD)
+    await page.goto(hub.url + "/")
+    await page.get_by_test_id("signin-username").fill("mia")
+    await page.get_by_test_id("signin-password").fill("not the password")
+    await page.get_by_test_id("signin-submit").click()
+    await expect(page.get_by_test_id("signin-error")).to_have_text("Wrong user name or password.")
+    await page.get_by_test_id("signin-password").fill(PASSWORD)
+    await page.get_by_test_id("signin-submit").click()
+    await expect(page.get_by_test_id("signed-in-role")).to_have_text("marketer")
+    await expect(page.locator('[data-testid=permission][data-permission="stats:read"]')
+                 ).to_be_visible()
+    await expect(page.get_by_test_id("nodes-table")).to_have_count(0)
+
+
+async def test_an_admin_makes_a_token_on_the_page_and_the_audit_log_shows_it(
+        page, hub_without_ingest: HubServer) -> None:
+    from playwright.async_api import expect
+
+    from hall.testing.hub import api_get
+
+    hub = hub_without_ingest
+    await sign_in(page, hub, "ada", "admin")
+    await page.get_by_test_id("nav-tokens").click()
+    await page.get_by_test_id("token-name").fill("laptop")
+    await page.get_by_label("nodes:read: see the nodes and their health").check()
+    await page.get_by_test_id("token-create").click()
+    token = await page.get_by_test_id("new-token").text_content()
+    assert token and token.startswith("tc1_")
+    assert api_get(hub.url + "/api/v1/nodes", token) == {"nodes": [], "next_cursor": None,
+                                                           "next": None}
+    await page.get_by_test_id("nav-audit").click()
+    newest = page.locator('[data-testid=audit-row][data-action="token.create"]').first
+    await expect(newest.get_by_test_id("audit-actor")).to_have_text("ada")

@@ -1,4 +1,4 @@
-"""Operator page "/": sign-in with an API token, then nodes, counts and latest events,
+"""Operator page "/": sign-in with user name and password, then nodes, counts and latest events,
 server-rendered then polled."""
 from __future__ import annotations
 
@@ -11,13 +11,22 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from hall.testing.hub import api_token
+from hall.testing.hub import api_token, cheap_password_hashing, make_user
 from hub import create_app, get_db
 from hub.config import HubConfig
-from hub.tokens import token_store
 from hub.migrate import upgrade
 from tapcast.config import load
 from tapcast.protocol.mqtt import Event, NodeState
+
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def cheap_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hub.accounts
+
+    monkeypatch.setattr(hub.accounts, "HASHER", cheap_password_hashing())
 
 
 @pytest.fixture
@@ -35,22 +44,25 @@ def csrf_token(html: str) -> str:
     return match.group(1)
 
 
-def sign_in(client: FlaskClient, token: str) -> object:
-    """What a person does: open /, paste the token, press Sign in."""
+def sign_in(client: FlaskClient, username: str, password: str = PASSWORD) -> object:
+    """What a person does: open /, type user name and password, press Sign in."""
     form = client.get("/").get_data(as_text=True)
-    return client.post("/signin", data={"token": token, "csrf_token": csrf_token(form)})
+    return client.post("/signin", data={"username": username, "password": password,
+                                        "csrf_token": csrf_token(form)})
 
 
 @pytest.fixture
-def token(app: Flask) -> str:
-    return api_token(app.config["TAPCAST"], "operator")
+def operator(app: Flask) -> str:
+    """An operator account with PASSWORD."""
+    make_user(app.config["TAPCAST"], "olga", "operator", password=PASSWORD)
+    return "olga"
 
 
 @pytest.fixture
-def client(app: Flask, token: str) -> FlaskClient:
-    """A browser that has signed in."""
+def client(app: Flask, operator: str) -> FlaskClient:
+    """A browser that has signed in as an operator."""
     client = app.test_client()
-    assert sign_in(client, token).status_code == 303
+    assert sign_in(client, operator).status_code == 303
     return client
 
 
@@ -68,45 +80,84 @@ def test_page_without_a_session_shows_the_sign_in_form_not_the_data(
     r = anonymous.get("/")
     html = r.get_data(as_text=True)
     assert r.status_code == 200 and 'data-testid="signin-form"' in html
+    assert 'data-testid="signin-username"' in html and 'data-testid="signin-password"' in html
     assert "secret-node" not in html and 'data-testid="nodes-table"' not in html
-    assert "tapcast hub token create" in html
+    assert "tapcast hub user create" in html
 
 
-def test_signing_in_shows_the_page_and_lets_its_fetches_use_the_api(
-        anonymous: FlaskClient, token: str) -> None:
-    r = sign_in(anonymous, token)
+def test_signing_in_shows_the_page_with_user_and_role_and_its_fetches_use_the_api(
+        anonymous: FlaskClient, operator: str) -> None:
+    r = sign_in(anonymous, operator)
     assert r.status_code == 303 and r.headers["Location"] == "/"
     html = anonymous.get("/").get_data(as_text=True)
     assert 'data-testid="nodes-table"' in html
-    assert 'data-testid="signed-in-as">operator<' in html
+    assert 'data-testid="signed-in-as">olga<' in html
+    assert 'data-testid="signed-in-role">operator<' in html
     assert anonymous.get("/api/v1/stats").status_code == 200  # the session, no header
 
 
-def test_session_cookie_is_signed_http_only_and_holds_no_token(anonymous: FlaskClient,
-                                                               token: str) -> None:
-    cookie = sign_in(anonymous, token).headers["Set-Cookie"]
+def test_session_cookie_is_signed_http_only_and_holds_no_password(anonymous: FlaskClient,
+                                                                  operator: str) -> None:
+    cookie = sign_in(anonymous, operator).headers["Set-Cookie"]
     assert cookie.startswith("tapcast_session=") and "HttpOnly" in cookie
-    assert "SameSite=Lax" in cookie and token not in cookie
+    assert "SameSite=Lax" in cookie and PASSWORD not in cookie
 
 
-def test_a_wrong_token_at_sign_in_is_refused_and_counted(anonymous: FlaskClient,
-                                                         token: str) -> None:
-    r = sign_in(anonymous, "tc1_guess")
+@pytest.mark.parametrize("username,password", [("olga", "wrong password!"),
+                                               ("nobody", PASSWORD), ("OLGA", PASSWORD)])
+def test_a_wrong_user_name_or_password_is_refused_and_counted(
+        app: Flask, anonymous: FlaskClient, operator: str, username: str,
+        password: str) -> None:
+    token = api_token(app.config["TAPCAST"])
+    before = anonymous.get("/api/v1/stats", headers={"Authorization": f"Bearer {token}"}
+                           ).json["api"]
+    r = sign_in(anonymous, username, password)
     assert r.status_code == 401
-    assert "not valid here" in r.get_data(as_text=True)
+    assert "Wrong user name or password." in r.get_data(as_text=True)
     assert 'data-testid="nodes-table"' not in anonymous.get("/").get_data(as_text=True)
-    stats = anonymous.get("/api/v1/stats", headers={"Authorization": f"Bearer {token}"})
-    assert stats.json["api"]["auth_failures"] >= 1
+    after = anonymous.get("/api/v1/stats", headers={"Authorization": f"Bearer {token}"}
+                          ).json["api"]
+    assert after["login_failures"] == before["login_failures"] + 1
+    assert after["auth_failures"] >= before["auth_failures"] + 1
 
 
-def test_opening_signin_by_address_leads_to_the_form(anonymous: FlaskClient) -> None:
+def test_a_disabled_account_cannot_sign_in(app: Flask, anonymous: FlaskClient,
+                                           operator: str) -> None:
+    from hub.accounts import Actor
+    from hub.auth import accounts
+
+    accounts(app).update_user(Actor.cli(), operator, disabled=True)
+    assert sign_in(anonymous, operator).status_code == 401
+
+
+def test_opening_signin_by_address_shows_the_form(anonymous: FlaskClient) -> None:
     r = anonymous.get("/signin")
+    assert r.status_code == 200 and 'data-testid="signin-form"' in r.get_data(as_text=True)
+
+
+def test_a_page_opened_without_a_session_signs_in_then_goes_there(
+        app: Flask, anonymous: FlaskClient) -> None:
+    make_user(app.config["TAPCAST"], "ada", "admin", password=PASSWORD)
+    r = anonymous.get("/users")
+    assert r.status_code == 303 and r.headers["Location"] == "/signin?next=/users"
+    form = anonymous.get(r.headers["Location"]).get_data(as_text=True)
+    r = anonymous.post("/signin?next=/users", data={
+        "username": "ada", "password": PASSWORD, "csrf_token": csrf_token(form)})
+    assert r.status_code == 303 and r.headers["Location"] == "/users"
+
+
+@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil"])
+def test_sign_in_never_redirects_to_another_site(app: Flask, anonymous: FlaskClient,
+                                                 operator: str, target: str) -> None:
+    form = anonymous.get("/").get_data(as_text=True)
+    r = anonymous.post("/signin", query_string={"next": target}, data={
+        "username": operator, "password": PASSWORD, "csrf_token": csrf_token(form)})
     assert r.status_code == 303 and r.headers["Location"] == "/"
 
 
 def test_sign_in_without_the_forms_csrf_token_is_refused(anonymous: FlaskClient,
-                                                         token: str) -> None:
-    r = anonymous.post("/signin", data={"token": token})
+                                                         operator: str) -> None:
+    r = anonymous.post("/signin", data={"username": operator, "password": PASSWORD})
     assert r.status_code == 400 and "sign in again" in r.get_data(as_text=True)
     assert anonymous.get("/api/v1/stats").status_code == 401
 
@@ -119,15 +170,26 @@ def test_sign_out_ends_the_session(client: FlaskClient) -> None:
     assert client.get("/api/v1/nodes").status_code == 401
 
 
-def test_revoking_the_token_ends_its_sessions(app: Flask, client: FlaskClient) -> None:
-    token_store(app.config["TAPCAST"].hub.database).revoke("operator")
+def test_sign_out_without_the_csrf_token_is_refused_and_keeps_the_session(
+        client: FlaskClient) -> None:
+    assert client.post("/signout").status_code == 400
+    assert client.get("/api/v1/nodes").status_code == 200
+
+
+def test_disabling_the_account_ends_its_sessions(app: Flask, client: FlaskClient,
+                                                 operator: str) -> None:
+    from hub.accounts import Actor
+    from hub.auth import accounts
+
+    accounts(app).update_user(Actor.cli(), operator, disabled=True)
     assert 'data-testid="signin-form"' in client.get("/").get_data(as_text=True)
     assert client.get("/api/v1/nodes").status_code == 401
 
 
 def test_every_worker_of_one_hub_accepts_the_same_session(app: Flask,
                                                           client: FlaskClient) -> None:
-    """gunicorn workers each build their own app: they share the session key file."""
+    """gunicorn workers each build their own app: they share the session key, a row of
+    the hub database."""
     other = create_app(app.config["TAPCAST"])
     try:
         assert other.secret_key == app.secret_key
@@ -140,11 +202,15 @@ def test_every_worker_of_one_hub_accepts_the_same_session(app: Flask,
         get_db(other).close()
 
 
-def test_session_key_file_is_private(app: Flask) -> None:
-    from pathlib import Path
-
-    key = Path(app.config["TAPCAST"].hub.database + ".secret")
-    assert key.stat().st_mode & 0o777 == 0o600
+def test_a_role_without_the_operator_page_sees_what_it_may_do(
+        app: Flask, anonymous: FlaskClient) -> None:
+    get_db(app).write_batch([], statuses=[("secret-node", "online", time.time())])
+    make_user(app.config["TAPCAST"], "mia", "marketer", password=PASSWORD)
+    sign_in(anonymous, "mia")
+    html = anonymous.get("/").get_data(as_text=True)
+    assert 'data-testid="signed-in-role">marketer<' in html
+    assert 'data-permission="stats:read"' in html and 'data-permission="events:read"' not in html
+    assert "secret-node" not in html and 'data-testid="nodes-table"' not in html
 
 
 # ----------------------------------------------------------------------- page

@@ -2,10 +2,12 @@
 
 * ``serve(config, wait_ingest=...)`` / ``HubServer``: web app on werkzeug's threaded
   server plus the MQTT ingest, in this process; ``server.app`` gives
-  ``hub.get_db`` / ``hub.get_ingest``; ``server.token`` is an API token made for the
-  test (``server.get(path)`` sends it). For tests that look inside the hub.
-* ``api_token(config)``: a new API token for a hub, made as ``tapcast hub token
-  create`` makes it.
+  ``hub.get_db`` / ``hub.get_ingest``; ``server.token`` is an API token of the test
+  admin (``server.get(path)`` sends it). For tests that look inside the hub.
+* ``api_token(config)``: a new personal API token for a hub, of the user ``test``
+  (an admin made on first use, with no password) unless told otherwise, made as
+  ``tapcast hub token create`` makes it; ``make_user(config, ...)`` an account (with a
+  password, for signing in).
 * ``hub_config(...)`` and ``HubProcess``: ``tapcast hub web|ingest|serve`` as real
   processes, waited for by their ready line. For tests of what is deployed.
 
@@ -32,12 +34,12 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from hub import attach_ingest, close_app, create_app, get_db
 from hub.ingest import Ingest
-from hub.tokens import token_store
 from tapcast import config as cfg
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HubServer", "serve", "hub_config", "HubProcess", "api_token", "api_get"]
+__all__ = ["HubServer", "serve", "hub_config", "HubProcess", "api_token", "api_get",
+           "make_user", "TEST_ADMIN", "cheap_password_hashing"]
 
 
 class HubServer:
@@ -102,16 +104,60 @@ def serve(config: HubConfig, *, start_ingest: bool = True,
     return hub
 
 
-def api_token(config: HubConfig, name: str = "test") -> str:
+#: The account that ``api_token`` makes its tokens for by default.
+TEST_ADMIN = "test"
+
+
+def cheap_password_hashing() -> Any:
+    """An argon2 hasher with the cheapest parameters, for tests to put in place of
+    ``hub.accounts.HASHER`` (monkeypatch): a real hash costs about a second here.
+    Hashes carry their parameters, so what it hashed verifies with it alone."""
+    from argon2 import PasswordHasher, profiles
+
+    return PasswordHasher.from_parameters(profiles.CHEAPEST)
+
+
+def _accounts(config: HubConfig):  # noqa: ANN202 - hub.accounts.Accounts, and its engine
+    from hub.accounts import Accounts
+    from hub.db import open_db
+
+    db = open_db(config.hub.database)
+    return Accounts(db.engine), db
+
+
+def make_user(config: HubConfig, username: str, role: str = "admin", *,
+              password: str | None = None) -> str | None:
+    """An account on the hub of ``config`` (what ``tapcast hub user create`` does),
+    unless one of that name exists; returns ``password``."""
+    from hub.accounts import Actor
+
+    accounts, db = _accounts(config)
+    try:
+        if accounts.get_user(username) is None:
+            accounts.create_user(Actor.cli(), username, role, password=password)
+    finally:
+        db.close()
+    return password
+
+
+def api_token(config: HubConfig, name: str = "test", *, user: str = TEST_ADMIN,
+              role: str = "admin", scopes: str = "all") -> str:
     """A new API token for the hub of ``config`` (what ``tapcast hub token create``
-    does); the name gets a counter when taken."""
-    store = token_store(config.hub.database)
-    taken = {r.name for r in store.records()}
-    unique, n = name, 1
-    while unique in taken:
-        n += 1
-        unique = f"{name}-{n}"
-    return store.create(unique)
+    does), of ``user`` (made with ``role`` and no password when missing), with
+    ``scopes`` (default: all the role may); the name gets a counter when taken."""
+    from hub.accounts import Actor
+
+    make_user(config, user, role)
+    accounts, db = _accounts(config)
+    try:
+        taken = {t.name for t in accounts.list_tokens(user)}
+        unique, n = name, 1
+        while unique in taken:
+            n += 1
+            unique = f"{name}-{n}"
+        return accounts.create_token(Actor.cli(), user, unique, scopes)[1]
+    finally:
+        db.close()
 
 
 def api_get(url: str, token: str, timeout: float = 10.0) -> Any:

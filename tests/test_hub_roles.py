@@ -1,0 +1,226 @@
+"""Every page and endpoint checks the role: a table of what each endpoint needs, checked
+against the app's own rules, and one request per endpoint and role (signed in with a
+password, CSRF token sent as a person's browser sends it) getting in, a 403, or the
+sign-in (401 for the API) as the table says. A new endpoint fails here until it has a
+rule and a line in both tables."""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from hall.testing.hub import cheap_password_hashing, make_user
+from hub import create_app, get_db
+from hub.accounts import ROLE_PERMISSIONS, ROLES
+from hub.auth import PUBLIC, SIGNED_IN, Rule, rule_of
+from hub.config import HubConfig
+from hub.migrate import upgrade
+from tapcast.config import load
+
+PASSWORD = "correct horse battery staple"
+
+#: What each endpoint needs: "public", "signed in", or its permissions.
+EXPECTED: dict[str, str | frozenset[str]] = {
+    "static": "public",
+    "auth.signin_form": "public",
+    "auth.signin": "public",
+    "auth.signout": "signed in",
+    "pages.index": "signed in",
+    "api.openapi": "public",
+    "api.list_nodes": frozenset({"nodes:read"}),
+    "api.get_node": frozenset({"nodes:read"}),
+    "api.list_events": frozenset({"events:read"}),
+    "api.list_incidents": frozenset({"incidents:read"}),
+    "api.stats": frozenset({"stats:read"}),
+    "accounts_api.me": "signed in",
+    "accounts_api.list_tokens": frozenset({"tokens:own"}),
+    "accounts_api.create_token": frozenset({"tokens:own"}),
+    "accounts_api.revoke_token": frozenset({"tokens:own"}),
+    "accounts_api.list_users": frozenset({"users:admin"}),
+    "accounts_api.create_user": frozenset({"users:admin"}),
+    "accounts_api.get_user": frozenset({"users:admin"}),
+    "accounts_api.update_user": frozenset({"users:admin"}),
+    "accounts_api.list_audit": frozenset({"audit:read"}),
+    "accounts_pages.account": frozenset({"tokens:own"}),
+    "accounts_pages.create_token": frozenset({"tokens:own"}),
+    "accounts_pages.revoke_token": frozenset({"tokens:own"}),
+    "accounts_pages.users": frozenset({"users:admin"}),
+    "accounts_pages.create_user": frozenset({"users:admin"}),
+    "accounts_pages.update_user": frozenset({"users:admin"}),
+    "accounts_pages.audit": frozenset({"audit:read"}),
+}
+
+#: One request per endpoint: method, URL, and a JSON body or form fields. Changes are
+#: harmless to the other cases (unique names, a target account nobody signs in as).
+REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+    "static": ("GET", "/static/hub.css", None),
+    "auth.signin_form": ("GET", "/signin", None),
+    "auth.signin": ("POST", "/signin", {"form": "credentials"}),
+    "auth.signout": ("POST", "/signout", {"form": {}}),
+    "pages.index": ("GET", "/", None),
+    "api.openapi": ("GET", "/api/v1/openapi.json", None),
+    "api.list_nodes": ("GET", "/api/v1/nodes", None),
+    "api.get_node": ("GET", "/api/v1/nodes/n1", None),
+    "api.list_events": ("GET", "/api/v1/events", None),
+    "api.list_incidents": ("GET", "/api/v1/incidents", None),
+    "api.stats": ("GET", "/api/v1/stats", None),
+    "accounts_api.me": ("GET", "/api/v1/me", None),
+    "accounts_api.list_tokens": ("GET", "/api/v1/tokens", None),
+    "accounts_api.create_token": ("POST", "/api/v1/tokens",
+                                  {"json": {"name": "unique", "scopes": ["tokens:own"]}}),
+    "accounts_api.revoke_token": ("DELETE", "/api/v1/tokens/0123456789abcdef", None),
+    "accounts_api.list_users": ("GET", "/api/v1/users", None),
+    "accounts_api.create_user": ("POST", "/api/v1/users",
+                                 {"json": {"username": "unique", "role": "operator"}}),
+    "accounts_api.get_user": ("GET", "/api/v1/users/target", None),
+    "accounts_api.update_user": ("PATCH", "/api/v1/users/target",
+                                 {"json": {"display_name": "Target"}}),
+    "accounts_api.list_audit": ("GET", "/api/v1/audit", None),
+    "accounts_pages.account": ("GET", "/account", None),
+    "accounts_pages.create_token": ("POST", "/account/tokens",
+                                    {"form": {"name": "unique", "scopes": "tokens:own"}}),
+    "accounts_pages.revoke_token": ("POST", "/account/tokens/0123456789abcdef/revoke",
+                                    {"form": {}}),
+    "accounts_pages.users": ("GET", "/users", None),
+    "accounts_pages.create_user": ("POST", "/users",
+                                   {"form": {"username": "unique", "role": "operator"}}),
+    "accounts_pages.update_user": ("POST", "/users/target",
+                                   {"form": {"role": "operator"}}),
+    "accounts_pages.audit": ("GET", "/audit", None),
+}
+
+WHO = ("anonymous", *ROLES)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """One hub for the module: an account per role (named as the role) with PASSWORD,
+    a node, and the account the changes are aimed at."""
+    import hub.accounts
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(hub.accounts, "HASHER", cheap_password_hashing())
+        path = tmp_path_factory.mktemp("roles") / "hub.db"
+        config = load(HubConfig, data={"hub": {"database": str(path)}}, environ={})
+        upgrade(config.hub.database, echo=print)
+        app = create_app(config)
+        for role in ROLES:
+            make_user(config, role, role, password=PASSWORD)
+        make_user(config, "target", "operator")
+        get_db(app).write_batch([], statuses=[("n1", "online", time.time())])
+        yield app
+        get_db(app).close()
+
+
+def endpoints(app: Flask) -> set[str]:
+    return {rule.endpoint for rule in app.url_map.iter_rules()}
+
+
+def shown(rule: Rule | None) -> str | frozenset[str] | None:
+    if rule is None:
+        return None
+    if rule is PUBLIC:
+        return "public"
+    if rule is SIGNED_IN:
+        return "signed in"
+    return rule.permissions
+
+
+def test_every_endpoint_has_an_access_rule(app: Flask) -> None:
+    missing = sorted(e for e in endpoints(app) if rule_of(app, e) is None)
+    assert missing == [], f"endpoints without @public, @signed_in or @requires: {missing}"
+
+
+def test_every_endpoint_is_in_the_tables_with_the_rule_it_has(app: Flask) -> None:
+    assert endpoints(app) == set(EXPECTED), "add the new endpoint to EXPECTED and REQUESTS"
+    assert set(REQUESTS) == set(EXPECTED)
+    assert {e: shown(rule_of(app, e)) for e in EXPECTED} == EXPECTED
+
+
+def test_an_endpoint_without_a_rule_is_refused(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db")}}, environ={})
+    upgrade(config.hub.database, echo=print)
+    app = create_app(config)
+    app.add_url_rule("/api/v1/forgotten", "forgotten", lambda: {"secret": 1})
+    try:
+        r = app.test_client().get("/api/v1/forgotten")
+        assert r.status_code == 403 and "no access rule" in r.json["error"]
+        assert "'forgotten' has no access rule" in caplog.text
+    finally:
+        get_db(app).close()
+
+
+def csrf_token(html: str) -> str:
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def browser(app: Flask, who: str) -> tuple[FlaskClient, str]:
+    """A client signed in as ``who`` (or not), and the CSRF token its pages carry."""
+    client = app.test_client()
+    form = client.get("/signin").get_data(as_text=True)
+    if who == "anonymous":
+        return client, csrf_token(form)
+    r = client.post("/signin", data={"username": who, "password": PASSWORD,
+                                     "csrf_token": csrf_token(form)})
+    assert r.status_code == 303, r.get_data(as_text=True)
+    return client, csrf_token(client.get("/").get_data(as_text=True))
+
+
+def expected(endpoint: str, who: str) -> str:
+    need = EXPECTED[endpoint]
+    if need == "public":
+        return "in"
+    if who == "anonymous":
+        return "sign in"
+    if need == "signed in":
+        return "in"
+    assert isinstance(need, frozenset)
+    return "in" if need <= ROLE_PERMISSIONS[who] else "forbidden"
+
+
+def outcome(response: Any) -> str:
+    """What a request met: the sign-in (401, or the form / a redirect to it), a 403, or
+    the endpoint itself (anything else, never a 5xx)."""
+    assert response.status_code < 500, response.get_data(as_text=True)
+    if response.status_code == 401 and response.is_json:
+        return "sign in"
+    if response.status_code == 303 and response.headers["Location"].startswith("/signin"):
+        return "sign in"
+    if 'data-testid="signin-form"' in response.get_data(as_text=True) \
+            and response.request.path != "/signin":
+        return "sign in"
+    if response.status_code == 403:
+        return "forbidden"
+    return "in"
+
+
+@pytest.mark.parametrize("who", WHO)
+@pytest.mark.parametrize("endpoint", sorted(REQUESTS))
+def test_each_role_gets_what_the_table_says(app: Flask, endpoint: str, who: str) -> None:
+    client, csrf = browser(app, who)
+    method, url, payload = REQUESTS[endpoint]
+    kwargs: dict[str, Any] = {"headers": {"X-CSRFToken": csrf}}  # what the page's scripts send
+    unique = f"{who}-{endpoint.replace('.', '-').replace('_', '-')}"[:60]
+    if payload and "json" in payload:
+        kwargs["json"] = {k: unique if v == "unique" else v for k, v in payload["json"].items()}
+    elif payload and "form" in payload:
+        if payload["form"] == "credentials":
+            fields = {"username": "operator" if who == "anonymous" else who,
+                      "password": PASSWORD}
+        else:
+            fields = {k: unique if v == "unique" else v for k, v in payload["form"].items()}
+        kwargs["data"] = {**fields, "csrf_token": csrf}
+    response = client.open(url, method=method, **kwargs)
+    assert outcome(response) == expected(endpoint, who), \
+        f"{who} {method} {url}: {response.status_code} {response.get_data(as_text=True)[:300]}"
+    if outcome(response) == "sign in" and url.startswith("/api/"):
+        assert response.status_code == 401
