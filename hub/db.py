@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import (BigInteger, Connection, Engine, String, bindparam, case, cast, func,
-                        select, text, tuple_, update)
+                        select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -391,17 +391,19 @@ class _Statements:
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
         self.insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self.lock_streams = (
-            select(streams.c.node_id, streams.c.epoch, streams.c.acked_seq, streams.c.high)
-            .where(tuple_(streams.c.node_id, streams.c.epoch)
-                   .in_(bindparam("keys", expanding=True)))
-            .order_by(streams.c.node_id, streams.c.epoch)
-            .with_for_update())
+        self.create_streams_pg = text(
+            "INSERT INTO streams (node_id, epoch, first_seen) "
+            "SELECT k.node_id, k.epoch, :at FROM unnest(CAST(:nodes AS varchar[]), "
+            "CAST(:epochs AS varchar[])) WITH ORDINALITY AS k(node_id, epoch, i) ORDER BY k.i "
+            "ON CONFLICT (node_id, epoch) DO NOTHING RETURNING node_id, epoch")
+        # FOR UPDATE locks rows as the sort emits them: in key order, in every writer.
+        self.lock_streams_pg = text(
+            "SELECT s.node_id, s.epoch, s.acked_seq, s.high FROM streams AS s JOIN unnest("
+            "CAST(:nodes AS varchar[]), CAST(:epochs AS varchar[])) AS k(node_id, epoch) "
+            "ON s.node_id = k.node_id AND s.epoch = k.epoch "
+            "ORDER BY s.node_id, s.epoch FOR UPDATE OF s")
         self.previous_epochs = select(nodes.c.node_id, nodes.c.epoch).where(
             nodes.c.node_id.in_(bindparam("ids", expanding=True)))
-        self.stored = select(events.c.node_id, events.c.epoch, events.c.seq, events.c.id).where(
-            tuple_(events.c.node_id, events.c.epoch, events.c.seq)
-            .in_(bindparam("keys", expanding=True)))
         # PostgreSQL plans a long row-value IN list as a scan of the table; joined to
         # the keys as arrays (unnest) it probes the unique index once per key.
         self.stored_pg = text(
@@ -413,7 +415,6 @@ class _Statements:
         self.count_between = select(func.count()).select_from(events).where(
             events.c.node_id == bindparam("node"), events.c.epoch == bindparam("epoch"),
             events.c.seq > bindparam("lo"), events.c.seq < bindparam("hi"))
-        self.insert_events = events.insert()
         # PostgreSQL: psycopg's executemany sends a statement per row (pipelined); the
         # rows as one set of arrays are one statement.
         self.insert_events_pg = text(
@@ -470,26 +471,65 @@ class _Statements:
                 else_=nodes.c.last_seen),
         })
 
+    # The hot statements below take the driver's own paths where SQLAlchemy's per-row
+    # work would cost more than the database's: on SQLite (in process, statements
+    # cached) sqlite3's own executemany and one small indexed query per stream, on the
+    # transaction's own connection; on PostgreSQL (a round trip each) one statement
+    # over arrays for all streams.
+
+    def create_streams(self, conn: Connection, keys: list[tuple[str, str]],
+                       received: float) -> set[tuple[str, str]]:
+        """Create the streams that do not exist yet; the ones created now."""
+        if self.dialect == "postgresql":
+            # ON CONFLICT DO NOTHING RETURNING names exactly the rows this statement
+            # inserted, even with another writer inserting the same stream meanwhile.
+            return {tuple(r) for r in conn.execute(self.create_streams_pg, {  # type: ignore[misc]
+                "nodes": [k[0] for k in keys], "epochs": [k[1] for k in keys],
+                "at": received})}
+        # SQLite: BEGIN IMMEDIATE holds the file's write lock, so what is missing now
+        # is what this transaction creates.
+        raw = _sqlite(conn)
+        exists = "SELECT 1 FROM streams WHERE node_id = ? AND epoch = ?"
+        missing = [k for k in keys if raw.execute(exists, k).fetchone() is None]
+        if missing:
+            raw.executemany("INSERT INTO streams (node_id, epoch, first_seen) VALUES (?, ?, ?)",
+                            [(n, e, received) for n, e in missing])
+        return set(missing)
+
+    def lock(self, conn: Connection, keys: list[tuple[str, str]]
+             ) -> Iterable[tuple[str, str, int, int]]:
+        """(node, epoch, acked_seq, high) of the streams, locked in key order."""
+        if self.dialect == "postgresql":
+            return conn.execute(self.lock_streams_pg, {"nodes": [k[0] for k in keys],
+                                                       "epochs": [k[1] for k in keys]}).all()
+        raw = _sqlite(conn)
+        sql = "SELECT node_id, epoch, acked_seq, high FROM streams WHERE node_id = ? AND epoch = ?"
+        return [raw.execute(sql, k).fetchone() for k in keys]
+
     def insert_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Insert new event rows (all of one transaction)."""
+        columns = ("node_id", "epoch", "seq", "id", "kind", "ts", "data", "received")
         if self.dialect == "postgresql":
-            conn.execute(self.insert_events_pg, {
-                column: [r[column] for r in rows]
-                for column in ("node_id", "epoch", "seq", "id", "kind", "ts", "data",
-                               "received")})
+            conn.execute(self.insert_events_pg, {c: [r[c] for r in rows] for c in columns})
         else:
-            conn.execute(self.insert_events, rows)
+            _sqlite(conn).executemany(
+                f"INSERT INTO events ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [tuple(r[c] for c in columns) for r in rows])
 
-    def stored_ids(self, conn: Connection, keys: list[tuple[str, str, int]]
-                   ) -> Iterable[tuple[str, str, int, str]]:
-        """(node, epoch, seq, id) of the stored events among ``keys``."""
+    def stored_ids(self, conn: Connection, ranges: dict[tuple[str, str], tuple[int, int]],
+                   keys: list[tuple[str, str, int]]) -> Iterable[tuple[str, str, int, str]]:
+        """(node, epoch, seq, id) of the stored events among ``keys`` (PostgreSQL) or
+        in each stream's seq range (SQLite; the caller matches the seqs it has)."""
         if self.dialect == "postgresql":
             return conn.execute(self.stored_pg, {"nodes": [k[0] for k in keys],
                                                  "epochs": [k[1] for k in keys],
                                                  "seqs": [k[2] for k in keys]}).all()
+        sql = ("SELECT node_id, epoch, seq, id FROM events "
+               "WHERE node_id = ? AND epoch = ? AND seq BETWEEN ? AND ?")
+        raw = _sqlite(conn)
         found: list[tuple[str, str, int, str]] = []
-        for start in range(0, len(keys), 5000):  # bounded statement size
-            found += conn.execute(self.stored, {"keys": keys[start:start + 5000]}).all()
+        for (node_id, epoch), (lo, hi) in ranges.items():
+            found += raw.execute(sql, (node_id, epoch, lo, hi)).fetchall()
         return found
 
 
@@ -531,13 +571,8 @@ class _Writer:
         rowcount for skipped rows differs."""
         if not keys:
             return
-        created = {tuple(r) for r in self.conn.execute(
-            self.sql.insert(streams)
-            .values([{"node_id": n, "epoch": e, "first_seen": self.received} for n, e in keys])
-            .on_conflict_do_nothing(index_elements=["node_id", "epoch"])
-            .returning(streams.c.node_id, streams.c.epoch))}
-        for node_id, epoch, acked, high in self.conn.execute(self.sql.lock_streams,
-                                                             {"keys": keys}):
+        created = self.sql.create_streams(self.conn, keys, self.received)
+        for node_id, epoch, acked, high in self.sql.lock(self.conn, keys):
             self.acked[(node_id, epoch)] = int(acked)
             self.high[(node_id, epoch)] = int(high)
         if created:
@@ -588,7 +623,10 @@ class _Writer:
             self.skip_to(node_id, epoch, acked, low,
                          "below the lowest seq the node still holds")
         wanted = [(n, ep, e.seq) for (n, ep) in keys for b in grouped[(n, ep)] for e in b.events]
-        stored = {(n, ep, seq): i for n, ep, seq, i in self.sql.stored_ids(self.conn, wanted)}
+        ranges = {key: (min(b.first for b in grouped[key]), max(b.last for b in grouped[key]))
+                  for key in keys}
+        stored = {(n, ep, seq): i
+                  for n, ep, seq, i in self.sql.stored_ids(self.conn, ranges, wanted)}
         for n, ep, seq in stored:  # stored already: part of the contiguous walk
             self.fresh.setdefault((n, ep), set()).add(seq)
         received = self.received
@@ -741,6 +779,11 @@ class _Writer:
             self.conn.execute(self.sql.upsert_nodes, [per_node[n] for n in sorted(per_node)])
         if extra:  # rows this transaction has locked already
             self.conn.execute(self.sql.mirror, extra)
+
+
+def _sqlite(conn: Connection) -> Any:
+    """The sqlite3 connection under a SQLAlchemy connection, inside its transaction."""
+    return conn.connection.driver_connection
 
 
 _NODE_PARAMS = ("n_id", "n_status", "n_status_at", "n_last_seen", "n_state", "n_zone",
