@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -178,16 +179,18 @@ def test_every_web_worker_takes_a_new_token_drops_a_revoked_one_and_counts_refus
 
         created = subprocess.run(
             [sys.executable, "-m", "hall.cli", "hub", "token", "create", "--config",
-             str(config), "--name", "late"], capture_output=True, text=True, timeout=60)
+             str(config), "--user", "test", "--name", "late", "--scopes", "all"],
+            capture_output=True, text=True, timeout=60)
         assert created.returncode == 0, created.stderr
         late = created.stdout.strip()
+        late_id = re.search(r"\(id ([0-9a-f]{16})", created.stderr).group(1)  # type: ignore[union-attr]
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(status, [late] * 24))
             assert {code for code, _ in answers} == {200}
             assert len({pid for _, pid in answers}) >= 2  # more than one worker said yes
             revoked = subprocess.run(
                 [sys.executable, "-m", "hall.cli", "hub", "token", "revoke", "--config",
-                 str(config), "late"], capture_output=True, text=True, timeout=60)
+                 str(config), late_id], capture_output=True, text=True, timeout=60)
             assert revoked.returncode == 0, revoked.stderr
             answers = list(pool.map(status, [late] * 24))
         assert {code for code, _ in answers} == {401}
