@@ -25,8 +25,9 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture
-def hub_config(mosquitto: Mosquitto, tmp_path: Path) -> HubConfig:
-    conf = make_hub_config(tmp_path / "hub.db", mosquitto.url)
+def hub_config(mosquitto: Mosquitto, hub_database: str, tmp_path: Path) -> HubConfig:
+    """On SQLite and on PostgreSQL (conftest's hub_database)."""
+    conf = make_hub_config(hub_database, mosquitto.url, secret_dir=tmp_path)
     conf.mqtt.batch_size = 1000
     return conf
 
@@ -283,7 +284,9 @@ class EventWritesWait:
     def write(self, batches: Any = (), **kwargs: Any) -> Any:
         if batches:
             self.stuck.set()
-            assert self.gate.wait(TIMEOUT), "the test never opened the gate"
+            # a bound for a broken test only: a loaded machine may take a while to
+            # queue the backlog behind it
+            assert self.gate.wait(120), "the test never opened the gate"
         return self.db.write(batches, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -8,8 +8,8 @@ things bring every event in, each stored once: the worker started again under it
 number resumes its session (the queued share), and nodes re-send what is not acked
 (the uplink's go-back-N after ``ack_timeout``; ``resend_unacked`` here plays it).
 
-The database is one fixture, ``hub_database`` (a SQLite file in WAL mode, two processes
-writing it with a busy timeout); a PostgreSQL URL can be given the same way."""
+The database is conftest's ``hub_database``: each test runs on a SQLite file (WAL, the
+workers writing it under its write lock) and on PostgreSQL (row locks on the streams)."""
 from __future__ import annotations
 
 import queue
@@ -33,12 +33,6 @@ from tapcast.protocol.mqtt import (NodeState, encode, events_topic, seal_batch, 
 from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
 
 TIMEOUT = 15.0
-
-
-@pytest.fixture
-def hub_database(tmp_path: Path) -> str:
-    """What every worker's ``[hub] database`` says."""
-    return str(tmp_path / "var" / "hub.db")
 
 
 @pytest.fixture
@@ -111,7 +105,6 @@ def test_two_workers_share_the_events_and_each_stores_every_status(
 def write_config(tmp_path: Path, config: HubConfig, name: str = "hub.toml") -> Path:
     path = tmp_path / name
     path.write_text(cfg.dump(config))
-    open_db(config.hub.database).close()  # created once, before two processes race to
     return path
 
 
