@@ -361,8 +361,18 @@ class Ingest:
 
     def _write_loop(self) -> None:
         """The event writer: events and quarantined batches, acked after each commit."""
-        batch_size = max(1, self.config.mqtt.batch_size)
-        get, get_nowait = self._queue.get, self._queue.get_nowait
+        self._drain(self._queue, max(1, self.config.mqtt.batch_size), "writer")
+
+    def _node_write_loop(self) -> None:
+        """The status lane: every status and state queued so far, in one transaction of
+        its own (the latest per node wins), whatever the event writer is doing."""
+        self._drain(self._nodes_queue, None, "node writer")
+
+    def _drain(self, source: queue.SimpleQueue[Any], batch_size: int | None,
+               name: str) -> None:
+        """Write what ``source`` holds, a transaction at a time: everything queued so
+        far, up to ``batch_size`` events (None: no limit), until _STOP."""
+        get, get_nowait = source.get, source.get_nowait
         stopping = False
         while not stopping:
             first = get()
@@ -370,7 +380,7 @@ class Ingest:
                 break
             items = [first]
             n = _weight(first)
-            while n < batch_size:
+            while batch_size is None or n < batch_size:
                 try:
                     item = get_nowait()
                 except queue.Empty:
@@ -383,31 +393,8 @@ class Ingest:
             try:
                 self._write(items)
             except Exception:  # noqa: BLE001 - the writer must outlive any one batch
-                log.exception("hub ingest writer failed on a batch; continuing")
+                log.exception("hub ingest %s failed on a batch; continuing", name)
             self._room.set()
-
-    def _node_write_loop(self) -> None:
-        """The status lane: every status and state queued so far, in one transaction of
-        its own (the latest per node wins), whatever the event writer is doing."""
-        stopping = False
-        while not stopping:
-            first = self._nodes_queue.get()
-            if first is _STOP:
-                break
-            items = [first]
-            while True:
-                try:
-                    item = self._nodes_queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                items.append(item)
-            try:
-                self._write(items)
-            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
-                log.exception("hub ingest node writer failed; continuing")
 
     def _write(self, items: list[tuple[str, str, Any, float | None]]) -> None:
         batches = []

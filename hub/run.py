@@ -332,14 +332,20 @@ def _run_ingest_workers(config: HubConfig, n: int, echo: Echo) -> None:
     echo(f"hub ingest stopped ({why}): {n} workers")
 
 
-def _ingest_child(config: HubConfig, worker: int, parent_fds: tuple[int, ...]) -> None:
-    """One forked ingest worker of ``hub ingest --workers N``."""
-    signal.set_wakeup_fd(-1)  # the parent's signal pipe is the parent's
+def _child_setup(parent_fds: tuple[int, ...]) -> None:
+    """In a forked child of the hub: the parent's signal pipe and handlers are the
+    parent's, and the child dies with it."""
+    signal.set_wakeup_fd(-1)
     for fd in parent_fds:
         os.close(fd)
     for sig in _STOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     _die_with_parent()
+
+
+def _ingest_child(config: HubConfig, worker: int, parent_fds: tuple[int, ...]) -> None:
+    """One forked ingest worker of ``hub ingest --workers N``."""
+    _child_setup(parent_fds)
     try:
         run_ingest(config, worker=worker)
     except click.ClickException as exc:
@@ -387,12 +393,7 @@ def run_serve(config: HubConfig, *, workers: int | None = None, echo: Echo = _ec
 def _web_child(config: HubConfig, sock: socket.socket, workers: int,
                parent_fds: tuple[int, ...]) -> None:
     """The forked gunicorn master of ``hub serve``."""
-    signal.set_wakeup_fd(-1)  # the parent's signal pipe is the parent's
-    for fd in parent_fds:
-        os.close(fd)
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-    _die_with_parent()
+    _child_setup(parent_fds)
     _run_gunicorn(config, sock, workers, _echo)
 
 
