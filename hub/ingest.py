@@ -171,6 +171,11 @@ class Ingest:
             protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311, buffered=True)
         configure_tls(self._client, broker, TlsFiles(mq.ca_file, mq.cert_file, mq.key_file))
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        # Acks are QoS 1; paho holds back any past 20 awaiting the broker's PUBACK, and
+        # those PUBACKs queue behind the events still unread on the same connection,
+        # so a hub that fell behind would ack at a trickle exactly when nodes wait on
+        # it. No limit: an ack is small, and the broker's own limits still apply.
+        self._client.max_inflight_messages_set(0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
