@@ -506,24 +506,27 @@ class _Statements:
         sql = "SELECT node_id, epoch, acked_seq, high FROM streams WHERE node_id = ? AND epoch = ?"
         return [raw.execute(sql, k).fetchone() for k in keys]
 
-    def insert_rows(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Insert new event rows (all of one transaction)."""
-        columns = ("node_id", "epoch", "seq", "id", "kind", "ts", "data", "received")
+    def insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert new event rows (all of one transaction), each a tuple in
+        ``EVENT_COLUMNS`` order."""
         if self.dialect == "postgresql":
-            conn.execute(self.insert_events_pg, {c: [r[c] for r in rows] for c in columns})
+            conn.execute(self.insert_events_pg, dict(zip(EVENT_COLUMNS,
+                                                         map(list, zip(*rows)))))
         else:
-            _sqlite(conn).executemany(
-                f"INSERT INTO events ({', '.join(columns)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [tuple(r[c] for c in columns) for r in rows])
+            _sqlite(conn).executemany(_INSERT_EVENTS_SQLITE, rows)
 
-    def stored_ids(self, conn: Connection, ranges: dict[tuple[str, str], tuple[int, int]],
-                   keys: list[tuple[str, str, int]]) -> Iterable[tuple[str, str, int, str]]:
-        """(node, epoch, seq, id) of the stored events among ``keys`` (PostgreSQL) or
-        in each stream's seq range (SQLite; the caller matches the seqs it has)."""
+    def stored_ids(self, conn: Connection, grouped: dict[tuple[str, str], list[EventBatch]]
+                   ) -> Iterable[tuple[str, str, int, str]]:
+        """(node, epoch, seq, id) of the stored events among the batches' (PostgreSQL)
+        or in each stream's seq range (SQLite; the caller matches the seqs it has)."""
         if self.dialect == "postgresql":
+            keys = [(n, ep, e.seq) for (n, ep), group in grouped.items()
+                    for b in group for e in b.events]
             return conn.execute(self.stored_pg, {"nodes": [k[0] for k in keys],
                                                  "epochs": [k[1] for k in keys],
                                                  "seqs": [k[2] for k in keys]}).all()
+        ranges = {key: (min(b.first for b in group), max(b.last for b in group))
+                  for key, group in grouped.items()}
         sql = ("SELECT node_id, epoch, seq, id FROM events "
                "WHERE node_id = ? AND epoch = ? AND seq BETWEEN ? AND ?")
         raw = _sqlite(conn)
@@ -545,7 +548,7 @@ class _Writer:
         self.conn = conn
         self.received = received
         self.sql = sql
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[tuple[Any, ...]] = []  # new events, in EVENT_COLUMNS order
         self.counts: dict[tuple[str, str], tuple[int, int]] = {}
         self.acked: dict[tuple[str, str], int] = {}  # locked streams -> acked_seq
         self.high: dict[tuple[str, str], int] = {}  # locked streams -> highest stored seq
@@ -622,23 +625,24 @@ class _Writer:
             low = min(max(b.low for b in group), min(b.first for b in group))
             self.skip_to(node_id, epoch, acked, low,
                          "below the lowest seq the node still holds")
-        wanted = [(n, ep, e.seq) for (n, ep) in keys for b in grouped[(n, ep)] for e in b.events]
-        ranges = {key: (min(b.first for b in grouped[key]), max(b.last for b in grouped[key]))
-                  for key in keys}
-        stored = {(n, ep, seq): i
-                  for n, ep, seq, i in self.sql.stored_ids(self.conn, ranges, wanted)}
-        for n, ep, seq in stored:  # stored already: part of the contiguous walk
-            self.fresh.setdefault((n, ep), set()).add(seq)
+        by_stream: dict[tuple[str, str], dict[int, str]] = {key: {} for key in keys}
+        for n, ep, seq, i in self.sql.stored_ids(self.conn, grouped):
+            by_stream[(n, ep)][seq] = i
         received = self.received
+        rows, counts = self.rows, self.counts
         for node_id, epoch in keys:
+            stored = by_stream[(node_id, epoch)]
+            # stored already or now: the contiguous walk goes through them
             fresh = self.fresh.setdefault((node_id, epoch), set())
+            fresh.update(stored)
             clashes: list[int] = []
             for batch in grouped[(node_id, epoch)]:
                 for e in batch.events:
-                    known = stored.get((node_id, epoch, e.seq))
+                    seq = e.seq
+                    known = stored.get(seq)
                     if known is not None:
                         if known != e.id:
-                            clashes.append(e.seq)
+                            clashes.append(seq)
                         continue
                     try:
                         data = _encode(e.data)
@@ -646,14 +650,14 @@ class _Writer:
                         data = _encode({"_dropped": "data nested too deeply to store"})
                     if len(data) > MAX_EVENT_DATA:  # bounded like the rest; keep the event
                         data = _encode({"_truncated": len(data)})
-                    stored[(node_id, epoch, e.seq)] = e.id
-                    fresh.add(e.seq)
-                    self.rows.append({"node_id": node_id, "epoch": epoch, "seq": e.seq,
-                                      "id": e.id, "kind": e.kind, "ts": e.ts,
-                                      "data": data.decode(), "received": received})
-                    ok = 1 if e.kind == "auth" and e.data.get("ok") is True else 0
-                    n, k = self.counts.get((node_id, e.kind), (0, 0))
-                    self.counts[(node_id, e.kind)] = (n + 1, k + ok)
+                    stored[seq] = e.id
+                    fresh.add(seq)
+                    kind = e.kind
+                    rows.append((node_id, epoch, seq, e.id, kind, e.ts, data.decode(),
+                                 received))
+                    ok = 1 if kind == "auth" and e.data.get("ok") is True else 0
+                    n, k = counts.get((node_id, kind), (0, 0))
+                    counts[(node_id, kind)] = (n + 1, k + ok)
             if clashes:
                 self.conflicts += len(clashes)
                 shown = ", ".join(map(str, clashes[:self.MAX_DETAIL_SEQS]))
@@ -785,6 +789,10 @@ def _sqlite(conn: Connection) -> Any:
     """The sqlite3 connection under a SQLAlchemy connection, inside its transaction."""
     return conn.connection.driver_connection
 
+
+EVENT_COLUMNS = ("node_id", "epoch", "seq", "id", "kind", "ts", "data", "received")
+_INSERT_EVENTS_SQLITE = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
+                         f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 
 _NODE_PARAMS = ("n_id", "n_status", "n_status_at", "n_last_seen", "n_state", "n_zone",
                 "n_version", "n_epoch", "n_acked", "m_epoch", "m_seq")
