@@ -61,13 +61,10 @@ import asyncio
 import collections
 import json
 import logging
-import math
 import os
 import random
 import resource
 import secrets
-import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -877,38 +874,13 @@ class FloorProcess:
 # --------------------------------------------------------------- the hub side
 
 
-def _shared_field() -> str | None:
-    """The hub's [mqtt] setting for a shared subscription's group, if it has one yet."""
-    import msgspec
-
-    from hub.config import HubMqttSection
-
-    names = [f.name for f in msgspec.structs.fields(HubMqttSection)]
-    for name in ("shared_group", "share_group", "shared_subscription", "share"):
-        if name in names:
-            return name
-    found = [n for n in names if "shar" in n]
-    return found[0] if found else None
-
-
-def _hub_commands() -> str:
-    out = subprocess.run([sys.executable, "-m", "hall.cli", "hub", "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    return out.stdout
-
-
-def init_hub_database(config_path: Path) -> str:
-    """Create (or upgrade) the hub's database by the hub's own command; which one ran."""
-    commands = _hub_commands()
-    if any(line.split()[:1] == ["db"] for line in commands.splitlines()):
-        cmd = ["hub", "db", "upgrade", "--config", str(config_path)]
-    else:
-        cmd = ["hub", "init-db", "--config", str(config_path)]
+def init_hub_database(config_path: Path) -> None:
+    """Create the hub's database by the hub's own command (`tapcast hub db upgrade`)."""
+    cmd = ["hub", "db", "upgrade", "--config", str(config_path)]
     done = subprocess.run([sys.executable, "-m", "hall.cli", *cmd], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
-        raise RuntimeError(f"`tapcast {' '.join(cmd[:3])}` failed: {done.stderr.strip()}")
-    return " ".join(cmd[:-2])
+        raise RuntimeError(f"`tapcast hub db upgrade` failed: {done.stderr.strip()}")
 
 
 class PgDatabase:
@@ -959,17 +931,7 @@ class HubSide:
             hub_db = self.read_url = self.pg.url
         self.procs: list[Any] = []
         self.configs: list[Path] = []
-        env: dict[str, str] = {}
-        shared = None
         n = params.ingest_processes
-        if n > 1:
-            shared = _shared_field()
-            if shared is None:
-                # Wired for the setting the hub does not have yet: the ingest refuses an
-                # unknown setting, so this fails loudly rather than measuring nothing.
-                env["TAPCAST_MQTT__SHARED_GROUP"] = params.shared_group
-                log.warning("hub/config.py has no shared-subscription setting yet; "
-                            "passing TAPCAST_MQTT__SHARED_GROUP=%s", params.shared_group)
         try:
             base = cfg.load(HubConfig, data={
                 "hub": {"database": hub_db, "port": 0,
@@ -977,14 +939,14 @@ class HubSide:
                 "mqtt": {"broker": broker_url}}, environ={})
             for k in range(n):
                 mqtt = msgspec.structs.replace(base.mqtt, client_id=f"bench-hub-{k}")
-                if shared is not None:
-                    mqtt = msgspec.structs.replace(mqtt, **{shared: params.shared_group})
+                if n > 1:  # [mqtt] shared_group: the workers split the events
+                    mqtt = msgspec.structs.replace(mqtt, shared_group=params.shared_group)
                 path = workdir / f"hub-{k}.toml"
                 path.write_text(cfg.dump(msgspec.structs.replace(base, mqtt=mqtt)))
                 self.configs.append(path)
-            self.init_command = init_hub_database(self.configs[0])
+            init_hub_database(self.configs[0])
             for path in self.configs:
-                proc = HubProcess("ingest", path, env=env)
+                proc = HubProcess("ingest", path)
                 self.procs.append(proc)
                 proc.wait_line("hub ingest subscribed", timeout=60)
         except BaseException:
@@ -1187,7 +1149,6 @@ def run_side(side: str, params: FleetParams, workdir: Path, database: str = "sql
         status_lags = window_lags(pairs, *fleet.window)
         if hub is not None:
             extra["database"] = "sqlite" if database == "sqlite" else "postgresql"
-            extra["db_init"] = hub.init_command
             extra["hub_final"] = hub.final_counts()
             extra["hub_problems"] = hub.problems()
         ingest_names = [n for n in pids if n.startswith("ingest-")]
