@@ -1252,8 +1252,7 @@ def render(found: list[Result]) -> str:
             f"{p['forged_acks']} forged / {p['refused_acks']} refused acks; "
             f"{p['lost_connections']} connections lost; sampled states not seen at the "
             f"hub: {pe['states_unseen_at_end']}")
-        lines.append(f"  hub database at the end: {pe.get('hub_final')}; "
-                     f"init: {pe.get('db_init')}")
+        lines.append(f"  hub database at the end: {pe.get('hub_final')}")
         lines.append(f"  simulator loop lag p99 {pe['loop_lag_p99_ms']:.1f} ms, its threads' "
                      f"CPU %: {_threads(pe)}; "
                      f"status-lag reads: {pe.get('db_queries')} "
