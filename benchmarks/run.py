@@ -1,13 +1,13 @@
 """Run every benchmark and print one table (markdown) for docs/performance.md.
 
-    make bench                      # all, default sizes (about 14 minutes)
+    make bench                      # all, default sizes (about 22 minutes)
     make bench ARGS=--quick         # a smoke run (about 4 minutes)
 """
 from __future__ import annotations
 
 import argparse
 
-from benchmarks import bench_fleet, bench_ingest, bench_load, bench_tap
+from benchmarks import bench_fleet, bench_ingest, bench_load, bench_tap, bench_views
 from benchmarks.common import save, table, warnings_only
 
 
@@ -21,6 +21,7 @@ def main() -> None:
     results += bench_load.main(["--duration", "10", "--floor-taps", "30"] if quick else [])
     results += bench_ingest.main(["--quick"] if quick else [])
     results += bench_fleet.main(["--quick"] if quick else [])
+    results += bench_views.main(["--quick"] if quick else [])
     path = save(results, "latest")
     print(table(results))
     print(f"\n(raw results: {path})")
