@@ -23,10 +23,15 @@ writes are shaped as they are:
   SQLite ``BEGIN IMMEDIATE`` serialises writers anyway). Holding the stream's lock, the
   ids read for duplicate/conflict checks and the contiguous-ack walk cannot be raced
   by another writer. The nodes and counts rows are updated last, also sorted.
-* ``event_counts`` (per node and kind, plus how many carried ``data.ok = true``) is
-  updated in the same transaction, so the API never scans ``events`` to count.
+* ``event_counts`` (per node and kind, plus how many carried ``data.ok = true``) and
+  ``kind_totals`` (the fleet's, in a few shards) are updated in the same transaction,
+  so no page or API call scans ``events`` to count.
+* A transaction runs the same dozen statements whatever the number of streams it
+  touches (``_Statements``: built once, run over all streams at once); only rare paths
+  (a hole, a quarantined batch, seqs stored out of order) cost a statement per stream.
 * Events are listed newest first by ``pos`` (storage order), per node through the
-  index on (node_id, pos).
+  index on (node_id, pos), per kind through (kind, pos); time filters go through the
+  index on ``received``. Nodes are listed a page at a time by id, filtered on indexes.
 * SQLite commits with ``synchronous=FULL`` and PostgreSQL with its default
   ``synchronous_commit``: a commit is durable before the ingest acks it; a batch of
   messages per transaction amortises the flush.
@@ -128,9 +133,6 @@ class HubDB:
 
     def close(self) -> None:
         self.engine.dispose()
-
-    def release(self) -> None:
-        """Nothing to do: connections go back to the pool after each use."""
 
     def __enter__(self) -> HubDB:
         return self
