@@ -53,10 +53,26 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture
-def running_hub(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[HubServer]:
-    """The hub in this process (web + MQTT ingest into a fresh SQLite file) on a free
-    port; ``get_db(running_hub.app)`` and ``get_ingest(running_hub.app)`` look inside."""
-    server = serve(hub_config(tmp_path / "hub.db", mosquitto.url), wait_ingest=10.0)
+def running_hub_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """``running_hub``'s database: a fresh SQLite file, or with
+    ``@pytest.mark.parametrize("running_hub_database", ["sqlite", "postgresql"],
+    indirect=True)`` each kind in turn."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield str(tmp_path / "hub.db")
+        return
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    with postgres.clone(request.getfixturevalue("postgres_template")) as url:
+        yield url
+
+
+@pytest.fixture
+def running_hub(mosquitto: Mosquitto, tmp_path: Path,
+                running_hub_database: str) -> Iterator[HubServer]:
+    """The hub in this process (web + MQTT ingest into a fresh database, SQLite unless
+    the test asks otherwise) on a free port; ``get_db(running_hub.app)`` and
+    ``get_ingest(running_hub.app)`` look inside."""
+    server = serve(hub_config(running_hub_database, mosquitto.url, secret_dir=tmp_path),
+                   wait_ingest=10.0)
     yield server
     server.shutdown()
 

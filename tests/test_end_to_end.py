@@ -38,6 +38,7 @@ def hub_events(running_hub: HubServer) -> list[dict]:
         "select node_id, seq, kind, data from events order by node_id, seq")]
 
 
+@pytest.mark.parametrize("running_hub_database", ["sqlite", "postgresql"], indirect=True)
 async def test_taps_deliver_content_and_every_event_reaches_the_hub_once(
         hall: VirtualHall, running_hub: HubServer) -> None:
     reports = []
@@ -115,6 +116,7 @@ async def test_malformed_mqtt_payload_is_counted_and_ingest_keeps_storing(
     assert [e["kind"] for e in hub_events(running_hub)].count("tap") == 1
 
 
+@pytest.mark.parametrize("running_hub_database", ["sqlite", "postgresql"], indirect=True)
 async def test_broker_restart_mid_run_loses_no_event_and_duplicates_none(
         hall: VirtualHall, running_hub: HubServer, mosquitto: Mosquitto) -> None:
     async def tap_all(rounds: int) -> None:

@@ -58,6 +58,7 @@ async def test_a_hub_database_restored_from_an_older_copy_resumes_the_node(
         restored.shutdown()
 
 
+@pytest.mark.parametrize("running_hub_database", ["sqlite", "postgresql"], indirect=True)
 async def test_a_node_whose_data_dir_was_wiped_starts_a_new_epoch_and_nothing_is_dropped(
         hall: VirtualHall, running_hub: HubServer) -> None:
     node = hall.nodes[0]
