@@ -14,7 +14,6 @@ import logging
 import re
 import socket
 import ssl
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,88 +192,15 @@ def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         log.debug("could not set TCP_NODELAY: %s", exc)
 
 
-class _ReadBuffer:
-    """A connected socket that paho reads through: one ``recv`` of up to 64 KiB, then
-    paho's 1-byte reads (packet type, each length byte) and its payload reads are
-    served from memory. Unbuffered, paho makes about four ``recv`` calls per message,
-    each a system call that drops and retakes the GIL (which the hub's writer thread
-    wants). ``pending()`` tells paho's loop that bytes are waiting here, as it already
-    asks an SSL socket, so it reads them without waiting in ``select``."""
-
-    __slots__ = ("_sock", "_buf", "_pos")
-
-    def __init__(self, sock: Any) -> None:
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, n: int) -> bytes:
-        pos = self._pos
-        if pos >= len(self._buf):
-            data = self._sock.recv(max(n, 65536))  # BlockingIOError: nothing yet
-            if len(data) <= n:  # all of it (or b"": the broker closed)
-                return data
-            self._buf, self._pos = data, n
-            return data[:n]
-        end = pos + n
-        self._pos = end
-        return self._buf[pos:end]
-
-    def pending(self) -> int:
-        inner = getattr(self._sock, "pending", None)  # an SSL socket's own buffer
-        return len(self._buf) - self._pos + (inner() if inner is not None else 0)
-
-    def __getattr__(self, name: str) -> Any:  # send, fileno, close, setblocking...
-        return getattr(self._sock, name)
-
-
-class BufferedClient(mqtt.Client):
-    """A paho client that costs fewer system calls per message received (for the hub's
-    ingest, which receives far more than it sends): reads through :class:`_ReadBuffer`,
-    and reads every complete packet already buffered in one ``loop_read``; a packet
-    paho queues from its own thread (the PUBACK of each QoS1 message) does not also
-    write a wake-up byte to paho's socket pair, since the loop writes it next anyway.
-    Relies on paho 2.x internals (``_create_socket``, ``_packet_queue``), which
-    pyproject pins below 3; a paho without them gets the plain client's behaviour."""
-
-    def _create_socket(self) -> Any:
-        return _ReadBuffer(super()._create_socket())
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        sock = self._sock
-        for _ in range(1000):  # then let the loop write (acks) before reading on
-            if rc != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None \
-                    or sock is not self._sock or not sock.pending():
-                break
-            rc = super().loop_read(max_packets)
-        return rc
-
-    def _packet_queue(self, command: int, packet: bytes | bytearray, mid: int, qos: int,
-                      info: Any = None) -> mqtt.MQTTErrorCode:
-        if self._thread is None or threading.current_thread() is not self._thread:
-            return super()._packet_queue(command, packet, mid, qos, info)
-        # On paho's own thread: its loop sees want_write() before its next select.
-        self._out_packet.append({"command": command, "mid": mid, "qos": qos, "pos": 0,
-                                 "to_process": len(packet), "packet": packet,
-                                 "info": info})
-        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-
-_BUFFERED_OK = all(hasattr(mqtt.Client, name) for name in ("_create_socket", "_packet_queue"))
-
-
 def make_client(client_id: str, *, clean_session: bool = True,
                 username: str | None = None, password: str | None = None,
-                protocol: int = mqtt.MQTTv311, buffered: bool = False) -> mqtt.Client:
+                protocol: int = mqtt.MQTTv311) -> mqtt.Client:
     """A paho 2.x client speaking MQTT 3.1.1 (``protocol=mqtt.MQTTv5`` for MQTT 5: its
     session is set at connect time, ``clean_start`` and a session expiry, so
     ``clean_session`` is ignored) with TCP_NODELAY on every socket it opens.
-    ``buffered``: a :class:`BufferedClient` (fewer system calls per message received).
     For an ``mqtts://`` broker, follow with :func:`configure_tls`."""
-    cls = BufferedClient if buffered and _BUFFERED_OK else mqtt.Client
     v5 = protocol == mqtt.MQTTv5
-    client = cls(
+    client = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         clean_session=None if v5 else clean_session,
