@@ -440,6 +440,53 @@ class _Statements:
             streams.c.node_id == bindparam("s_node"), streams.c.epoch == bindparam("s_epoch")
         ).values(acked_seq=bindparam("s_acked"), lost=streams.c.lost + bindparam("s_lost"),
                  high=bindparam("s_high"))
+        # PostgreSQL: the same four writes as one statement each over arrays (psycopg's
+        # executemany costs a pipelined statement per row). Rows go in key order, so
+        # two writers lock the counts, totals and node rows in the same order.
+        self.add_counts_pg = text(
+            "INSERT INTO event_counts (node_id, kind, n, ok) SELECT * FROM unnest("
+            "CAST(:node_id AS varchar[]), CAST(:kind AS varchar[]), CAST(:n AS bigint[]), "
+            "CAST(:ok AS bigint[])) AS v(node_id, kind, n, ok) ORDER BY node_id, kind "
+            "ON CONFLICT (node_id, kind) DO UPDATE SET n = event_counts.n + excluded.n, "
+            "ok = event_counts.ok + excluded.ok")
+        self.add_totals_pg = text(
+            "INSERT INTO kind_totals (shard, kind, n, ok) SELECT * FROM unnest("
+            "CAST(:shard AS integer[]), CAST(:kind AS varchar[]), CAST(:n AS bigint[]), "
+            "CAST(:ok AS bigint[])) AS v(shard, kind, n, ok) ORDER BY shard, kind "
+            "ON CONFLICT (shard, kind) DO UPDATE SET n = kind_totals.n + excluded.n, "
+            "ok = kind_totals.ok + excluded.ok")
+        self.update_streams_pg = text(  # rows this transaction locked already
+            "UPDATE streams AS s SET acked_seq = v.acked, lost = s.lost + v.lost, "
+            "high = v.high FROM unnest(CAST(:s_node AS varchar[]), "
+            "CAST(:s_epoch AS varchar[]), CAST(:s_acked AS bigint[]), "
+            "CAST(:s_lost AS bigint[]), CAST(:s_high AS bigint[])) "
+            "AS v(node_id, epoch, acked, lost, high) "
+            "WHERE s.node_id = v.node_id AND s.epoch = v.epoch")
+        self.upsert_nodes_pg = text(
+            "INSERT INTO nodes (node_id, status, status_at, last_seen, state, zone, version, "
+            "epoch, acked_seq) SELECT * FROM unnest(CAST(:n_id AS varchar[]), "
+            "CAST(:n_status AS varchar[]), CAST(:n_status_at AS double precision[]), "
+            "CAST(:n_last_seen AS double precision[]), CAST(:n_state AS text[]), "
+            "CAST(:n_zone AS varchar[]), CAST(:n_version AS varchar[]), "
+            "CAST(:n_epoch AS varchar[]), CAST(:n_acked AS bigint[])) AS v(node_id, status, "
+            "status_at, last_seen, state, zone, version, epoch, acked_seq) ORDER BY node_id "
+            "ON CONFLICT (node_id) DO UPDATE SET "
+            "status = coalesce(excluded.status, nodes.status), "
+            "status_at = coalesce(excluded.status_at, nodes.status_at), "
+            "state = coalesce(excluded.state, nodes.state), "
+            "zone = coalesce(excluded.zone, nodes.zone), "
+            "version = coalesce(excluded.version, nodes.version), "
+            "epoch = coalesce(excluded.epoch, nodes.epoch), "
+            # a new epoch starts at what the mirror says for it (0 without one)
+            "acked_seq = CASE WHEN excluded.epoch IS NOT NULL THEN excluded.acked_seq "
+            "ELSE nodes.acked_seq END, "
+            "last_seen = CASE WHEN excluded.last_seen IS NULL THEN nodes.last_seen "
+            "WHEN nodes.last_seen IS NULL OR excluded.last_seen > nodes.last_seen "
+            "THEN excluded.last_seen ELSE nodes.last_seen END")
+        self.mirror_pg = text(  # rows the upsert above locked already
+            "UPDATE nodes SET acked_seq = v.seq FROM unnest(CAST(:m_node AS varchar[]), "
+            "CAST(:m_epoch_ AS varchar[]), CAST(:m_seq_ AS bigint[])) AS v(node_id, epoch, seq) "
+            "WHERE nodes.node_id = v.node_id AND nodes.epoch = v.epoch")
         self.mirror = update(nodes).where(
             nodes.c.node_id == bindparam("m_node"), nodes.c.epoch == bindparam("m_epoch_")
         ).values(acked_seq=bindparam("m_seq_"))
@@ -507,6 +554,17 @@ class _Statements:
         raw = _sqlite(conn)
         sql = "SELECT node_id, epoch, acked_seq, high FROM streams WHERE node_id = ? AND epoch = ?"
         return [raw.execute(sql, k).fetchone() for k in keys]
+
+    def many(self, conn: Connection, name: str, rows: list[dict[str, Any]]) -> None:
+        """Run the statement ``name`` over ``rows`` (dicts of its parameters): SQLite
+        executemany, or PostgreSQL's one statement over arrays (``name`` + ``_pg``)."""
+        if not rows:
+            return
+        if self.dialect == "postgresql":
+            conn.execute(getattr(self, f"{name}_pg"),
+                         {key: [r[key] for r in rows] for key in rows[0]})
+        else:
+            conn.execute(getattr(self, name), rows)
 
     def insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Insert new event rows (all of one transaction), each a tuple in
@@ -674,7 +732,7 @@ class _Writer:
         if not self.rows:
             return
         self.sql.insert_rows(self.conn, self.rows)
-        self.conn.execute(self.sql.add_counts, [
+        self.sql.many(self.conn, "add_counts", [
             {"node_id": n, "kind": k, "n": c, "ok": ok}
             for (n, k), (c, ok) in sorted(self.counts.items())])
         totals: dict[tuple[int, str], list[int]] = {}
@@ -683,7 +741,7 @@ class _Writer:
             total = totals.setdefault((shard, kind), [0, 0])
             total[0] += c
             total[1] += ok
-        self.conn.execute(self.sql.add_totals, [
+        self.sql.many(self.conn, "add_totals", [
             {"shard": shard, "kind": kind, "n": c, "ok": ok}
             for (shard, kind), (c, ok) in sorted(totals.items())])
 
@@ -735,8 +793,7 @@ class _Writer:
             high = max([self.high[key], *self.fresh.get(key, ())])
             rows.append({"s_node": key[0], "s_epoch": key[1], "s_acked": self.acked[key],
                          "s_lost": self.lost_in.get(key, 0), "s_high": high})
-        if rows:
-            self.conn.execute(self.sql.update_streams, rows)
+        self.sql.many(self.conn, "update_streams", rows)
         if self.pending_incidents:
             self.conn.execute(self.sql.insert_incidents, self.pending_incidents)
 
@@ -781,10 +838,17 @@ class _Writer:
         for r in per_node.values():  # the values a brand-new node row starts with
             r["n_acked"] = r["m_seq"] if r["m_epoch"] is not None \
                 and r["m_epoch"] == r["n_epoch"] else 0
-        if per_node:
-            self.conn.execute(self.sql.upsert_nodes, [per_node[n] for n in sorted(per_node)])
-        if extra:  # rows this transaction has locked already
-            self.conn.execute(self.sql.mirror, extra)
+        rows = [per_node[n] for n in sorted(per_node)]
+        if self.sql.dialect == "postgresql":
+            self.sql.many(self.conn, "upsert_nodes", [
+                {k: v for k, v in r.items() if k.startswith("n_")} for r in rows])
+            # then every ack's mirror, on the rows just locked: set where its epoch is
+            # the node's (SQLite does this in the upsert's CASE)
+            extra += [{"m_node": r["n_id"], "m_epoch_": r["m_epoch"], "m_seq_": r["m_seq"]}
+                      for r in rows if r["m_epoch"] is not None]
+        else:
+            self.sql.many(self.conn, "upsert_nodes", rows)
+        self.sql.many(self.conn, "mirror", extra)  # rows this transaction has locked
 
 
 def _sqlite(conn: Connection) -> Any:
