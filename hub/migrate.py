@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sqlite3
 from collections.abc import Callable
 
 from alembic import command
@@ -51,6 +52,19 @@ def head_revision() -> str:
     return head
 
 
+@functools.cache
+def known_revisions() -> frozenset[str]:
+    """Every revision this hub's migrations know."""
+    return frozenset(r.revision for r in
+                     ScriptDirectory.from_config(_alembic_config()).walk_revisions())
+
+
+def _unknown(where: str, at: str) -> StorageError:
+    return StorageError(f"hub database {where} is at schema revision {at!r}, which this hub "
+                        "does not know (written by a newer hub?): run that hub's version, or "
+                        "restore a backup made by this one")
+
+
 def current_revision(conn: Connection) -> str | None:
     """The revision the database is at; None for one never migrated."""
     return MigrationContext.configure(conn).get_current_revision()
@@ -78,6 +92,8 @@ def check_current(conn: Connection, where: str) -> None:
                                f"version {legacy}): {UPGRADE_HINT} to convert it")
         raise StorageError(f"hub database {where} has no tables yet (not migrated): "
                            f"{UPGRADE_HINT}")
+    if at not in known_revisions():
+        raise _unknown(where, at)
     raise StorageError(f"hub database {where} is at schema revision {at}, this hub needs "
                        f"{head}: {UPGRADE_HINT}")
 
@@ -92,7 +108,7 @@ def upgrade(setting: str, *, echo: Callable[[str], None] = log.info) -> tuple[st
         return _upgrade(engine, where, echo)
     except StorageError:
         raise
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, sqlite3.Error) as exc:  # raw sqlite3 from the WAL switch
         raise StorageError(f"hub database {where}: cannot migrate it: {reason(exc)}") from exc
     finally:
         engine.dispose()
@@ -104,6 +120,8 @@ def _upgrade(engine: Engine, where: str, echo: Callable[[str], None]) -> tuple[s
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
         before = current_revision(conn)
+        if before is not None and before not in known_revisions():
+            raise _unknown(where, before)
         legacy = _legacy_version(conn) if before is None else None
         if legacy is not None and legacy != LEGACY_SQLITE_VERSION:
             raise StorageError(

@@ -83,13 +83,33 @@ def test_the_hub_refuses_a_database_that_is_not_migrated(empty_database: str) ->
         open_db(empty_database)
 
 
-def test_the_hub_refuses_a_database_at_an_older_revision(hub_database: str) -> None:
-    engine = make_engine(hub_database)
+def set_revision(database: str, revision: str) -> None:
+    engine = make_engine(database)
     with engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+        conn.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{revision}'")
     engine.dispose()
-    with pytest.raises(StorageError, match=f"revision 0000, this hub needs {head_revision()}"):
+
+
+def test_the_hub_refuses_a_database_at_an_older_revision(hub_database: str) -> None:
+    set_revision(hub_database, "0001")
+    with pytest.raises(StorageError, match=f"revision 0001, this hub needs {head_revision()}"
+                                           ".*tapcast hub db upgrade"):
         open_db(hub_database)
+
+
+def test_a_revision_this_hub_does_not_know_is_refused_and_not_migrated(
+        hub_database: str) -> None:
+    """A newer hub's database: nothing here can migrate it, nor should try."""
+    set_revision(hub_database, "0099")
+    for attempt in (open_db, lambda db: upgrade(db, echo=print)):
+        with pytest.raises(StorageError, match="revision '0099', which this hub does not know"):
+            attempt(hub_database)
+
+
+def test_upgrading_a_file_that_is_not_a_database_says_so_in_one_error(tmp_path: Path) -> None:
+    (tmp_path / "hub.db").write_text("not a database, " * 100)
+    with pytest.raises(StorageError, match=r"hub\.db: cannot migrate it: file is not a database"):
+        upgrade(str(tmp_path / "hub.db"), echo=print)
 
 
 def test_a_file_from_before_migrations_is_refused_until_upgraded(tmp_path: Path) -> None:
