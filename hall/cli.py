@@ -323,19 +323,24 @@ def hub_user_list(config_path: Path | None) -> None:
                    f"last sign-in {_clock(user.last_login)}")
 
 
+def _update_user(config_path: Path | None, username: str, done: str, **changes: object) -> None:
+    """One audited change to an account from the command line (via cli), or its error."""
+    from hub.accounts import AccountError, Actor
+
+    try:
+        _accounts(config_path).update_user(Actor.cli(), username, **changes)  # type: ignore[arg-type]
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"user {username!r} {done}")
+
+
 @hub_user.command("set-role")
 @_HUB_CONFIG_OPTION
 @click.argument("username")
 @click.argument("role", type=click.Choice(_ROLES))
 def hub_user_set_role(config_path: Path | None, username: str, role: str) -> None:
     """Change a role; its sessions and tokens get the new role's powers at once."""
-    from hub.accounts import AccountError, Actor
-
-    try:
-        _accounts(config_path).update_user(Actor.cli(), username, role=role)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"user {username!r} is now {role}")
+    _update_user(config_path, username, f"is now {role}", role=role)
 
 
 @hub_user.command("disable")
@@ -344,13 +349,7 @@ def hub_user_set_role(config_path: Path | None, username: str, role: str) -> Non
 def hub_user_disable(config_path: Path | None, username: str) -> None:
     """Disable an account: its sessions and tokens stop at once (it is kept, for the
     audit log)."""
-    from hub.accounts import AccountError, Actor
-
-    try:
-        _accounts(config_path).update_user(Actor.cli(), username, disabled=True)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"user {username!r} disabled")
+    _update_user(config_path, username, "disabled", disabled=True)
 
 
 @hub_user.command("enable")
@@ -358,13 +357,7 @@ def hub_user_disable(config_path: Path | None, username: str) -> None:
 @click.argument("username")
 def hub_user_enable(config_path: Path | None, username: str) -> None:
     """Enable a disabled account again."""
-    from hub.accounts import AccountError, Actor
-
-    try:
-        _accounts(config_path).update_user(Actor.cli(), username, disabled=False)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"user {username!r} enabled")
+    _update_user(config_path, username, "enabled", disabled=False)
 
 
 @hub_user.command("set-password")
