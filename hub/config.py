@@ -52,6 +52,11 @@ class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):
     client_id: str = "tapcast-hub"
     # Events are written in one transaction per batch of at most this many.
     batch_size: int = 1000
+    # true (default): the ingest checks, decodes and writes events in a process of its
+    # own, beside the one holding the MQTT connection, so each has a core (about 2x the
+    # events per second of one process; docs/performance.md). false: in a thread of
+    # the same process (one core, or where a child process is unwelcome).
+    writer_process: bool = True
     # "" (default): one `hub ingest`, MQTT 3.1.1, a plain subscription (any broker,
     # the demo's amqtt included). A name, e.g. "hub": MQTT 5, and the events topic is
     # subscribed as $share/<name>/... so several ingest workers (on one box or many,

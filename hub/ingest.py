@@ -6,22 +6,25 @@ duplicates; the database stores each (node_id, seq) once (hub.db) and the ack na
 the highest *contiguous* seq stored, so a lost batch in the middle is re-sent rather
 than skipped.
 
-Threads and why:
-* paho's network thread (``loop_start``) only authenticates (HMAC, about 2 us),
-  decodes and validates (msgspec, the one parse: the writer stores exactly these
-  values) and queues; it must stay fast, because the broker's delivery rate to this
-  client is the ceiling for the whole hub. A batch whose tag does not verify is counted
-  and dropped; an authentic one that does not decode is quarantined (kept verbatim) and
-  acked past, so one bad batch never wedges a node. (A client reading the socket in
-  64 KiB chunks instead of paho's four reads per message was tried: no measurable gain
-  in bench_ingest, so paho's own client it is.)
-* the event writer takes everything queued (up to ``mqtt.batch_size`` events), writes
-  it in ONE transaction, then publishes one tagged EventAck per stream touched. Acks go
-  out only after the commit, so an ack always means "on disk". While a commit runs, the
-  next batch queues up, so batches grow with the load.
-* the node writer (the status lane) stores status and state messages from a queue of
-  their own, in transactions of their own: a backlog of events never delays them, so
-  the operator page's online/offline and heartbeats stay current under load.
+Threads, a process, and why:
+* paho's network thread (``loop_start``) only routes each message by its topic and
+  queues its raw bytes; it must stay fast, because the broker's delivery rate to this
+  client is the ceiling for the whole hub.
+* the event writer (hub.ingest_writer) takes everything queued (up to
+  ``mqtt.batch_size`` events), checks each batch's tag (HMAC, about 2 us), decodes it
+  (msgspec, the one parse: the writer stores exactly these values) and writes it in ONE
+  transaction, then seals one EventAck per stream touched; this side publishes them.
+  Acks go out only after the commit, so an ack always means "on disk". While a commit
+  runs, the next batch queues up, so batches grow with the load. By default it is a
+  process of its own (``[mqtt] writer_process``), fed over a pipe by a sender thread,
+  so that it and paho do not take turns on one interpreter; a writer process that dies
+  is started again (what it held unacked, the nodes re-send). A batch whose tag does
+  not verify is counted and dropped; an authentic one that does not decode is
+  quarantined (kept verbatim) and acked past, so one bad batch never wedges a node.
+* the node writer (the status lane, a thread here) stores status and state messages
+  from a queue of their own, in transactions of their own: a backlog of events never
+  delays them, so the operator page's online/offline and heartbeats stay current under
+  load.
 
 The MQTT session is persistent (``clean_session=False`` with ``mqtt.client_id``):
 while the hub restarts the broker keeps queueing the QoS1 batches for it. Two hubs
@@ -32,8 +35,8 @@ off, ``mqtt.session_expiry``); see docs/mqtt.md, "Several ingest workers".
 """
 from __future__ import annotations
 
-import functools
 import logging
+import multiprocessing
 import queue
 import re
 import sys
@@ -44,30 +47,28 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-
-from hub.config import HubConfig
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from hub.config import HubConfig
+from hub.db import HubDB
+from hub.ingest_writer import Outcome, Raw, WriterCore, run_writer_process
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
-from tapcast.protocol.mqtt import (BATCH_CONTEXT, HUB_SUBSCRIPTIONS, EventAck, ForgedError,
-                                   NodeState, PayloadError, decode_batch, decode_batch_header,
-                                   decode_state, decode_status, events_ack_topic, open_sealed,
-                                   parse_node_topic, seal_ack, stream_key)
+from tapcast.protocol.mqtt import HUB_SUBSCRIPTIONS, PayloadError, parse_node_topic
 from tapcast.ratelog import RateLimitedLog
-from tapcast.streamkeys import load_stream_secret
-
-from hub.db import HubDB, Quarantined
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 _GROUP_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
-# Messages queued for the writer before paho's thread waits for room. The writer drains
-# 100k+ events/s, so this only bites when the disk stalls; then the broker holds the
-# rest (and nodes re-send whatever is never acked).
+# Messages queued for the writer before paho's thread waits for room, and again at most
+# handed to the writer process and not yet written. The writer drains tens of thousands
+# of events a second, so this only bites when the disk stalls; then the broker holds
+# the rest (and nodes re-send whatever is never acked).
 MAX_QUEUED = 10_000
+#: Seconds between attempts to start a writer process that died or would not start.
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 #: Which topic leaves go through the shared subscription when ``mqtt.shared_group`` is
 #: set. Only events: a node's status and state are "the latest wins", and through a
@@ -124,11 +125,15 @@ class Ingest:
 
     ``start()`` connects in the background (and keeps reconnecting: paho's loop thread
     retries and ``on_connect`` re-subscribes); ``stop()`` disconnects, writes what is
-    queued and joins the writers. ``worker`` numbers this ingest among several sharing
-    ``mqtt.shared_group`` (its client id). Tests wait on ``wait_ready`` / ``wait_for``
-    instead of sleeping."""
+    queued and stops the writers. ``worker`` numbers this ingest among several sharing
+    ``mqtt.shared_group`` (its client id). ``writer_process`` (default: ``[mqtt]
+    writer_process``) runs the event writer in a process of its own rather than a
+    thread; the writer opens ``hub.database`` itself there, while ``db`` serves the
+    status lane (and, in a thread, the events too). Tests wait on ``wait_ready`` /
+    ``wait_for`` instead of sleeping."""
 
-    def __init__(self, config: HubConfig, db: HubDB, *, worker: int = 1) -> None:
+    def __init__(self, config: HubConfig, db: HubDB, *, worker: int = 1,
+                 writer_process: bool | None = None) -> None:
         self.config = config
         self.db = db
         self.counters = IngestCounters()
@@ -144,19 +149,23 @@ class Ingest:
                              "\"hub\"): without it each would store every event")
         self.worker = worker
         self.client_id = client_id_for(config, worker)
-        # Raises StreamKeyError (a ValueError: one line at start-up) when it is missing.
-        secret = load_stream_secret(config.hub.stream_secret)
-        # Node keys derived once each; bounded, since topics are chosen by whoever publishes.
-        self._key = functools.lru_cache(maxsize=100_000)(functools.partial(stream_key, secret))
+        self.writer_process = mq.writer_process if writer_process is None else writer_process
+        # Raises StreamKeyError (a ValueError: one line at start-up) when the stream
+        # secret is missing; the status lane's core (the event writer's, in a thread).
+        self._node_core = WriterCore(config, db)
+        self._event_core = None if self.writer_process else WriterCore(config, db)
         self._ratelog = RateLimitedLog(log)
         self._cond = threading.Condition()
         self._ready = threading.Event()
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # events, quarantine
-        self._nodes_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # status, state
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()  # Raw events
+        self._nodes_queue: queue.SimpleQueue[Any] = queue.SimpleQueue()  # Raw status, state
         self._room = threading.Event()
-        self._stopping = False
+        self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self._node_writer: threading.Thread | None = None
+        #: The writer process now serving (process mode); tests kill it to see one
+        #: started again.
+        self.writer: _WriterProcess | None = None
         #: Called on paho's thread as ``link_listener(up, reason)``: up=True once
         #: subscribed, False when a connection attempt fails or the link is lost (it
         #: keeps retrying either way). ``tapcast hub ingest`` prints these; keep it fast.
@@ -190,8 +199,14 @@ class Ingest:
         (TimeoutError after that many seconds); otherwise keep retrying in the background."""
         if self._writer is not None:
             raise RuntimeError("ingest already started")
-        self._writer = threading.Thread(target=self._write_loop, name="hub-ingest-writer",
-                                        daemon=True)
+        if self.writer_process:
+            # Started here, not on the first event: it imports and opens the database
+            # (about half a second) while paho connects.
+            self.writer = self._start_writer_process()
+            loop, name = self._send_loop, "hub-ingest-sender"
+        else:
+            loop, name = self._write_loop, "hub-ingest-writer"
+        self._writer = threading.Thread(target=loop, name=name, daemon=True)
         self._node_writer = threading.Thread(target=self._node_write_loop,
                                              name="hub-ingest-nodes", daemon=True)
         self._writer.start()
@@ -213,18 +228,20 @@ class Ingest:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Disconnect, store what is already queued, stop the writers."""
-        self._stopping = True
+        self._stopping.set()
         self._room.set()
         self._client.disconnect()
         self._client.loop_stop()
         self._ready.clear()
-        for thread, q in ((self._writer, self._queue), (self._node_writer, self._nodes_queue)):
+        for thread, q in ((self._writer, self._events), (self._node_writer, self._nodes_queue)):
             if thread is None:
                 continue
             q.put(_STOP)
             thread.join(timeout)
             if thread.is_alive():
                 log.error("hub ingest %s did not stop within %ss", thread.name, timeout)
+        if self.writer is not None:
+            self.writer.close(timeout)
         self._writer = self._node_writer = None
 
     def wait_ready(self, timeout: float) -> bool:
@@ -270,7 +287,7 @@ class Ingest:
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
                        reason_code: Any, properties: Any) -> None:
         self._ready.clear()
-        if reason_code.is_failure and not self._stopping:
+        if reason_code.is_failure and not self._stopping.is_set():
             log.warning("hub ingest lost the broker (%s); reconnecting", reason_code)
             self._tell_link(False, "connection lost")
 
@@ -293,8 +310,9 @@ class Ingest:
             log.exception("hub ingest link listener failed")
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        """Runs on paho's network thread: validate and queue, nothing slow. Never raises
-        (an exception here would stop paho's loop)."""
+        """Runs on paho's network thread: route by topic and queue, nothing slow (the
+        writers check and decode). Never raises (an exception here would stop paho's
+        loop)."""
         self.counters.messages += 1
         # A retained message is a replay of the past: it says nothing about liveness now.
         heard = None if msg.retain else time.time()
@@ -302,25 +320,13 @@ class Ingest:
         try:
             node_id, leaf = parse_node_topic(topic)
             if leaf == "events":
-                if self._queue.qsize() >= MAX_QUEUED:
+                if self._events.qsize() >= MAX_QUEUED:
                     self._wait_for_room()
-                self._on_batch(node_id, topic, msg.payload, heard)
-            elif leaf == "state":  # the status lane: never behind queued events
-                state = decode_state(msg.payload)
-                if state.node_id != node_id:
-                    raise PayloadError(f"state names node {state.node_id!r} but was "
-                                       f"published under {node_id!r}")
-                self._nodes_queue.put(("state", node_id, state, heard))
-            elif leaf == "status":
-                self._nodes_queue.put(("status", node_id, decode_status(msg.payload), heard))
+                self._events.put(Raw(leaf, node_id, topic, msg.payload, heard))
+            elif leaf in ("state", "status"):  # the status lane: never behind events
+                self._nodes_queue.put(Raw(leaf, node_id, topic, msg.payload, heard))
             else:
                 raise PayloadError(f"the hub does not handle topic leaf {leaf!r}")
-        except ForgedError as exc:
-            with self._cond:
-                self.counters.forged += 1
-                self._cond.notify_all()
-            self._ratelog.warn("forged", "dropped a batch on %r that is not from that node "
-                               "(%s); %d so far", msg.topic, exc, self.counters.forged)
         except PayloadError as exc:
             self._dropped(msg, str(exc))
         except Exception as exc:  # noqa: BLE001 - must not kill paho's loop
@@ -331,30 +337,11 @@ class Ingest:
     def _wait_for_room(self) -> None:
         """Backpressure: the event queue is full (the disk stalls), so paho's thread
         stops reading until the writer makes room; the broker holds the rest."""
-        while self._queue.qsize() >= MAX_QUEUED and not self._stopping:
-            self._room.clear()  # the writer sets it after each write
-            if self._queue.qsize() < MAX_QUEUED:
+        while self._events.qsize() >= MAX_QUEUED and not self._stopping.is_set():
+            self._room.clear()  # set each time the writer (or the sender) takes some
+            if self._events.qsize() < MAX_QUEUED:
                 break
             self._room.wait(1.0)
-
-    def _on_batch(self, node_id: str, topic: str, payload: bytes, heard: float | None) -> None:
-        """Authenticate (ForgedError), then decode once; an authentic batch that does not
-        decode goes to quarantine (verbatim), acked past when its header is readable."""
-        body = open_sealed(self._key(node_id), BATCH_CONTEXT, topic, payload)
-        try:
-            batch = decode_batch(body, node_id)
-        except PayloadError as exc:
-            try:
-                header = decode_batch_header(body, node_id)
-            except PayloadError:
-                header = None
-            self._ratelog.warn("quarantine", "quarantined a batch from node %s: %s",
-                               node_id, exc)
-            self._queue.put(("quarantine", node_id,
-                             Quarantined(node_id, bytes(payload), str(exc), header), heard))
-            return
-        self.counters.received += len(batch.events)
-        self._queue.put(("events", node_id, batch, heard))
 
     def _dropped(self, msg: mqtt.MQTTMessage, reason: str) -> None:
         self._ratelog.warn("malformed", "dropped a malformed message on %r (%d bytes): %s",
@@ -363,110 +350,196 @@ class Ingest:
             self.counters.malformed += 1
             self._cond.notify_all()
 
-    # ------------------------------------------------------------------ writer
+    # ------------------------------------------------------------------ writers
+
+    def _take(self, source: queue.SimpleQueue[Any]) -> tuple[list[Raw], bool]:
+        """Everything ``source`` holds (waiting for the first), at most
+        ``mqtt.batch_size`` messages; and whether _STOP came (then the list may be
+        empty)."""
+        first = source.get()
+        if first is _STOP:
+            return [], True
+        raws = [first]
+        get_nowait = source.get_nowait
+        limit = max(1, self.config.mqtt.batch_size)
+        while len(raws) < limit:
+            try:
+                item = get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return raws, True
+            raws.append(item)
+        return raws, False
+
+    def _run_core(self, source: queue.SimpleQueue[Any], core: WriterCore, name: str) -> None:
+        """A writer thread: what ``source`` holds, a piece at a time, until _STOP."""
+        stopping = False
+        while not stopping:
+            raws, stopping = self._take(source)
+            if raws:
+                try:
+                    self._deliver(core.handle(raws))
+                except Exception:  # noqa: BLE001 - the writer must outlive any one batch
+                    log.exception("hub ingest %s failed on a batch; continuing", name)
+            self._room.set()
 
     def _write_loop(self) -> None:
-        """The event writer: events and quarantined batches, acked after each commit."""
-        self._drain(self._queue, max(1, self.config.mqtt.batch_size), "writer")
+        """The event writer in a thread (``writer_process = false``)."""
+        assert self._event_core is not None
+        self._run_core(self._events, self._event_core, "writer")
 
     def _node_write_loop(self) -> None:
         """The status lane: every status and state queued so far, in one transaction of
         its own (the latest per node wins), whatever the event writer is doing."""
-        self._drain(self._nodes_queue, None, "node writer")
+        self._run_core(self._nodes_queue, self._node_core, "node writer")
 
-    def _drain(self, source: queue.SimpleQueue[Any], batch_size: int | None,
-               name: str) -> None:
-        """Write what ``source`` holds, a transaction at a time: everything queued so
-        far, up to ``batch_size`` events (None: no limit), until _STOP."""
-        get, get_nowait = source.get, source.get_nowait
+    def _deliver(self, out: Outcome) -> None:
+        """A writer's outcome: counted before the acks go out (whoever sees an ack sees
+        the counts), then the acks (each after the commit it confirms)."""
+        with self._cond:
+            c = self.counters
+            for name, n in out.counts.items():
+                setattr(c, name, getattr(c, name) + n)
+            self._cond.notify_all()
+        for record in out.logs:  # the writer process's, logged here as they came
+            logging.getLogger(record.name).handle(record)
+        publish = self._client.publish
+        for topic, payload in out.acks:
+            publish(topic, payload, qos=1)
+        if out.acks:
+            with self._cond:
+                self.counters.acks_sent += len(out.acks)
+                self._cond.notify_all()
+
+    # ---------------------------------------------------- the writer process
+
+    def _start_writer_process(self) -> _WriterProcess:
+        return _WriterProcess(self.config, logging.getLogger("hub").getEffectiveLevel(),
+                              self._cond, self._deliver)
+
+    def _send_loop(self) -> None:
+        """The sender thread (process mode): queued events to the writer process, in
+        pieces of at most ``mqtt.batch_size`` messages, never more than MAX_QUEUED
+        handed over and not yet written; a writer that died is started again."""
+        restarts = 0
         stopping = False
         while not stopping:
-            first = get()
-            if first is _STOP:
-                break
-            items = [first]
-            n = _weight(first)
-            while batch_size is None or n < batch_size:
-                try:
-                    item = get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                items.append(item)
-                n += _weight(item)
-            try:
-                self._write(items)
-            except Exception:  # noqa: BLE001 - the writer must outlive any one batch
-                log.exception("hub ingest %s failed on a batch; continuing", name)
+            raws, stopping = self._take(self._events)
             self._room.set()
+            while raws:
+                writer = self.writer
+                assert writer is not None
+                if writer.done.is_set():
+                    if self._stopping.is_set():
+                        log.error("hub ingest stopping with its writer process gone: "
+                                  "%d messages not stored (their nodes re-send them)",
+                                  len(raws))
+                        return
+                    delay = RESTART_DELAYS[min(restarts, len(RESTART_DELAYS) - 1)]
+                    log.error("hub ingest's writer process %s; starting another in %.1f s "
+                              "(the nodes re-send what it had not stored)",
+                              writer.failure or "stopped", delay)
+                    restarts += 1
+                    writer.close(1.0)
+                    self._stopping.wait(delay)
+                    self.writer = self._start_writer_process()
+                    continue
+                if writer.send(raws):
+                    raws = []
+                    if writer.healthy:
+                        restarts = 0
+        writer = self.writer
+        if writer is not None and not writer.done.is_set():
+            writer.finish()
 
-    def _write(self, items: list[tuple[str, str, Any, float | None]]) -> None:
-        batches = []
-        quarantined = []
-        states: dict[str, tuple[str, NodeState, float | None]] = {}
-        statuses: dict[str, tuple[str, str, float | None]] = {}
-        seen: dict[str, float] = {}
-        for what, node_id, body, heard in items:
-            if what == "events":
-                batches.append(body)
-            elif what == "quarantine":
-                quarantined.append(body)
-            elif what == "state":
-                states[node_id] = (node_id, body, heard)  # the latest wins
-            else:
-                statuses[node_id] = (node_id, body, heard)
-            if heard is not None and not (what == "status" and body == "offline"):
-                seen[node_id] = max(seen.get(node_id, 0.0), heard)
-        try:
-            # Node rows in one order (node id) in every transaction, whichever lane or
-            # worker writes it: concurrent writers then never wait on each other in a
-            # cycle (a deadlock, with row locks on PostgreSQL).
-            result = self.db.write(batches, quarantined=quarantined,
-                                   states=[states[k] for k in sorted(states)],
-                                   statuses=[statuses[k] for k in sorted(statuses)],
-                                   seen={k: seen[k] for k in sorted(seen)})
-        except Exception:  # noqa: BLE001 - disk full, locked...: nodes re-send, we go on
-            if len(items) > 1:
-                # One bad message must not sink the others coalesced with it (and again
-                # on every re-send): store them one by one, so only the culprit fails.
-                self._ratelog.warn("split", "a batch of %d messages failed to store; "
-                                   "retrying one by one", len(items))
-                for item in items:
-                    self._write([item])
-                return
-            self._ratelog.warn("write", "hub could not store a message from %s; not acking "
-                               "it (the node re-sends)", items[0][1], level=logging.ERROR)
-            log.debug("write failure", exc_info=True)
-            with self._cond:
-                self.counters.write_errors += 1
-                self._cond.notify_all()
-            return
-        with self._cond:  # counted before the acks go out: whoever sees an ack sees these
-            c = self.counters
-            c.stored += result.stored
-            c.duplicates += result.duplicates
-            c.conflicts += result.conflicts
-            c.lost += result.lost
-            c.quarantined += result.quarantined
-            c.transactions += 1
-            self._cond.notify_all()
-        acks = 0
-        for node_id, epoch, seq in result.acks:
-            if seq > 0:  # seq 0: nothing contiguous stored yet, nothing to delete
-                self._client.publish(
-                    events_ack_topic(node_id),
-                    seal_ack(self._key(node_id), node_id,
-                             EventAck(epoch=epoch, seq=seq, ts=time.time())), qos=1)
-                acks += 1
+
+class _WriterProcess:
+    """One writer process (hub.ingest_writer.run_writer_process) and the thread that
+    reads what it sends back. ``done`` is set once it said bye, failed or died."""
+
+    def __init__(self, config: HubConfig, level: int, cond: threading.Condition,
+                 deliver: Callable[[Outcome], None]) -> None:
+        ctx = multiprocessing.get_context("spawn")  # safe beside threads, unlike fork
+        child_in, self._to_child = ctx.Pipe(duplex=False)
+        self._from_child, child_out = ctx.Pipe(duplex=False)
+        self.process = ctx.Process(target=run_writer_process,
+                                   args=(child_in, child_out, config, level),
+                                   name="hub-ingest-writer", daemon=True)
+        self.process.start()
+        # Only the child holds these now: its exit is EOF on our end.
+        child_in.close()
+        child_out.close()
+        self._cond = cond
+        self._deliver = deliver
+        self.sent = 0  # Raw messages handed over (the sender thread's)
+        self.handled = 0  # of which it wrote (this reader's, under cond)
+        self.healthy = False  # it has written something
+        self.failure: str | None = None
+        self.done = threading.Event()
+        self._reader = threading.Thread(target=self._read, name="hub-ingest-writer-reader",
+                                        daemon=True)
+        self._reader.start()
+
+    def send(self, raws: list[Raw]) -> bool:
+        """Hand ``raws`` over once fewer than MAX_QUEUED are waiting in it; False when it
+        is gone (``done``) first, and ``raws`` were not handed over."""
         with self._cond:
-            self.counters.acks_sent += acks
-            self._cond.notify_all()
-        if result.duplicates:
-            log.debug("dropped %d duplicate events", result.duplicates)
+            self._cond.wait_for(lambda: self.sent - self.handled < MAX_QUEUED
+                                or self.done.is_set())
+        if self.done.is_set():
+            return False
+        try:
+            self._to_child.send(raws)
+        except OSError:  # it died meanwhile: the reader sees EOF and sets done
+            self.done.wait(5.0)
+            return False
+        self.sent += len(raws)
+        return True
 
+    def finish(self) -> None:
+        """No more messages: it writes what it holds, says bye and exits."""
+        try:
+            self._to_child.send(None)
+        except OSError:
+            pass
 
-def _weight(item: Any) -> int:
-    """How much of the writer's batch an item takes: its events, or 1."""
-    return len(item[2].events) if item[0] == "events" else 1
+    def close(self, timeout: float) -> None:
+        """Wait for it to finish (after ``finish``) or stop it, and for the reader."""
+        if not self.done.wait(timeout):
+            log.error("hub ingest's writer process did not finish within %ss; stopping it",
+                      timeout)
+        self.process.join(timeout if self.done.is_set() else 0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self._reader.join(5)
+        self._to_child.close()
+        self._from_child.close()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                kind, body = self._from_child.recv()
+                if kind == "outcome":
+                    with self._cond:
+                        self.handled += body.handled
+                        self.healthy = True
+                        self._cond.notify_all()
+                    self._deliver(body)
+                elif kind == "fatal":
+                    self.failure = f"could not start: {body}"
+                    return
+                else:  # "bye"
+                    return
+        except (EOFError, OSError):
+            self.process.join(5)
+            self.failure = f"exited with code {self.process.exitcode}"
+        except Exception:  # noqa: BLE001 - say so; the sender starts another
+            log.exception("hub ingest could not read its writer process")
+            self.failure = "sent something unreadable"
+            self.process.kill()
+        finally:
+            with self._cond:
+                self.done.set()
+                self._cond.notify_all()

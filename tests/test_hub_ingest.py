@@ -18,8 +18,10 @@ from hall.testing.mqtt import NodePublisher, make_batch
 from hub.config import HubConfig
 from hub.db import HubDB
 from hub.ingest import Ingest
-from tapcast.protocol.mqtt import (BATCH_CONTEXT, NodeState, encode, events_topic, seal,
-                                   seal_batch, state_topic, status_topic, stream_key)
+from hub.ingest_writer import Outcome, WriterCore
+from tapcast.protocol.mqtt import (BATCH_CONTEXT, NodeState, encode, events_ack_topic,
+                                   events_topic, seal, seal_batch, state_topic, status_topic,
+                                   stream_key)
 
 TIMEOUT = 10.0
 
@@ -177,7 +179,7 @@ def test_an_unknown_event_kind_is_stored(ingest: Ingest, pub: NodePublisher, db:
 
 def test_hostile_input_costs_a_counter_and_a_few_log_lines_not_one_per_message(
         ingest: Ingest, pub: NodePublisher, db: HubDB, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="hub.ingest")
+    caplog.set_level(logging.WARNING, logger="hub")
     for i in range(200):
         pub.client.publish(events_topic("n1"), b"t1." + b"%032x" % i + b".{}", qos=1)
     pub.publish_batch(make_batch("n1", [1]))
@@ -262,14 +264,16 @@ def test_one_unstorable_message_does_not_sink_the_others_written_with_it(
         hub_config: HubConfig, db: HubDB) -> None:
     from tapcast.protocol.mqtt import Event, EventBatch
 
-    ingest = Ingest(hub_config, db)  # not started: only its writer step is exercised
+    core = WriterCore(hub_config, db)  # the writer's step alone, wherever it runs
     good = make_batch("n1", [1, 2])
     # Decodes, but its data cannot be stored: stands in for any message the store refuses.
     bad = EventBatch(node_id="n2", epoch="e1", low=1, first=1, last=1, events=[
         Event(id="x", seq=1, kind="tap", ts=1.0, data={"x": object()})])
-    ingest._write([("events", "n1", good, None), ("events", "n2", bad, None)])
+    out = Outcome()
+    core.write([("events", "n1", good, None), ("events", "n2", bad, None)], out)
     assert db.count_events() == 2 and db.acked_seq("n1") == 2
-    assert (ingest.counters.write_errors, ingest.counters.stored) == (1, 2)
+    assert (out.counts["write_errors"], out.counts["stored"]) == (1, 2)
+    assert [topic for topic, _ in out.acks] == [events_ack_topic("n1")]
 
 
 class EventWritesWait:
@@ -296,14 +300,15 @@ class EventWritesWait:
 def test_status_and_state_are_stored_while_the_event_writer_is_stuck_behind_a_backlog(
         hub_config: HubConfig, db: HubDB, pub: NodePublisher) -> None:
     slow = EventWritesWait(db)
-    running = Ingest(hub_config, slow)  # type: ignore[arg-type]
+    # The event writer in a thread, so that it writes through the stuck store.
+    running = Ingest(hub_config, slow, writer_process=False)  # type: ignore[arg-type]
     running.start(wait=TIMEOUT)
     try:
         pub.publish_batch(make_batch("n1", range(1, 6)))
         assert slow.stuck.wait(TIMEOUT)
         for first in range(6, 1006, 5):  # a backlog queued behind the stuck write
             pub.publish_batch(make_batch("n1", range(first, first + 5), low=1))
-        assert running.wait_for(lambda c: c.received == 1005, TIMEOUT)
+        assert running.wait_for(lambda c: c.messages == 201, TIMEOUT)
         state = NodeState(node_id="n1", ts=time.time(), version="2.0", zone="hall-b",
                           uptime=1.0, outbox_depth=1000)
         pub.publish(state_topic("n1"), encode(state), retain=True)
