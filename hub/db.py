@@ -39,6 +39,7 @@ writes are shaped as they are:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import time
@@ -50,7 +51,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import (BigInteger, Connection, Engine, String, bindparam, case, cast, func,
-                        select, text, update)
+                        literal_column, select, text, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -512,7 +513,7 @@ class _Statements:
             "acked_seq": case(
                 (m_epoch.is_not(None) & (func.coalesce(x.epoch, nodes.c.epoch) == m_epoch),
                  m_seq),
-                (x.epoch.is_not(None), 0),
+                (x.epoch.is_not(None), literal_column("0")),  # not a parameter: _qmark
                 else_=nodes.c.acked_seq),
             "last_seen": case(
                 (x.last_seen.is_(None), nodes.c.last_seen),
@@ -564,7 +565,21 @@ class _Statements:
             conn.execute(getattr(self, f"{name}_pg"),
                          {key: [r[key] for r in rows] for key in rows[0]})
         else:
-            conn.execute(getattr(self, name), rows)
+            sql, names = self._qmark(name)
+            _sqlite(conn).executemany(sql, [tuple(map(r.__getitem__, names)) for r in rows])
+
+    @functools.cache  # noqa: B019 - one per dialect's statements, kept as long as they are
+    def _qmark(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """SQLite: statement ``name`` compiled once to its SQL with ``?`` and the order
+        of its parameters, for sqlite3's own executemany (SQLAlchemy's per-row
+        parameter work cost more than SQLite's for these small upserts). Only
+        statements whose values need no conversion (text and numbers) go this way."""
+        compiled = getattr(self, name).compile(dialect=sqlite.dialect())
+        names = tuple(compiled.positiontup or ())
+        unnamed = [n for n in names if n.startswith("param_")]
+        if unnamed:  # a literal bound as an anonymous parameter: no row names it
+            raise TypeError(f"statement {name} has anonymous parameters {unnamed}")
+        return str(compiled), names
 
     def insert_rows(self, conn: Connection, rows: list[tuple[Any, ...]]) -> None:
         """Insert new event rows (all of one transaction), each a tuple in
