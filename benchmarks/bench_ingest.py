@@ -69,6 +69,10 @@ INFLIGHT = 20
 #: packets per select(), so a client with no publishes of its own in flight pays one
 #: select() per message received.
 FLOOR_ACKS = ("batch", "none")
+#: Where the product's event writer runs: a process of its own (as shipped, [mqtt]
+#: writer_process = true) or a thread of the ingest's process (a diagnostic: the
+#: difference is what the writer process buys).
+WRITERS = ("process", "thread")
 #: Wait after the publishers connected before releasing them (see wait_connected).
 SETTLE = 0.15
 #: How long the paced (latency) pass offers its load, seconds (--quick: a third).
@@ -411,9 +415,10 @@ class _Probe:
         return out, unmatched
 
 
-def product_side(url: str, workload: Workload, db_path: Path,
-                 timeout: float) -> dict[str, Any]:
-    """The hub's Ingest as shipped, into a fresh SQLite file."""
+def product_side(url: str, workload: Workload, db_path: Path, timeout: float,
+                 writer: str = "process") -> dict[str, Any]:
+    """The hub's Ingest as shipped, into a fresh SQLite file; ``writer`` "thread": its
+    event writer in a thread instead of a process of its own (``writer_process``)."""
     from hub.config import HubConfig
     from hub.db import open_db
     from hub.migrate import upgrade
@@ -428,7 +433,7 @@ def product_side(url: str, workload: Workload, db_path: Path,
         environ={})
     upgrade(conf.hub.database, echo=lambda line: None)
     db = open_db(conf.hub.database)
-    ingest = Ingest(conf, db)
+    ingest = Ingest(conf, db, writer_process=writer == "process")
     probe = _Probe.attach(ingest)
     total = workload.events
     stop = threading.Event()
@@ -470,6 +475,7 @@ def side_main(argv: list[str]) -> None:
     parser.add_argument("--db", type=Path)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--floor-acks", choices=FLOOR_ACKS, default="batch")
+    parser.add_argument("--writer", choices=WRITERS, default="process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     spec = json.loads(args.workload.read_text())
@@ -478,7 +484,7 @@ def side_main(argv: list[str]) -> None:
     if args.side == "floor":
         result = floor_side(args.url, workload, args.timeout, args.floor_acks)
     else:
-        result = product_side(args.url, workload, args.db, args.timeout)
+        result = product_side(args.url, workload, args.db, args.timeout, args.writer)
     _say("result " + json.dumps(result))
 
 
@@ -513,7 +519,7 @@ def _broker(workdir: Path) -> Any:
 
 def measure_side(side: str, workload: Workload, spec: Path, workdir: Path,
                  progress: Progress, timeout: float, floor_acks: str = "batch",
-                 rate: float | None = None) -> Run:
+                 rate: float | None = None, writer: str = "process") -> Run:
     """A fresh broker, the side's process, then the publishers (flat out, or ``rate``
     messages/s in all); one Run."""
     workdir.mkdir(parents=True)
@@ -522,7 +528,7 @@ def measure_side(side: str, workload: Workload, spec: Path, workdir: Path,
                "--url", broker.url, "--workload", str(spec), "--timeout", str(timeout),
                "--floor-acks", floor_acks]
         if side == "product":
-            cmd += ["--db", str(workdir / "hub.db")]
+            cmd += ["--db", str(workdir / "hub.db"), "--writer", writer]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -616,7 +622,8 @@ def _write_spec(path: Path, workload: Workload) -> Path:
 
 
 def measure(events: int, batch: int, nodes: int, rounds: int, floor_acks: str = "batch",
-            paced_load: float = 0.5, paced_seconds: float = PACED_SECONDS) -> list[Result]:
+            paced_load: float = 0.5, paced_seconds: float = PACED_SECONDS,
+            writer: str = "process") -> list[Result]:
     """``rounds`` floor/product pairs for one message shape, in alternating order, then
     one paced pair for the ack latency (``paced_load`` 0: none)."""
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -635,7 +642,7 @@ def measure(events: int, batch: int, nodes: int, rounds: int, floor_acks: str = 
                 for side in order:
                     progress.label = f"ingest {batch}/msg r{r + 1} {side}"
                     got[side] = measure_side(side, workload, spec, Path(tmp) / f"{r}-{side}",
-                                             progress, timeout, floor_acks)
+                                             progress, timeout, floor_acks, writer=writer)
                 runs.append((got["floor"], got["product"]))
             if paced_load > 0:
                 offered = paced_load * statistics.median(p.rate for _, p in runs)
@@ -648,13 +655,14 @@ def measure(events: int, batch: int, nodes: int, rounds: int, floor_acks: str = 
                     progress.label = f"ingest {batch}/msg paced {side}"
                     got[side] = measure_side(side, slow, slow_spec, Path(tmp) / f"paced-{side}",
                                              progress, timeout, floor_acks,
-                                             rate=offered / batch)
+                                             rate=offered / batch, writer=writer)
                 paced = (got["floor"], got["product"])
         finally:
             progress.close()
         auth_s = auth_seconds_per_message(workload)
     results = _results(workload, runs, paced, offered)
     results[0].extra["floor_acks"] = floor_acks
+    results[0].extra["writer"] = writer
     results[0].extra["c_subscriber"] = ceiling
     product_messages = statistics.median(p.rate for _, p in runs) / batch
     results.append(Result(
@@ -758,7 +766,8 @@ def render(results: list[Result]) -> str:
                            f"{row['transactions']} transactions)")
             out.append(f"  median: floor {r.extra['median_floor'] / 1000:.1f}k  product "
                        f"{r.extra['median_product'] / 1000:.1f}k events/s  ratio "
-                       f"{r.extra['median_ratio']:.2f}")
+                       f"{r.extra['median_ratio']:.2f}   (hub's event writer: a "
+                       f"{r.extra.get('writer', 'process')})")
             if "c_subscriber" in r.extra:
                 out.append(f"  (same publishers into a C subscriber, mosquitto_sub: "
                            f"{r.extra['c_subscriber'] / 1000:.1f}k events/s)")
@@ -805,6 +814,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--floor-acks", choices=FLOOR_ACKS, default="batch",
                         help="'none': a floor that acks nothing (a diagnostic: with paho "
                         "that floor is slower, see FLOOR_ACKS)")
+    parser.add_argument("--writer", choices=WRITERS, default="process",
+                        help="'thread': the hub's event writer in a thread of the ingest's "
+                        "process, not a process of its own (a diagnostic)")
     parser.add_argument("--paced-load", type=float, default=0.5,
                         help="ack latency pass: offered load as a fraction of the product's "
                         "median throughput (0: skip it)")
@@ -814,7 +826,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     for batch in batches:
         events = args.events or default_events(batch, args.quick)
         results += measure(events, batch, args.nodes, args.rounds, args.floor_acks,
-                           args.paced_load, PACED_SECONDS / 3 if args.quick else PACED_SECONDS)
+                           args.paced_load, PACED_SECONDS / 3 if args.quick else PACED_SECONDS,
+                           args.writer)
     return results
 
 

@@ -195,8 +195,9 @@ class Ingest:
     # ------------------------------------------------------------- lifecycle
 
     def start(self, wait: float | None = None) -> None:
-        """Start the writers and the MQTT loop. With ``wait``, block until subscribed
-        (TimeoutError after that many seconds); otherwise keep retrying in the background."""
+        """Start the writers and the MQTT loop. With ``wait``, block until subscribed and
+        the writer process has the database open (TimeoutError after that many seconds);
+        otherwise keep retrying in the background (what arrives meanwhile queues)."""
         if self._writer is not None:
             raise RuntimeError("ingest already started")
         if self.writer_process:
@@ -223,8 +224,15 @@ class Ingest:
         else:
             self._client.connect_async(self._broker.host, self._broker.port, keepalive=30)
         self._client.loop_start()
-        if wait is not None and not self.wait_ready(wait):
+        if wait is None:
+            return
+        deadline = time.monotonic() + wait
+        if not self.wait_ready(wait):
             raise TimeoutError(f"hub ingest not subscribed on {self._broker} within {wait}s")
+        writer = self.writer
+        if writer is not None and not writer.wait_ready(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"hub ingest's writer process {writer.failure or 'not ready'} "
+                               f"within {wait}s")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Disconnect, store what is already queued, stop the writers."""
@@ -476,6 +484,7 @@ class _WriterProcess:
         self.handled = 0  # of which it wrote (this reader's, under cond)
         self.healthy = False  # it has written something
         self.failure: str | None = None
+        self.ready = threading.Event()  # it has the database open
         self.done = threading.Event()
         self._reader = threading.Thread(target=self._read, name="hub-ingest-writer-reader",
                                         daemon=True)
@@ -496,6 +505,12 @@ class _WriterProcess:
             return False
         self.sent += len(raws)
         return True
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once it has the database open; False on timeout or when it failed."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.ready.is_set() or self.done.is_set(), timeout)
+        return self.ready.is_set()
 
     def finish(self) -> None:
         """No more messages: it writes what it holds, says bye and exits."""
@@ -527,6 +542,10 @@ class _WriterProcess:
                         self.healthy = True
                         self._cond.notify_all()
                     self._deliver(body)
+                elif kind == "ready":
+                    with self._cond:
+                        self.ready.set()
+                        self._cond.notify_all()
                 elif kind == "fatal":
                     self.failure = f"could not start: {body}"
                     return

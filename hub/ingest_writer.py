@@ -16,15 +16,17 @@ false``, and the status lane, which stays in the MQTT process) and in the proces
 
 The pipe's frames (pickled: both ends are this module, in one version):
 * MQTT side -> writer: a list of ``Raw`` messages, or None (stop after these);
-* writer -> MQTT side: ``("outcome", Outcome)`` after each piece of work,
-  ``("fatal", reason)`` when it cannot start (the database will not open), and
-  ``("bye", None)`` once it has written everything before the None.
+* writer -> MQTT side: ``("ready", None)`` once the database is open,
+  ``("outcome", Outcome)`` after each piece of work, ``("fatal", reason)`` when it
+  cannot start (the database will not open), and ``("bye", None)`` once it has written
+  everything before the None.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import logging.handlers
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -243,6 +245,10 @@ def run_writer_process(inbox: Connection, outbox: Connection, config: HubConfig,
     One thread: a second one opening the next messages while the database works on
     the last (the drivers let go of the GIL there) was tried and was slower (61k
     against 65-78k events/s in bench_ingest): the two took turns on the GIL."""
+    # Ctrl-C reaches the whole process group: the MQTT side alone decides when this
+    # stops (None after the last messages), and this one exits when that side is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     collect = _Collect()
     root = logging.getLogger()
     root.handlers[:] = [collect]
@@ -254,6 +260,7 @@ def run_writer_process(inbox: Connection, outbox: Connection, config: HubConfig,
         outbox.send(("fatal", f"{type(exc).__name__}: {exc}" if not str(exc).startswith(
             "hub database") else str(exc)))
         return
+    outbox.send(("ready", None))
     limit = core.batch_size
     try:
         stopping = False

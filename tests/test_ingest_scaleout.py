@@ -242,3 +242,38 @@ def test_workers_option_forks_numbered_workers_and_starts_a_killed_one_again(
         assert sum(line.startswith("hub ingest stopped (SIGTERM): ") for line in hub.stdout) == 3
         text = "\n".join(hub.stdout + hub.stderr)
         assert "Traceback" not in text, text
+
+
+@pytest.mark.slow
+def test_a_writer_process_killed_mid_stream_is_started_again_and_loses_and_duplicates_nothing(
+        shared_config: HubConfig, db: HubDB, pub: NodePublisher) -> None:
+    nodes = [f"node-{i}" for i in range(4)]
+    per_batch, batches = 20, 30
+    last = {n: per_batch * batches for n in nodes}
+    running = Ingest(shared_config, db, writer_process=True)
+    running.start(wait=TIMEOUT)
+    try:
+        acks = Acks(pub)
+        first_writer = running.writer
+        assert first_writer is not None
+
+        def publish(start: int, stop: int) -> None:
+            for first in range(start, stop, per_batch):
+                for node_id in nodes:
+                    pub.client.publish(events_topic(node_id), seal_batch(
+                        pub.key(node_id), make_batch(node_id, range(first, first + per_batch),
+                                                     low=1)), qos=1)
+
+        publish(1, per_batch * batches // 2 + 1)
+        assert running.wait_for(lambda c: c.transactions >= 1, TIMEOUT)
+        first_writer.process.kill()  # SIGKILL, between or inside its transactions
+        publish(per_batch * batches // 2 + 1, per_batch * batches + 1)
+        resend_unacked(pub, acks, last, per_batch)
+        assert running.writer is not first_writer and running.writer is not None
+        assert running.writer.process.is_alive()
+        assert first_writer.failure == "exited with code -9"
+    finally:
+        running.stop()
+    assert db.count_events() == sum(last.values())  # none lost, none twice
+    for node_id in nodes:
+        assert db.acked_seq(node_id) == last[node_id]
