@@ -36,9 +36,9 @@ off, ``mqtt.session_expiry``); see docs/mqtt.md, "Several ingest workers".
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -52,7 +52,7 @@ from paho.mqtt.properties import Properties
 
 from hub.config import HubConfig
 from hub.db import HubDB
-from hub.ingest_writer import Outcome, Raw, WriterCore, run_writer_process
+from hub.ingest_writer import Outcome, Raw, WriterCore, start_writer_process
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
 from tapcast.protocol.mqtt import HUB_SUBSCRIPTIONS, PayloadError, parse_node_topic
 from tapcast.ratelog import RateLimitedLog
@@ -451,7 +451,10 @@ class Ingest:
                     restarts += 1
                     writer.close(1.0)
                     self._stopping.wait(delay)
-                    self.writer = self._start_writer_process()
+                    try:
+                        self.writer = self._start_writer_process()
+                    except OSError as exc:  # no memory, no process slots: try again
+                        writer.failure = f"could not be started again ({exc})"
                     continue
                 if writer.send(raws):
                     raws = []
@@ -463,21 +466,12 @@ class Ingest:
 
 
 class _WriterProcess:
-    """One writer process (hub.ingest_writer.run_writer_process) and the thread that
-    reads what it sends back. ``done`` is set once it said bye, failed or died."""
+    """One writer process (``python -m hub.ingest_writer``) and the thread that reads
+    what it sends back. ``done`` is set once it said bye, failed or died."""
 
     def __init__(self, config: HubConfig, level: int, cond: threading.Condition,
                  deliver: Callable[[Outcome], None]) -> None:
-        ctx = multiprocessing.get_context("spawn")  # safe beside threads, unlike fork
-        child_in, self._to_child = ctx.Pipe(duplex=False)
-        self._from_child, child_out = ctx.Pipe(duplex=False)
-        self.process = ctx.Process(target=run_writer_process,
-                                   args=(child_in, child_out, config, level),
-                                   name="hub-ingest-writer", daemon=True)
-        self.process.start()
-        # Only the child holds these now: its exit is EOF on our end.
-        child_in.close()
-        child_out.close()
+        self.process, self._to_child, self._from_child = start_writer_process(config, level)
         self._cond = cond
         self._deliver = deliver
         self.sent = 0  # Raw messages handed over (the sender thread's)
@@ -524,10 +518,11 @@ class _WriterProcess:
         if not self.done.wait(timeout):
             log.error("hub ingest's writer process did not finish within %ss; stopping it",
                       timeout)
-        self.process.join(timeout if self.done.is_set() else 0)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout if self.done.is_set() else 0.1)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(5)
+            self.process.wait(5)
         self._reader.join(5)
         self._to_child.close()
         self._from_child.close()
@@ -552,8 +547,11 @@ class _WriterProcess:
                 else:  # "bye"
                     return
         except (EOFError, OSError):
-            self.process.join(5)
-            self.failure = f"exited with code {self.process.exitcode}"
+            try:
+                code: int | None = self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            self.failure = f"exited with code {code}"
         except Exception:  # noqa: BLE001 - say so; the sender starts another
             log.exception("hub ingest could not read its writer process")
             self.failure = "sent something unreadable"

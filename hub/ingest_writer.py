@@ -26,7 +26,10 @@ from __future__ import annotations
 import functools
 import logging
 import logging.handlers
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -236,11 +239,11 @@ class _Collect(logging.Handler):
         return records
 
 
-def run_writer_process(inbox: Connection, outbox: Connection, config: HubConfig,
-                       level: int) -> None:
-    """The writer process's main: Raw lists from ``inbox`` until None (or the MQTT side
-    is gone: EOF), taking all that is waiting, up to ``mqtt.batch_size`` messages, at
-    each step. Logs at ``level`` and above go back with the outcomes.
+def run_writer_process(inbox: Connection, outbox: Connection) -> None:
+    """The writer process's main: its settings (the HubConfig and the log level) first,
+    then Raw lists from ``inbox`` until None (or the MQTT side is gone: EOF), taking all
+    that is waiting, up to ``mqtt.batch_size`` messages, at each step. Logs at that
+    level and above go back with the outcomes.
 
     One thread: a second one opening the next messages while the database works on
     the last (the drivers let go of the GIL there) was tried and was slower (61k
@@ -249,40 +252,80 @@ def run_writer_process(inbox: Connection, outbox: Connection, config: HubConfig,
     # stops (None after the last messages), and this one exits when that side is gone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    collect = _Collect()
-    root = logging.getLogger()
-    root.handlers[:] = [collect]
-    root.setLevel(level)
     try:
-        db = open_db(config.hub.database)
-        core = WriterCore(config, db)
-    except Exception as exc:  # noqa: BLE001 - told to the MQTT side, which says it
-        outbox.send(("fatal", f"{type(exc).__name__}: {exc}" if not str(exc).startswith(
-            "hub database") else str(exc)))
-        return
-    outbox.send(("ready", None))
-    limit = core.batch_size
-    try:
-        stopping = False
-        while not stopping:
-            try:
-                chunk = inbox.recv()
-            except EOFError:
-                return  # the MQTT side is gone: nothing to ack to
-            if chunk is None:
-                break
-            raws = chunk
-            while len(raws) < limit and inbox.poll(0):
-                more = inbox.recv()
-                if more is None:
-                    stopping = True
-                    break
-                raws += more
-            out = core.handle(raws)
-            out.logs = collect.take()
-            outbox.send(("outcome", out))
-        outbox.send(("bye", None))
+        config, level = inbox.recv()
+        collect = _Collect()
+        root = logging.getLogger()
+        root.handlers[:] = [collect]
+        root.setLevel(level)
+        try:
+            db = open_db(config.hub.database)
+            core = WriterCore(config, db)
+        except Exception as exc:  # noqa: BLE001 - told to the MQTT side, which says it
+            text = str(exc)
+            outbox.send(("fatal", text if text.startswith("hub database")
+                         else f"{type(exc).__name__}: {text}"))
+            return
+        try:
+            outbox.send(("ready", None))
+            _serve(inbox, outbox, core, collect)
+        finally:
+            db.close()
     except (BrokenPipeError, ConnectionResetError, EOFError):
-        return  # the MQTT side died: what was committed is acked on the node's re-send
-    finally:
-        db.close()
+        return  # the MQTT side is gone: what was committed is acked on the node's re-send
+
+
+def _serve(inbox: Connection, outbox: Connection, core: WriterCore, collect: _Collect) -> None:
+    limit = core.batch_size
+    while True:
+        chunk = inbox.recv()
+        if chunk is None:
+            break
+        raws = chunk
+        stopping = False
+        while len(raws) < limit and inbox.poll(0):
+            more = inbox.recv()
+            if more is None:
+                stopping = True
+                break
+            raws += more
+        out = core.handle(raws)
+        out.logs = collect.take()
+        outbox.send(("outcome", out))
+        if stopping:
+            break
+    outbox.send(("bye", None))
+
+
+def start_writer_process(config: HubConfig, level: int) -> tuple[subprocess.Popen[bytes],
+                                                                  Connection, Connection]:
+    """``python -m hub.ingest_writer`` with a pipe each way; (process, to it, from it).
+    A plain child process (not multiprocessing's): it shows as what it is in ``ps``,
+    needs no resource tracker beside it, and exits on its own when this side is gone."""
+    child_in, to_child = os.pipe()
+    from_child, child_out = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hub.ingest_writer", str(child_in), str(child_out)],
+            pass_fds=(child_in, child_out), stdin=subprocess.DEVNULL)
+    except BaseException:
+        for fd in (child_in, to_child, from_child, child_out):
+            os.close(fd)
+        raise
+    # Only the child holds these now: its exit is EOF on our end, and ours on its.
+    os.close(child_in)
+    os.close(child_out)
+    sender = Connection(to_child, readable=False)
+    try:
+        sender.send((config, level))
+    except OSError:
+        pass  # it died at once: the reader gets EOF and says with which exit code
+    return process, sender, Connection(from_child, writable=False)
+
+
+if __name__ == "__main__":
+    # Under its own name, not __main__'s: what it pickles must name hub.ingest_writer.
+    from hub import ingest_writer
+
+    ingest_writer.run_writer_process(Connection(int(sys.argv[1]), writable=False),
+                                     Connection(int(sys.argv[2]), readable=False))

@@ -263,7 +263,8 @@ def test_serve_runs_web_and_ingest_and_stops_both(mosquitto: Mosquitto, tmp_path
         finally:
             node.close()
         assert get(f"{url}/api/v1/stats")[0]["events"]["total"] == 5
-        web_master = children(hub.pid)
+        web_master = {pid for pid in children(hub.pid) if b"hub.ingest_writer" not in
+                      Path(f"/proc/{pid}/cmdline").read_bytes()}
         assert len(web_master) == 1
         assert hub.stop() == 0
         assert hub.stdout[-1].startswith("hub ingest stopped (SIGTERM): 5 events stored")
