@@ -128,6 +128,10 @@ class User:
     created_at: float
     disabled: bool
     last_login: float | None
+    #: Changes whenever the password does (a digest of its hash, "" without one). A
+    #: signed-in session carries the stamp it began with, so a new password ends every
+    #: session begun with the old one. Never shown.
+    session_stamp: str = ""
 
     @property
     def permissions(self) -> frozenset[str]:
@@ -245,12 +249,19 @@ def _optional_text(name: str, value: str | None) -> str | None:
     return value or None
 
 
-def _user(m: Mapping[str, Any]) -> User:
+def _user(m: Mapping[str, Any], password_hash: str | None = None) -> User:
+    hashed = m["password_hash"] if password_hash is None else password_hash
     return User(id=int(m["id"]), username=m["username"], role=m["role"],
-                has_password=m["password_hash"] is not None, handset_id=m["handset_id"],
+                has_password=hashed is not None, handset_id=m["handset_id"],
                 display_name=m["display_name"], email=m["email"],
                 created_at=float(m["created_at"]), disabled=bool(m["disabled"]),
-                last_login=m["last_login"])
+                last_login=m["last_login"], session_stamp=_stamp(hashed))
+
+
+def _stamp(password_hash: str | None) -> str:
+    if password_hash is None:
+        return ""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 _TOKEN_COLUMNS = (api_tokens.c.id, api_tokens.c.user_id, users.c.username, api_tokens.c.name,
@@ -405,12 +416,13 @@ class Accounts:
             return None
         if row is None or stored is None:
             return None
-        user = _user(row._mapping)
-        if user.disabled:
+        if row._mapping["disabled"]:
             return None
         values: dict[str, Any] = {"last_login": time.time()}
         if HASHER.check_needs_rehash(stored):
             values["password_hash"] = HASHER.hash(password)
+        # The stamp of the hash stored from now on: the session begins with it.
+        user = _user(row._mapping, values.get("password_hash", stored))
         with self._writer.begin() as conn:
             conn.execute(update(users).where(users.c.id == user.id).values(**values))
         return user

@@ -24,6 +24,7 @@ of every page and endpoint.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import multiprocessing
 import time
@@ -144,7 +145,9 @@ class Principal:
         return not self.user.disabled
 
     def get_id(self) -> str:
-        return str(self.user.id)
+        """What the session keeps: the user's id and their password's stamp, so that
+        a new password ends the sessions begun before it (User.session_stamp)."""
+        return f"{self.user.id}.{self.user.session_stamp}"
 
     @property
     def permissions(self) -> frozenset[str]:
@@ -221,12 +224,16 @@ def _load_session_user(user_id: str) -> Principal | None:
     Authorization header the header alone decides (the request loader)."""
     if "Authorization" in request.headers:
         return None
+    number, _, stamp = user_id.partition(".")
     try:
-        user = accounts().user_by_id(int(user_id))
+        user = accounts().user_by_id(int(number))
     except ValueError:
         return None
     if user is None or user.disabled:
         g.tapcast_refusal = "session of a disabled or removed account"
+        return None
+    if not hmac.compare_digest(stamp, user.session_stamp):
+        g.tapcast_refusal = "session begun before a password change: sign in again"
         return None
     return Principal(user)
 

@@ -253,6 +253,18 @@ def test_a_demoted_users_tokens_lose_power_at_their_next_request(app: Flask) -> 
     assert client.get("/api/v1/stats", headers=bearer(value)).status_code == 401
 
 
+def test_a_new_password_ends_the_sessions_begun_with_the_old_one(app: Flask) -> None:
+    browser, _ = signed_in(app, "olga", "operator")
+    other, _ = signed_in(app, "root", "admin")
+    assert browser.get("/api/v1/stats").status_code == 200
+    Accounts(get_db(app).engine).set_password(CLI, "olga", "another long passphrase")
+    r = browser.get("/api/v1/stats")
+    assert r.status_code == 401 and "password change" in r.json["error"]
+    assert other.get("/api/v1/stats").status_code == 200  # someone else's stays
+    assert sign_in(browser, "olga", "another long passphrase") == 303
+    assert browser.get("/api/v1/stats").status_code == 200
+
+
 def test_a_token_reaches_only_its_scopes_and_cannot_mint_wider_ones(app: Flask) -> None:
     make_user(app.config["TAPCAST"], "olga", "operator")
     store = Accounts(get_db(app).engine)
