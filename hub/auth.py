@@ -232,7 +232,7 @@ def _load_session_user(user_id: str) -> Principal | None:
     if user is None or user.disabled:
         g.tapcast_refusal = "session of a disabled or removed account"
         return None
-    if not hmac.compare_digest(stamp, user.session_stamp):
+    if not hmac.compare_digest(stamp.encode(), user.session_stamp.encode()):
         g.tapcast_refusal = "session begun before a password change: sign in again"
         return None
     return Principal(user)

@@ -54,7 +54,8 @@ from hub.config import HubConfig
 from hub.db import HubDB
 from hub.ingest_writer import Outcome, Raw, WriterCore, start_writer_process
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
-from tapcast.protocol.mqtt import HUB_SUBSCRIPTIONS, PayloadError, parse_node_topic
+from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, MAX_PAYLOAD, PayloadError,
+                                   parse_node_topic)
 from tapcast.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -327,6 +328,9 @@ class Ingest:
         topic = msg.topic
         try:
             node_id, leaf = parse_node_topic(topic)
+            if len(msg.payload) > MAX_PAYLOAD:  # never queued, never piped
+                raise PayloadError(f"payload of {len(msg.payload)} bytes exceeds "
+                                   f"{MAX_PAYLOAD}")
             if leaf == "events":
                 if self._events.qsize() >= MAX_QUEUED:
                     self._wait_for_room()
@@ -398,8 +402,9 @@ class Ingest:
         self._run_core(self._events, self._event_core, "writer")
 
     def _node_write_loop(self) -> None:
-        """The status lane: every status and state queued so far, in one transaction of
-        its own (the latest per node wins), whatever the event writer is doing."""
+        """The status lane: the statuses and states queued so far (up to
+        ``mqtt.batch_size`` a transaction, the latest per node wins), in transactions of
+        their own, whatever the event writer is doing."""
         self._run_core(self._nodes_queue, self._node_core, "node writer")
 
     def _deliver(self, out: Outcome) -> None:
@@ -458,7 +463,7 @@ class Ingest:
                     continue
                 if writer.send(raws):
                     raws = []
-                    if writer.healthy:
+                    if writer.handled:  # it works: the next failure starts a new count
                         restarts = 0
         writer = self.writer
         if writer is not None and not writer.done.is_set():
@@ -476,7 +481,6 @@ class _WriterProcess:
         self._deliver = deliver
         self.sent = 0  # Raw messages handed over (the sender thread's)
         self.handled = 0  # of which it wrote (this reader's, under cond)
-        self.healthy = False  # it has written something
         self.failure: str | None = None
         self.ready = threading.Event()  # it has the database open
         self.done = threading.Event()
@@ -534,7 +538,6 @@ class _WriterProcess:
                 if kind == "outcome":
                     with self._cond:
                         self.handled += body.handled
-                        self.healthy = True
                         self._cond.notify_all()
                     self._deliver(body)
                 elif kind == "ready":

@@ -19,7 +19,8 @@ from hub.config import HubConfig
 from hub.db import HubDB
 from hub.ingest import Ingest
 from hub.ingest_writer import Outcome, WriterCore
-from tapcast.protocol.mqtt import (BATCH_CONTEXT, NodeState, encode, events_ack_topic,
+from tapcast.protocol.mqtt import (BATCH_CONTEXT, MAX_PAYLOAD, NodeState, encode,
+                                   events_ack_topic,
                                    events_topic, seal, seal_batch, state_topic, status_topic,
                                    stream_key)
 
@@ -188,6 +189,15 @@ def test_hostile_input_costs_a_counter_and_a_few_log_lines_not_one_per_message(
     lines = [r for r in caplog.records if "not from that node" in r.getMessage()]
     assert 1 <= len(lines) <= 2
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_an_oversized_message_is_refused_as_malformed_and_genuine_traffic_goes_on(
+        ingest: Ingest, pub: NodePublisher, db: HubDB) -> None:
+    pub.client.publish(events_topic("n1"), b"t1." + b"0" * (MAX_PAYLOAD + 1), qos=1)
+    pub.publish_batch(make_batch("n1", [1, 2]))
+    pub.ack_for("n1", 2)
+    assert ingest.wait_for(lambda c: c.malformed == 1, TIMEOUT)
+    assert db.count_events() == 2
 
 
 def test_message_on_an_unexpected_topic_under_the_subscription_is_malformed(

@@ -135,6 +135,17 @@ class Acks:
             return self.cond.wait_for(lambda: predicate(self.acked), timeout)
 
 
+def publish_batches(pub: NodePublisher, nodes: list[str], start: int, stop: int,
+                    per_batch: int) -> None:
+    """Every node's batches of ``per_batch`` seqs from ``start`` below ``stop``, nodes
+    interleaved, not waiting for each PUBACK (a node keeps several batches in flight)."""
+    for first in range(start, stop, per_batch):
+        for node_id in nodes:
+            pub.client.publish(events_topic(node_id), seal_batch(
+                pub.key(node_id), make_batch(node_id, range(first, first + per_batch), low=1)),
+                qos=1)
+
+
 def resend_unacked(pub: NodePublisher, acks: Acks, last: dict[str, int], per_batch: int,
                    ack_timeout: float = 1.0, timeout: float = 60.0) -> int:
     """What a node's uplink does: while its acks move, wait; when they stop short for
@@ -174,12 +185,7 @@ def test_a_worker_killed_mid_stream_loses_and_duplicates_nothing(
         two.wait_line("as 'tapcast-hub-2'")
 
         def publish(start: int, stop: int) -> None:
-            for first in range(start, stop, per_batch):
-                for node_id in nodes:
-                    # Not waiting for each PUBACK: a node keeps several batches in flight.
-                    pub.client.publish(events_topic(node_id), seal_batch(
-                        pub.key(node_id), make_batch(node_id, range(first, first + per_batch),
-                                                     low=1)), qos=1)
+            publish_batches(pub, nodes, start, stop, per_batch)
 
         acks = Acks(pub)
         half = per_batch * batches // 2
@@ -257,17 +263,11 @@ def test_a_writer_process_killed_mid_stream_is_started_again_and_loses_and_dupli
         first_writer = running.writer
         assert first_writer is not None
 
-        def publish(start: int, stop: int) -> None:
-            for first in range(start, stop, per_batch):
-                for node_id in nodes:
-                    pub.client.publish(events_topic(node_id), seal_batch(
-                        pub.key(node_id), make_batch(node_id, range(first, first + per_batch),
-                                                     low=1)), qos=1)
-
-        publish(1, per_batch * batches // 2 + 1)
+        publish_batches(pub, nodes, 1, per_batch * batches // 2 + 1, per_batch)
         assert running.wait_for(lambda c: c.transactions >= 1, TIMEOUT)
         first_writer.process.kill()  # SIGKILL, between or inside its transactions
-        publish(per_batch * batches // 2 + 1, per_batch * batches + 1)
+        publish_batches(pub, nodes, per_batch * batches // 2 + 1, per_batch * batches + 1,
+                        per_batch)
         resend_unacked(pub, acks, last, per_batch)
         assert running.writer is not first_writer and running.writer is not None
         assert running.writer.process.poll() is None  # the new one runs
