@@ -443,6 +443,45 @@ def hub_token_revoke(config_path: Path | None, token_id: str) -> None:
     click.echo(f"token {token.name!r} of {token.username} ({token.id}) revoked")
 
 
+@main.group()
+def content() -> None:
+    """The hub's content library (the same checks as the hub page's uploads)."""
+
+
+@content.command("import")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@_HUB_CONFIG_OPTION
+def content_import(directory: Path, config_path: Path | None) -> None:
+    """Bring DIRECTORY/library.toml (and the files it names) into the hub's library:
+    new items are created, changed ones get a new version or a new placement, the rest
+    is left alone, so importing twice changes nothing. Every item is checked before
+    anything is written; a refused one stops the import with what is wrong."""
+    from hub.accounts import Actor
+    from hub.content import ContentError, ContentLibrary, import_directory
+    from hub.db import StorageError, open_db
+    from hub.files import FileStore
+
+    config = _hub_config(config_path)
+    try:
+        db = open_db(config.hub.database)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        library = ContentLibrary(db.engine, FileStore(config.hub.files),
+                                 max_file_size=config.hub.max_file_mb * 1_000_000)
+        report = import_directory(library, directory, Actor.cli())
+    except ContentError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        db.close()
+    for what in ("created", "revised", "placed", "unchanged"):
+        keys = getattr(report, what)
+        if keys:
+            click.echo(f"{what}: {', '.join(keys)}")
+    click.echo(f"content import: {len(report.created)} created, {len(report.revised)} "
+               f"revised, {len(report.placed)} placed, {len(report.unchanged)} unchanged")
+
+
 @main.command()
 @click.option("--nodes", default=3, show_default=True, help="Simulated nodes (hall displays), each its own process.")
 @click.option("--handsets", default=5, show_default=True, help="Simulated handsets tapping.")

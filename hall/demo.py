@@ -185,13 +185,13 @@ class HubProcesses:
         self.database = database or str(self.dir / "hub.db")
         conf = cfg.load(HubConfig, data={
             "hub": {"database": self.database, "port": port,
-                    "stream_secret": str(stream_secret)},
+                    "stream_secret": str(stream_secret), "files": str(self.dir / "files")},
             "mqtt": {"broker": broker}}, environ={})
         self.config_path.write_text(cfg.dump(conf))
         # Made in start(), once the database is migrated: an admin account with a random
         # password (printed, for the page) and a token of it (the demo reads
         # /api/v1/stats with it; printed, for curl).
-        self.username = self.password = self.token = ""
+        self.username = self.password = self.token = self.imported = ""
         self.port = port
         self.url = ""
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -210,6 +210,7 @@ class HubProcesses:
         except StorageError as exc:
             raise DemoError(f"--database: {exc}") from None
         await asyncio.to_thread(self._make_admin)
+        self.imported = await asyncio.to_thread(self._import_content)
         ingest_line = await self._spawn("ingest", "hub ingest subscribed")
         web_line = await self._spawn("web", "hub web")
         found = re.search(r"https?://\S+", web_line)
@@ -237,6 +238,28 @@ class HubProcesses:
         finally:
             db.close()
         self.username, self.password = username, password
+
+    def _import_content(self) -> str:
+        """The sample library (content/), as `tapcast content import content/` brings it
+        in: the same function, the same checks. Importing into a database that has it
+        already changes nothing."""
+        from hub.accounts import Actor
+        from hub.content import ContentLibrary, import_directory
+        from hub.db import open_db
+        from hub.files import FileStore
+
+        from hall.virtual import LIBRARY
+
+        conf = cfg.load(HubConfig, self.config_path, environ={})
+        db = open_db(self.database)
+        try:
+            library = ContentLibrary(db.engine, FileStore(conf.hub.files),
+                                     max_file_size=conf.hub.max_file_mb * 1_000_000)
+            report = import_directory(library, LIBRARY.parent, Actor.cli())
+        finally:
+            db.close()
+        return (f"content: {len(report.created)} items imported, "
+                f"{len(report.unchanged)} unchanged")
 
     @property
     def sign_in(self) -> str:
@@ -350,6 +373,7 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
               f"hub: {hub.url}  {hub.sign_in}\n"
               f"  (API: curl -H 'Authorization: Bearer {hub.token}' {hub.url}/api/v1/nodes)"
               f"   files: {workdir}\n"
+              f"{hub.imported} (see {hub.url}/content)\n"
               "Ctrl-C stops early.", flush=True)
         await _run_hall(workdir, broker, nodes, handsets, duration, seed, summary, hub, stop)
         print(summary.render(), flush=True)

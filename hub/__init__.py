@@ -48,15 +48,18 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.config["TAPCAST"] = config
     app.json.sort_keys = False  # keep documented field order in API answers
 
-    from hub import accounts_api, accounts_pages, api, auth, pages
+    from hub import accounts_api, accounts_pages, api, auth, content_api, content_pages, pages
 
     init_db(app)
     auth.init_app(app)  # accounts, session key, sign-in, CSRF, the access gate
+    content_api.init_app(app)  # the content library, and the upload size bound
     init_worker_header(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(accounts_api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(accounts_pages.bp)
+    app.register_blueprint(content_api.bp)
+    app.register_blueprint(content_pages.bp)
     api.register_error_handlers(app)
     return app
 

@@ -44,7 +44,7 @@ from hub.schema import api_tokens, audit_log, settings, users
 log = logging.getLogger(__name__)
 
 __all__ = ["ROLES", "PERMISSIONS", "ROLE_PERMISSIONS", "AccountError", "Actor", "User",
-           "Token", "Accounts", "check_password", "parse_scopes", "TOKEN_PREFIX",
+           "Token", "Accounts", "audit", "check_password", "parse_scopes", "TOKEN_PREFIX",
            "MIN_PASSWORD_LEN"]
 
 #: Every permission, with what it lets one do (shown on the pages and in docs/api.md).
@@ -56,14 +56,16 @@ PERMISSIONS: dict[str, str] = {
     "audit:read": "read the audit log",
     "users:admin": "create accounts, change roles, disable accounts, revoke any token",
     "tokens:own": "create, list and revoke one's own API tokens",
+    "content:read": "see the content library, node groups and what a node would show",
+    "content:write": "upload, edit, target, schedule and retire content; set node groups",
 }
 _READ_FLEET = frozenset({"nodes:read", "events:read", "incidents:read", "stats:read"})
 #: What each role may do: the one table page checks, API checks and token scopes use.
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset(PERMISSIONS),
-    "operator": _READ_FLEET | {"tokens:own"},
-    "marketer": frozenset({"stats:read", "tokens:own"}),
-    "auditor": _READ_FLEET | {"audit:read", "tokens:own"},
+    "operator": _READ_FLEET | {"tokens:own", "content:read"},
+    "marketer": frozenset({"stats:read", "tokens:own", "content:read", "content:write"}),
+    "auditor": _READ_FLEET | {"audit:read", "tokens:own", "content:read"},
     # Customers are registered by the handset app; what they may do there comes with it.
     "customer": frozenset(),
 }
@@ -276,6 +278,18 @@ def _token(m: Mapping[str, Any]) -> Token:
                  revoked_at=m["revoked_at"])
 
 
+def audit(conn: Connection, actor: Actor, action: str, target_type: str, target_id: str,
+          before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+    """Record a change in the audit log on ``conn``: in the change's own transaction, so
+    a change is never without its entry, nor an entry without its change."""
+    conn.execute(insert(audit_log).values(
+        at=time.time(), actor_id=actor.id, actor_name=actor.name[:80], via=actor.via,
+        action=action, target_type=target_type[:16], target_id=str(target_id)[:64],
+        before=None if before is None else json.dumps(before, sort_keys=True),
+        after=None if after is None else json.dumps(after, sort_keys=True),
+        remote_addr=(actor.remote_addr or None) and actor.remote_addr[:64]))
+
+
 class Accounts:
     """Users, tokens and the audit log in the hub database behind ``engine``."""
 
@@ -297,12 +311,7 @@ class Accounts:
     def _audit(self, conn: Connection, actor: Actor, action: str, target_type: str,
                target_id: str, before: dict[str, Any] | None,
                after: dict[str, Any] | None) -> None:
-        conn.execute(insert(audit_log).values(
-            at=time.time(), actor_id=actor.id, actor_name=actor.name[:80], via=actor.via,
-            action=action, target_type=target_type, target_id=str(target_id)[:64],
-            before=None if before is None else json.dumps(before, sort_keys=True),
-            after=None if after is None else json.dumps(after, sort_keys=True),
-            remote_addr=(actor.remote_addr or None) and actor.remote_addr[:64]))
+        audit(conn, actor, action, target_type, target_id, before, after)
 
     # ------------------------------------------------------------------ users
 

@@ -28,6 +28,14 @@ class HubSection(msgspec.Struct, forbid_unknown_fields=True):
     # name): "memory://" is per process, so with N web workers an attacker gets up to N
     # times that; a shared storage such as "redis://host:6379" makes it exact.
     ratelimit_storage: str = "memory://"
+    # The content library's files, each once under its sha256 (hub/files.py). With
+    # several hub boxes it must be one shared directory.
+    files: str = "var/hub/files"
+    # Largest file a marketer may upload, in MB (an upload over it is refused whole).
+    max_file_mb: int = 100
+    # The halls' time zone (IANA name), for content schedules: a window "08:00-10:00"
+    # means 8 to 10 there. The preview takes another one when asked.
+    timezone: str = "UTC"
 
 
 class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -16,6 +16,7 @@ from hub.api import (DEFAULT_EVENTS_LIMIT, DEFAULT_INCIDENTS_LIMIT, DEFAULT_NODE
                      MAX_LABEL_LEN, MAX_NUMBER_LEN, MAX_TS)
 from hub.db import MAX_EVENTS_LIMIT, MAX_NODES_LIMIT, NODE_STATUSES
 from hub.accounts_openapi import account_paths, account_schemas
+from hub.content_openapi import content_paths, content_schemas
 from hub.auth import HOW_TO_GET_ONE
 
 
@@ -168,6 +169,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "OpenAPI 3.1 document",
                                       "content": {"application/json": {}}}}}},
             **account_paths(_GUARDED, _error, _ok, _query),
+            **content_paths(_GUARDED, _error, _ok, _query),
         },
         "security": [{"bearerToken": []}, {"operatorSession": []}],
         "components": {"securitySchemes": {
@@ -254,5 +256,6 @@ def openapi_document() -> dict[str, Any]:
                                        "failed sign-ins (wrong user name or password) "
                                        "since hub web started (all its workers)"}}}}},
             **account_schemas(),
+            **content_schemas(),
         }},
     }

@@ -24,7 +24,8 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Float, For
                         false)
 
 __all__ = ["metadata", "nodes", "streams", "events", "event_counts", "kind_totals",
-           "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time"]
+           "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time", "content_files",
+           "content_items", "content_versions", "content_targets", "node_groups"]
 
 # Stable constraint and index names, so migrations can name what they alter.
 metadata = MetaData(naming_convention={
@@ -204,4 +205,72 @@ settings = Table(
     "settings", metadata,
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+
+# ------------------------------------------------------------------ content (issue 8)
+#
+# * A file is kept once, under its sha256 (the bytes live in the hub's file directory,
+#   hub/files.py; the row says how big it is and what type it was checked to be).
+# * An item is a stable key (what nodes and reports name it by) with versions. A version
+#   is immutable once written: an edit is a new version, and ``current`` names the one
+#   nodes get. Targeting and the schedule belong to the item, not to a version: moving
+#   a coupon to another zone does not change the coupon.
+# * ``content_targets`` says where an item goes: a zone, a node group, one node, or
+#   everywhere ("all", value "*"); indexed by target so "what goes to zone X" is a
+#   range, not a scan.
+
+CONTENT_KEY_LEN = 64
+CONTENT_KINDS = ("article", "coupon", "media", "ticket", "goods")
+TARGET_TYPES = ("all", "zone", "group", "node")
+
+content_files = Table(
+    "content_files", metadata,
+    Column("sha256", String(64), primary_key=True),  # hex digest of the bytes
+    Column("size", BigInteger, nullable=False),
+    Column("media_type", String(100), nullable=False),  # as sniffed from the bytes
+    Column("created_at", Time, nullable=False),
+)
+
+content_items = Table(
+    "content_items", metadata,
+    Column("key", String(CONTENT_KEY_LEN), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("current", Integer, nullable=False),  # the version nodes get
+    Column("schedule", Text, nullable=False),  # JSON, tapcast.schedule.Schedule
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    Column("retired_at", Time),  # NULL: live; else no node gets it any more
+    CheckConstraint("kind IN ('article', 'coupon', 'media', 'ticket', 'goods')", name="kind"),
+)
+
+content_versions = Table(
+    "content_versions", metadata,
+    Column("key", String(CONTENT_KEY_LEN), ForeignKey("content_items.key"),
+           primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("title", String(200), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("price_cents", Integer, nullable=False),  # 0: free
+    Column("file_sha256", String(64), ForeignKey("content_files.sha256"), index=True),
+    Column("file_name", String(255)),  # as uploaded (shown, and the download's name)
+    Column("created_by", String(USERNAME_LEN + 16), nullable=False),
+    Column("created_at", Time, nullable=False),
+)
+
+content_targets = Table(
+    "content_targets", metadata,
+    Column("key", String(CONTENT_KEY_LEN), ForeignKey("content_items.key"),
+           primary_key=True),
+    Column("target_type", String(8), primary_key=True),
+    Column("value", String(64), primary_key=True),
+    Index(None, "target_type", "value"),
+    CheckConstraint("target_type IN ('all', 'zone', 'group', 'node')", name="target_type"),
+)
+
+node_groups = Table(
+    "node_groups", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("node_id", String(NODE_ID_LEN), primary_key=True),
+    Index(None, "node_id"),
 )

@@ -17,6 +17,8 @@ import sqlite_utils
 log = logging.getLogger(__name__)
 
 KINDS = ("article", "coupon", "media", "ticket", "goods")
+#: Library fields only the hub's import uses (content/library.toml says what they are).
+HUB_ONLY_FIELDS = ("file", "groups", "nodes", "schedule")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ def load_library(path: Path, zone: str) -> list[Item]:
     items: list[Item] = []
     for n, raw in enumerate(doc.get("item", []), 1):
         zones = raw.pop("zones", ["*"])
+        for hub_only in HUB_ONLY_FIELDS:  # the hub's import reads these; a node seeds without
+            raw.pop(hub_only, None)
         try:
             item = Item(**raw)
         except TypeError as exc:

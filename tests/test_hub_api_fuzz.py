@@ -29,7 +29,8 @@ MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
-    config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db")}}, environ={})
+    config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db"),
+                                           "files": str(tmp_path / "files")}}, environ={})
     upgrade(config.hub.database, echo=print)
     app = create_app(config)
     now = time.time()
@@ -69,7 +70,14 @@ OPERATIONS = [("/api/v1/nodes", "GET"), ("/api/v1/nodes/{node_id}", "GET"),
               ("/api/v1/tokens", "POST"), ("/api/v1/tokens/{token_id}", "DELETE"),
               ("/api/v1/users", "GET"), ("/api/v1/users", "POST"),
               ("/api/v1/users/{username}", "GET"), ("/api/v1/users/{username}", "PATCH"),
-              ("/api/v1/audit", "GET")]
+              ("/api/v1/audit", "GET"), ("/api/v1/content", "GET"),
+              ("/api/v1/content", "POST"), ("/api/v1/content/{key}", "GET"),
+              ("/api/v1/content/{key}/versions", "GET"),
+              ("/api/v1/content/{key}/versions", "POST"),
+              ("/api/v1/content/{key}/placement", "PUT"),
+              ("/api/v1/content/{key}/retire", "POST"), ("/api/v1/files", "POST"),
+              ("/api/v1/files/{sha256}", "GET"), ("/api/v1/groups", "GET"),
+              ("/api/v1/groups/{name}", "PUT"), ("/api/v1/preview", "GET")]
 
 
 def test_every_operation_of_the_document_is_fuzzed(app: Flask) -> None:

@@ -5,6 +5,8 @@ sign-in (401 for the API) as the table says. A new endpoint fails here until it 
 rule and a line in both tables."""
 from __future__ import annotations
 
+import hashlib
+import io
 import re
 import time
 from collections.abc import Iterator
@@ -18,12 +20,19 @@ from flask.testing import FlaskClient
 from hall.testing.hub import cheap_password_hashing, make_user
 from hub import create_app, get_db
 from hub.accounts import ROLE_PERMISSIONS, ROLES
+from hub.accounts import Actor
 from hub.auth import PUBLIC, SIGNED_IN, Rule, rule_of
+from hub.content import ItemInput
+from hub.content_api import library
 from hub.config import HubConfig
 from hub.migrate import upgrade
 from tapcast.config import load
 
 PASSWORD = "correct horse battery staple"
+#: A 1x1 PNG, as the content endpoints take for a coupon.
+PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000"
+                    "000d4944415478da63f8cfc0f01f0005000201a5c7d2a10000000049454e44ae426082")
+PNG_SHA256 = hashlib.sha256(PNG).hexdigest()
 
 #: What each endpoint needs: "public", "signed in", or its permissions.
 EXPECTED: dict[str, str | frozenset[str]] = {
@@ -54,6 +63,25 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "accounts_pages.create_user": frozenset({"users:admin"}),
     "accounts_pages.update_user": frozenset({"users:admin"}),
     "accounts_pages.audit": frozenset({"audit:read"}),
+    "content_api.list_content": frozenset({"content:read"}),
+    "content_api.create_content": frozenset({"content:write"}),
+    "content_api.get_content": frozenset({"content:read"}),
+    "content_api.list_versions": frozenset({"content:read"}),
+    "content_api.create_version": frozenset({"content:write"}),
+    "content_api.place_content": frozenset({"content:write"}),
+    "content_api.retire_content": frozenset({"content:write"}),
+    "content_api.upload_file": frozenset({"content:write"}),
+    "content_api.get_file": frozenset({"content:read"}),
+    "content_api.list_groups": frozenset({"content:read"}),
+    "content_api.set_group": frozenset({"content:write"}),
+    "content_api.preview": frozenset({"content:read"}),
+    "content_pages.content": frozenset({"content:read"}),
+    "content_pages.create_content": frozenset({"content:write"}),
+    "content_pages.set_group": frozenset({"content:write"}),
+    "content_pages.item": frozenset({"content:read"}),
+    "content_pages.create_version": frozenset({"content:write"}),
+    "content_pages.place": frozenset({"content:write"}),
+    "content_pages.retire": frozenset({"content:write"}),
 }
 
 #: One request per endpoint: method, URL, and a JSON body or form fields. Changes are
@@ -93,6 +121,36 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "accounts_pages.update_user": ("POST", "/users/target",
                                    {"form": {"role": "operator"}}),
     "accounts_pages.audit": ("GET", "/audit", None),
+    "content_api.list_content": ("GET", "/api/v1/content", None),
+    "content_api.create_content": ("POST", "/api/v1/content",
+                                   {"json": {"key": "unique", "kind": "article",
+                                             "title": "Unique"}}),
+    "content_api.get_content": ("GET", "/api/v1/content/target", None),
+    "content_api.list_versions": ("GET", "/api/v1/content/target/versions", None),
+    "content_api.create_version": ("POST", "/api/v1/content/target/versions",
+                                   {"json": {"title": "unique"}}),
+    "content_api.place_content": ("PUT", "/api/v1/content/target/placement",
+                                  {"json": {"targets": {"zones": ["z1"]}}}),
+    "content_api.retire_content": ("POST", "/api/v1/content/gone/retire", None),
+    "content_api.upload_file": ("POST", "/api/v1/files?kind=coupon", {"data": PNG}),
+    "content_api.get_file": ("GET", f"/api/v1/files/{PNG_SHA256}", None),
+    "content_api.list_groups": ("GET", "/api/v1/groups", None),
+    "content_api.set_group": ("PUT", "/api/v1/groups/g1", {"json": {"nodes": ["n1"]}}),
+    "content_api.preview": ("GET", "/api/v1/preview?node_id=n1", None),
+    "content_pages.content": ("GET", "/content", None),
+    "content_pages.create_content": ("POST", "/content",
+                                     {"form": {"key": "unique", "kind": "article",
+                                               "title": "Unique", "share": "1",
+                                               "priority": "0", "cap_per": "day"}}),
+    "content_pages.set_group": ("POST", "/content/groups",
+                                {"form": {"name": "g2", "nodes": "n1"}}),
+    "content_pages.item": ("GET", "/content/target", None),
+    "content_pages.create_version": ("POST", "/content/target/versions",
+                                     {"form": {"title": "unique"}}),
+    "content_pages.place": ("POST", "/content/target/placement",
+                            {"form": {"zones": "z2", "share": "1", "priority": "0",
+                                      "cap_per": "day"}}),
+    "content_pages.retire": ("POST", "/content/gone/retire", {"form": {}}),
 }
 
 WHO = ("anonymous", *ROLES)
@@ -107,13 +165,19 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hub.accounts, "HASHER", cheap_password_hashing())
         path = tmp_path_factory.mktemp("roles") / "hub.db"
-        config = load(HubConfig, data={"hub": {"database": str(path)}}, environ={})
+        config = load(HubConfig, data={"hub": {"database": str(path),
+                                               "files": str(path.parent / "files")}},
+                      environ={})
         upgrade(config.hub.database, echo=print)
         app = create_app(config)
         for role in ROLES:
             make_user(config, role, role, password=PASSWORD)
         make_user(config, "target", "operator")
         get_db(app).write_batch([], statuses=[("n1", "online", time.time())])
+        lib, cli = library(app), Actor.cli()
+        png = lib.store_file(io.BytesIO(PNG), "coupon")
+        for key in ("target", "gone"):
+            lib.create(cli, key, "coupon", ItemInput("Target", "", 0, png, "t.png"))
         yield app
         get_db(app).close()
 
@@ -195,7 +259,7 @@ def outcome(response: Any) -> str:
         return "sign in"
     if response.status_code == 303 and response.headers["Location"].startswith("/signin"):
         return "sign in"
-    if 'data-testid="signin-form"' in response.get_data(as_text=True) \
+    if b'data-testid="signin-form"' in response.get_data() \
             and response.request.path != "/signin":
         return "sign in"
     if response.status_code == 403:
@@ -210,7 +274,9 @@ def test_each_role_gets_what_the_table_says(app: Flask, endpoint: str, who: str)
     method, url, payload = REQUESTS[endpoint]
     kwargs: dict[str, Any] = {"headers": {"X-CSRFToken": csrf}}  # what the page's scripts send
     unique = f"{who}-{endpoint.replace('.', '-').replace('_', '-')}"[:60]
-    if payload and "json" in payload:
+    if payload and "data" in payload:
+        kwargs["data"] = payload["data"]
+    elif payload and "json" in payload:
         kwargs["json"] = {k: unique if v == "unique" else v for k, v in payload["json"].items()}
     elif payload and "form" in payload:
         if payload["form"] == "credentials":

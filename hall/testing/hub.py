@@ -22,6 +22,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -190,6 +191,11 @@ def hub_config(database: Path | str, broker: str, *, port: int = 0, migrate: boo
         if not secret_path.exists():
             write_stream_secret(secret_path.parent)
         hub["stream_secret"] = str(secret_path)
+    if "files" not in hub:  # never the working directory's var/hub/files
+        base = secret_dir if secret_dir is not None else (
+            None if "://" in str(database) else Path(database).parent)
+        hub["files"] = str(base / "files" if base is not None
+                           else Path(tempfile.mkdtemp(prefix="tapcast-files-")))
     return cfg.load(HubConfig, data={"hub": {"database": str(database), "port": port, **hub},
                                      "mqtt": {"broker": broker}}, environ={})
 

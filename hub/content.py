@@ -1,0 +1,632 @@
+"""The content library: items with immutable versions, their files, where they go
+(targeting) and when (schedule), node groups, and what a node would show.
+
+Why versions: a node, a report or a customer's inbox names an item by (key, version),
+so what a customer received can always be shown as it was. An edit never changes a
+version; it writes the next one and makes it current. Where an item goes and when is
+the item's (not a version's): moving a coupon to another zone does not change the coupon.
+
+Every change is checked here (the API, the pages and ``tapcast content import`` all come
+through this class), written in one transaction with its audit entry, and refused with a
+ContentError that says what is wrong and what to do.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import tomllib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+from zoneinfo import ZoneInfo
+
+import msgspec
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from tapcast.schedule import Schedule, ScheduleError, active, decode_schedule, display_loop, \
+    push_order
+
+from hub.accounts import Actor, audit
+from hub.dbengine import writer
+from hub.files import FileError, FileStore, StoredFile
+from hub.schema import (CONTENT_KINDS, content_files, content_items, content_targets,
+                        content_versions, node_groups, nodes)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ContentLibrary", "ContentError", "ItemInput", "Targets", "FILE_TYPES",
+           "import_directory", "ImportReport", "KEY_RE"]
+
+KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MAX_TITLE = 200
+MAX_BODY = 20_000
+#: Dearest single item, in cents: micro-payments, not a shop.
+MAX_PRICE_CENTS = 100_000
+MAX_TARGETS = 500
+MAX_GROUP_NODES = 10_000
+MAX_FILE_NAME = 255
+
+IMAGES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WebP"}
+AUDIO = {"audio/mpeg": "MP3", "audio/ogg": "Ogg", "audio/mp4": "M4A"}
+VIDEO = {"video/mp4": "MP4", "video/webm": "WebM"}
+DOCUMENTS = {"application/pdf": "PDF", "application/epub+zip": "EPUB"}
+BUNDLES = {"application/zip": "ZIP (a game or a bundle)"}
+#: The file types each kind of item may carry (sniffed from the bytes, never the name).
+#: A ticket carries none: its code is made per delivery.
+FILE_TYPES: dict[str, dict[str, str]] = {
+    "article": IMAGES,
+    "coupon": IMAGES,
+    "media": {**IMAGES, **AUDIO, **VIDEO, **DOCUMENTS},
+    "ticket": {},
+    "goods": {**AUDIO, **VIDEO, **DOCUMENTS, **BUNDLES, **IMAGES},
+}
+#: Kinds that are nothing without their file.
+FILE_REQUIRED = frozenset({"media"})
+#: Library files' ``featured = true``: shown and pushed before the rest.
+FEATURED_PRIORITY = 10
+
+
+class ContentError(ValueError):
+    """A change the library refuses; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where an item goes: everywhere, or the union of these zones, groups and nodes.
+    Nothing at all: it is in the library but no node gets it (a draft)."""
+
+    everywhere: bool = False
+    zones: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()
+
+    def rows(self) -> list[tuple[str, str]]:
+        if self.everywhere:
+            return [("all", "*")]
+        return ([("zone", z) for z in self.zones] + [("group", g) for g in self.groups]
+                + [("node", n) for n in self.nodes])
+
+    def public(self) -> dict[str, Any]:
+        return {"everywhere": self.everywhere, "zones": list(self.zones),
+                "groups": list(self.groups), "nodes": list(self.nodes)}
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[str, str]]) -> Targets:
+        by: dict[str, list[str]] = {"zone": [], "group": [], "node": []}
+        everywhere = False
+        for kind, value in rows:
+            if kind == "all":
+                everywhere = True
+            else:
+                by[kind].append(value)
+        return cls(everywhere, *(tuple(sorted(by[k])) for k in ("zone", "group", "node")))
+
+    def checked(self) -> Targets:
+        for what, values in (("zone", self.zones), ("group", self.groups),
+                             ("node", self.nodes)):
+            for v in values:
+                if not KEY_RE.fullmatch(v):
+                    raise ContentError(f"{what} {v[:80]!r} is not a valid name: use letters, "
+                                       "digits, '-' and '_' (at most 64)")
+        if len(self.rows()) > MAX_TARGETS:
+            raise ContentError(f"at most {MAX_TARGETS} targets per item: use a node group")
+        return Targets(self.everywhere, *(tuple(sorted(set(v))) for v in
+                                          (self.zones, self.groups, self.nodes)))
+
+
+@dataclass
+class ItemInput:
+    """What a marketer gives for a new item or a new version (None: keep as it is)."""
+
+    title: str | None = None
+    body: str | None = None
+    price_cents: int | None = None
+    file: StoredFile | None = None
+    file_name: str | None = None
+    drop_file: bool = False  # a new version without the current one's file
+
+
+@dataclass
+class ImportReport:
+    created: list[str] = field(default_factory=list)
+    revised: list[str] = field(default_factory=list)
+    placed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _check_key(key: str, what: str = "item key") -> str:
+    if not isinstance(key, str) or not KEY_RE.fullmatch(key):
+        raise ContentError(f"{what} {str(key)[:80]!r} is not valid: use letters, digits, "
+                           "'-' and '_' (1 to 64)")
+    return key
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in CONTENT_KINDS:
+        raise ContentError(f"kind {str(kind)[:40]!r} is not one of {', '.join(CONTENT_KINDS)}")
+    return kind
+
+
+def _check_text(title: str, body: str, price_cents: int) -> None:
+    if not title.strip():
+        raise ContentError("title: give the item a title")
+    if len(title) > MAX_TITLE:
+        raise ContentError(f"title: at most {MAX_TITLE} characters, got {len(title)}")
+    if len(body) > MAX_BODY:
+        raise ContentError(f"body: at most {MAX_BODY} characters, got {len(body)}")
+    if "\x00" in title or "\x00" in body:
+        raise ContentError("title and body may not contain NUL characters")
+    if not isinstance(price_cents, int) or not 0 <= price_cents <= MAX_PRICE_CENTS:
+        raise ContentError(f"price_cents: a whole number from 0 to {MAX_PRICE_CENTS}")
+
+
+class ContentLibrary:
+    """The content tables behind ``engine`` and the files in ``files``."""
+
+    def __init__(self, engine: Engine, files: FileStore, *, max_file_size: int) -> None:
+        self.engine = engine
+        self.files = files
+        self.max_file_size = max_file_size
+        self._writer = writer(engine)
+        self._insert = (postgresql.insert if engine.dialect.name == "postgresql"
+                        else sqlite.insert)
+
+    # ------------------------------------------------------------------ files
+
+    def store_file(self, stream: BinaryIO, kind: str, *, name: str = "file") -> StoredFile:
+        """Keep an upload for an item of ``kind``: checked for size and type while it is
+        written, nothing kept when refused (ContentError)."""
+        allowed = FILE_TYPES[_check_kind(kind)]
+        if not allowed:
+            raise ContentError(f"a {kind} item carries no file (its code is made for each "
+                               "customer); leave the file empty")
+        try:
+            stored = self.files.put(stream, max_size=self.max_file_size, allowed=allowed,
+                                    what=name)
+        except FileError as exc:
+            raise ContentError(str(exc), exc.status) from None
+        with self._writer.begin() as conn:
+            self._put_file_row(conn, stored, time.time())
+        log.info("stored file %s (%d bytes, %s)", stored.sha256, stored.size,
+                 stored.media_type)
+        return stored
+
+    def file(self, sha256: str) -> StoredFile:
+        """A file the library holds (uploaded before), by its hash; ContentError 404."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(content_files).where(
+                content_files.c.sha256 == sha256)).first()
+        if row is None or not self.files.exists(sha256):
+            raise ContentError(f"no file {sha256[:64]!r} in the library: upload it first "
+                               "(POST /api/v1/files)", 404)
+        return StoredFile(row.sha256, row.size, row.media_type)
+
+    # ------------------------------------------------------------------ changes
+
+    @contextmanager
+    def _change(self) -> Iterator[Connection]:
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise ContentError(f"conflicts with what exists: "
+                               f"{str(exc.orig).splitlines()[0]}", 409) from None
+
+    def create(self, actor: Actor, key: str, kind: str, item: ItemInput, *,
+               targets: Targets = Targets(), schedule: Schedule | None = None
+               ) -> dict[str, Any]:
+        """A new item at version 1."""
+        _check_key(key)
+        _check_kind(kind)
+        title, body, price = item.title or "", item.body or "", item.price_cents or 0
+        _check_text(title, body, price)
+        self._check_file(kind, item.file)
+        targets = targets.checked()
+        schedule = _checked_schedule(schedule or Schedule())
+        now = time.time()
+        with self._change() as conn:
+            if conn.execute(select(content_items.c.key).where(
+                    content_items.c.key == key)).first() is not None:
+                raise ContentError(f"an item {key!r} exists already: edit it (a new version) "
+                                   "or pick another key", 409)
+            self._put_file_row(conn, item.file, now)
+            conn.execute(insert(content_items).values(
+                key=key, kind=kind, current=1, schedule=_encode(schedule), created_at=now,
+                updated_at=now, retired_at=None))
+            self._put_version(conn, actor, key, 1, title, body, price, item.file,
+                              item.file_name, now)
+            self._put_targets(conn, key, targets)
+            after = self._get(conn, key)
+            audit(conn, actor, "content.create", "content", key, None, after)
+        log.info("%s created content %s (%s)", actor.name, key, kind)
+        return after
+
+    def revise(self, actor: Actor, key: str, item: ItemInput) -> dict[str, Any]:
+        """The next version of ``key`` (what is not given is kept), made current."""
+        now = time.time()
+        with self._change() as conn:
+            before = self._get(conn, key, lock=True)
+            if before["retired_at"] is not None:
+                raise ContentError(f"{key!r} is retired; make a new item instead", 409)
+            cur = before["version"]
+            title = cur["title"] if item.title is None else item.title
+            body = cur["body"] if item.body is None else item.body
+            price = cur["price_cents"] if item.price_cents is None else item.price_cents
+            _check_text(title, body, price)
+            kept = cur["file"]
+            if item.file is not None:
+                file, file_name = item.file, item.file_name or "file"
+            elif item.drop_file or kept is None:
+                file, file_name = None, None
+            else:
+                file = StoredFile(kept["sha256"], kept["size"], kept["media_type"])
+                file_name = kept["name"]
+            self._check_file(before["kind"], file)
+            if (title, body, price, file and file.sha256, file_name) == (
+                    cur["title"], cur["body"], cur["price_cents"],
+                    kept and kept["sha256"], kept and kept["name"]):
+                raise ContentError("nothing changed: a new version needs a new title, text, "
+                                   "price or file")
+            version = before["current"] + 1
+            self._put_file_row(conn, file, now)
+            self._put_version(conn, actor, key, version, title, body, price, file, file_name,
+                              now)
+            conn.execute(update(content_items).where(content_items.c.key == key)
+                         .values(current=version, updated_at=now))
+            after = self._get(conn, key)
+            audit(conn, actor, "content.revise", "content", key, before, after)
+        return after
+
+    def place(self, actor: Actor, key: str, *, targets: Targets | None = None,
+              schedule: Schedule | None = None) -> dict[str, Any]:
+        """Change where ``key`` goes and when (no new version: the content is the same)."""
+        now = time.time()
+        with self._change() as conn:
+            before = self._get(conn, key, lock=True)
+            if before["retired_at"] is not None:
+                raise ContentError(f"{key!r} is retired; make a new item instead", 409)
+            values: dict[str, Any] = {"updated_at": now}
+            if schedule is not None:
+                values["schedule"] = _encode(_checked_schedule(schedule))
+            conn.execute(update(content_items).where(content_items.c.key == key)
+                         .values(**values))
+            if targets is not None:
+                conn.execute(delete(content_targets).where(content_targets.c.key == key))
+                self._put_targets(conn, key, targets.checked())
+            after = self._get(conn, key)
+            audit(conn, actor, "content.place", "content", key, before, after)
+        return after
+
+    def retire(self, actor: Actor, key: str) -> dict[str, Any]:
+        """No node gets ``key`` any more; it stays in the library (reports name it)."""
+        now = time.time()
+        with self._change() as conn:
+            before = self._get(conn, key, lock=True)
+            if before["retired_at"] is not None:
+                return before
+            conn.execute(update(content_items).where(content_items.c.key == key)
+                         .values(retired_at=now, updated_at=now))
+            after = self._get(conn, key)
+            audit(conn, actor, "content.retire", "content", key, before, after)
+        return after
+
+    def set_group(self, actor: Actor, name: str, node_ids: Iterable[str]) -> dict[str, Any]:
+        """Node group ``name`` is exactly ``node_ids`` from now on (empty: no group)."""
+        _check_key(name, "group name")
+        members = sorted(set(node_ids))
+        if len(members) > MAX_GROUP_NODES:
+            raise ContentError(f"at most {MAX_GROUP_NODES} nodes in a group")
+        for n in members:
+            _check_key(n, "node id")
+        with self._change() as conn:
+            before = self._group(conn, name)
+            conn.execute(delete(node_groups).where(node_groups.c.name == name))
+            if members:
+                conn.execute(insert(node_groups), [{"name": name, "node_id": n}
+                                                   for n in members])
+            after = {"name": name, "nodes": members}
+            audit(conn, actor, "group.set", "group", name,
+                  before if before["nodes"] else None, after)
+        return after
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return self._get(conn, key)
+
+    def versions(self, key: str) -> list[dict[str, Any]]:
+        """Every version of ``key``, newest first."""
+        with self.engine.connect() as conn:
+            self._get(conn, key)
+            rows = conn.execute(_version_query().where(content_versions.c.key == key)
+                                .order_by(content_versions.c.version.desc())).all()
+        return [_version(r._mapping) for r in rows]
+
+    def list(self, *, kind: str | None = None, state: str | None = None,
+             after: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Items by key, a page at a time (``after``: the last key of the previous page);
+        ``state``: "live" or "retired"."""
+        q = (select(content_items.c.key).order_by(content_items.c.key).limit(limit))
+        if kind is not None:
+            q = q.where(content_items.c.kind == _check_kind(kind))
+        if state == "live":
+            q = q.where(content_items.c.retired_at.is_(None))
+        elif state == "retired":
+            q = q.where(content_items.c.retired_at.is_not(None))
+        elif state is not None:
+            raise ContentError("state must be live or retired")
+        if after is not None:
+            q = q.where(content_items.c.key > after)
+        with self.engine.connect() as conn:
+            return [self._get(conn, k) for k in conn.execute(q).scalars()]
+
+    def groups(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(node_groups.c.name, node_groups.c.node_id)
+                                .order_by(node_groups.c.name, node_groups.c.node_id)).all()
+        out: dict[str, list[str]] = {}
+        for name, node_id in rows:
+            out.setdefault(name, []).append(node_id)
+        return [{"name": k, "nodes": v} for k, v in out.items()]
+
+    def for_node(self, node_id: str, *, zone: str | None = None) -> list[dict[str, Any]]:
+        """The live items targeted at ``node_id`` (by itself, its zone, its groups, or
+        everywhere), whatever the time: what its manifest lists. ``zone``: the node's
+        zone when the hub has not heard it yet (else the one it reported)."""
+        _check_key(node_id, "node id")
+        with self.engine.connect() as conn:
+            reported = conn.execute(select(nodes.c.zone).where(nodes.c.node_id == node_id)
+                                    ).scalar()
+            zone = reported or zone
+            groups = list(conn.execute(select(node_groups.c.name)
+                                       .where(node_groups.c.node_id == node_id)).scalars())
+            wanted = [("all", "*"), ("node", node_id)] + [("group", g) for g in groups]
+            if zone:
+                wanted.append(("zone", zone))
+            keys: set[str] = set()
+            for kind, value in wanted:
+                keys.update(conn.execute(select(content_targets.c.key).where(
+                    content_targets.c.target_type == kind,
+                    content_targets.c.value == value)).scalars())
+            items = [self._get(conn, k) for k in sorted(keys)]
+        return [i for i in items if i["retired_at"] is None]
+
+    def preview(self, node_id: str, at: float, tz: str, *, zone: str | None = None,
+                slots: int = 12) -> dict[str, Any]:
+        """What ``node_id`` would show (the display loop's next ``slots``) and push after
+        a tap at time ``at`` in time zone ``tz``."""
+        check_timezone(tz)
+        if zone is not None:
+            _check_key(zone, "zone")
+        items = self.for_node(node_id, zone=zone)
+        entries = [(i["key"], decode_schedule(i["schedule"])) for i in items]
+        live = [i for i, (_, s) in zip(items, entries) if active(s, at, tz)]
+        return {"node_id": node_id, "at": at, "tz": tz,
+                "targeted": [i["key"] for i in items],
+                "active": [i["key"] for i in live],
+                "loop": display_loop(entries, at, tz, slots),
+                "push": push_order(entries, at, tz)}
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_file(self, kind: str, file: StoredFile | None) -> None:
+        if file is None:
+            if kind in FILE_REQUIRED:
+                raise ContentError(f"a {kind} item needs its file: upload one "
+                                   f"({', '.join(sorted(set(FILE_TYPES[kind].values())))})")
+            return
+        allowed = FILE_TYPES[kind]
+        if file.media_type not in allowed:
+            raise ContentError(f"a {kind} item cannot carry a {file.media_type} file"
+                               + (f"; it takes {', '.join(sorted(set(allowed.values())))}"
+                                  if allowed else ""), 415)
+
+    def _put_file_row(self, conn: Connection, file: StoredFile | None, now: float) -> None:
+        if file is None:
+            return
+        if not self.files.exists(file.sha256):
+            raise ContentError(f"file {file.sha256} is not in the hub's file store", 409)
+        conn.execute(self._insert(content_files).values(
+            sha256=file.sha256, size=file.size, media_type=file.media_type, created_at=now
+        ).on_conflict_do_nothing(index_elements=["sha256"]))
+
+    @staticmethod
+    def _put_version(conn: Connection, actor: Actor, key: str, version: int, title: str,
+                     body: str, price: int, file: StoredFile | None, file_name: str | None,
+                     now: float) -> None:
+        conn.execute(insert(content_versions).values(
+            key=key, version=version, title=title, body=body, price_cents=price,
+            file_sha256=file and file.sha256,
+            file_name=file and (file_name or "file")[:MAX_FILE_NAME],
+            created_by=actor.name[:80], created_at=now))
+
+    @staticmethod
+    def _put_targets(conn: Connection, key: str, targets: Targets) -> None:
+        rows = targets.rows()
+        if rows:
+            conn.execute(insert(content_targets), [
+                {"key": key, "target_type": t, "value": v} for t, v in rows])
+
+    def _get(self, conn: Connection, key: str, *, lock: bool = False) -> dict[str, Any]:
+        q = select(content_items).where(content_items.c.key == key)
+        if lock and self.engine.dialect.name == "postgresql":
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            raise ContentError(f"no content item {str(key)[:80]!r}", 404)
+        item = dict(row._mapping)
+        version = conn.execute(_version_query().where(
+            content_versions.c.key == key,
+            content_versions.c.version == item["current"])).one()
+        targets = Targets.of(conn.execute(
+            select(content_targets.c.target_type, content_targets.c.value)
+            .where(content_targets.c.key == key)).all())
+        return {"key": key, "kind": item["kind"], "current": item["current"],
+                "version": _version(version._mapping), "targets": targets.public(),
+                "schedule": msgspec.json.decode(item["schedule"]),
+                "created_at": item["created_at"], "updated_at": item["updated_at"],
+                "retired_at": item["retired_at"]}
+
+    @staticmethod
+    def _group(conn: Connection, name: str) -> dict[str, Any]:
+        return {"name": name, "nodes": list(conn.execute(
+            select(node_groups.c.node_id).where(node_groups.c.name == name)
+            .order_by(node_groups.c.node_id)).scalars())}
+
+
+def _version_query() -> Any:
+    return (select(content_versions, content_files.c.size, content_files.c.media_type)
+            .outerjoin(content_files,
+                       content_files.c.sha256 == content_versions.c.file_sha256))
+
+
+def _version(m: Any) -> dict[str, Any]:
+    file = None
+    if m["file_sha256"] is not None:
+        file = {"sha256": m["file_sha256"], "size": m["size"], "media_type": m["media_type"],
+                "name": m["file_name"]}
+    return {"version": m["version"], "title": m["title"], "body": m["body"],
+            "price_cents": m["price_cents"], "file": file, "created_by": m["created_by"],
+            "created_at": m["created_at"]}
+
+
+def check_timezone(tz: str) -> str:
+    """An IANA time zone name the system knows (Europe/Berlin); ContentError if not."""
+    try:
+        if not 1 <= len(tz) <= 64:
+            raise ValueError("too long")
+        ZoneInfo(tz)
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        raise ContentError(f"time zone {tz[:64]!r} is not one this hub knows: use an IANA "
+                           "name such as Europe/Berlin or UTC") from None
+    return tz
+
+
+def _checked_schedule(schedule: Schedule) -> Schedule:
+    try:
+        return decode_schedule(msgspec.json.encode(schedule))
+    except ScheduleError as exc:
+        raise ContentError(f"schedule: {exc}") from None
+
+
+def _encode(schedule: Schedule) -> str:
+    return msgspec.json.encode(schedule).decode()
+
+
+def parse_schedule(data: Any) -> Schedule:
+    """A schedule from a request or a library file; ContentError saying what is wrong."""
+    try:
+        return decode_schedule(data)
+    except ScheduleError as exc:
+        raise ContentError(f"schedule: {exc}") from None
+
+
+# ------------------------------------------------------------------ library import
+
+LIBRARY_FILE = "library.toml"
+
+
+class _LibraryItem(msgspec.Struct, forbid_unknown_fields=True):
+    """One ``[[item]]`` of a library file (content/library.toml documents the fields)."""
+
+    id: str
+    title: str
+    kind: str
+    body: str = ""
+    zones: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    groups: list[str] = []
+    nodes: list[str] = []
+    price_cents: int = 0
+    featured: bool = False
+    file: str | None = None  # relative to the library's directory
+    media_url: str | None = None  # nodes' own seed format; the hub ignores it
+    schedule: dict[str, Any] | None = None
+
+
+def import_directory(library: ContentLibrary, directory: str | Path, actor: Actor,
+                     ) -> ImportReport:
+    """Bring ``directory``/library.toml into the library through the same checks as an
+    upload: new keys are created, changed content becomes a new version, changed
+    targeting or schedule is placed, the rest is left alone (importing twice changes
+    nothing). Every item is checked before anything is written."""
+    root = Path(directory).resolve()
+    path = root / LIBRARY_FILE
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ContentError(f"{path}: cannot read the library: {exc}") from None
+    raw_items = doc.get("item", [])
+    if not isinstance(raw_items, list):
+        raise ContentError(f"{path}: 'item' must be an array of tables ([[item]])")
+    planned = []
+    for n, raw in enumerate(raw_items, 1):
+        try:
+            entry = msgspec.convert(raw, _LibraryItem)
+            _check_key(entry.id)
+            _check_kind(entry.kind)
+            _check_text(entry.title, entry.body, entry.price_cents)
+            schedule = parse_schedule(entry.schedule or {})
+            if entry.featured:
+                schedule = msgspec.structs.replace(schedule, priority=max(
+                    schedule.priority, FEATURED_PRIORITY))
+            everywhere = "*" in entry.zones
+            targets = Targets(everywhere, () if everywhere else tuple(entry.zones),
+                              tuple(entry.groups), tuple(entry.nodes)).checked()
+            file_path = None
+            if entry.file is not None:
+                file_path = (root / entry.file).resolve()
+                if root not in file_path.parents or not file_path.is_file():
+                    raise ContentError(f"file {entry.file!r} is not a file inside {root}")
+        except (msgspec.ValidationError, ContentError) as exc:
+            name = raw.get("id", "?") if isinstance(raw, dict) else "?"
+            raise ContentError(f"{path}: item #{n} ({str(name)[:64]}): {exc}") from None
+        planned.append((entry, schedule, targets, file_path))
+    report = ImportReport()
+    for entry, schedule, targets, file_path in planned:
+        file = None
+        if file_path is not None:
+            with file_path.open("rb") as stream:
+                try:
+                    file = library.store_file(stream, entry.kind, name=file_path.name)
+                except ContentError as exc:
+                    raise ContentError(f"{path}: item {entry.id}: {exc}") from None
+        given = ItemInput(entry.title, entry.body, entry.price_cents, file,
+                          file_path.name if file_path else None, drop_file=file is None)
+        try:
+            existing = library.get(entry.id)
+        except ContentError as exc:
+            if exc.status != 404:
+                raise
+            library.create(actor, entry.id, entry.kind, given, targets=targets,
+                           schedule=schedule)
+            report.created.append(entry.id)
+            continue
+        if existing["kind"] != entry.kind:
+            raise ContentError(f"{path}: item {entry.id}: it is a {existing['kind']} in the "
+                               f"library, not a {entry.kind}; give it another id")
+        changed = False
+        cur = existing["version"]
+        if (cur["title"], cur["body"], cur["price_cents"],
+                cur["file"] and cur["file"]["sha256"]) != (
+                entry.title, entry.body, entry.price_cents, file and file.sha256):
+            library.revise(actor, entry.id, given)
+            report.revised.append(entry.id)
+            changed = True
+        if (existing["targets"] != targets.public()
+                or existing["schedule"] != msgspec.to_builtins(schedule)):
+            library.place(actor, entry.id, targets=targets, schedule=schedule)
+            report.placed.append(entry.id)
+            changed = True
+        if not changed:
+            report.unchanged.append(entry.id)
+    return report

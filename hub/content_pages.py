@@ -1,0 +1,332 @@
+"""Content pages for marketers: the library, a new item with its file, an item's page
+(as a customer sees it, its versions, a new version, where and when it runs, retire),
+node groups, and the preview of what a node would show at a given time.
+
+Plain forms (Flask-WTF, CSRF-checked by the gate in hub/auth.py) posting back to the
+server; every change goes through hub/content.py and is audited with ``via = "web"``.
+A form that does not hold is shown again with what is wrong and the 4xx status of the
+API's answer; a refused file leaves nothing behind, and every field of a new item is
+checked before its file is kept.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Blueprint, Response, current_app, flash, redirect, render_template, \
+    request, url_for
+from flask.typing import ResponseReturnValue
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from wtforms import (BooleanField, IntegerField, SelectField, SelectMultipleField,
+                     StringField, TextAreaField, widgets)
+from wtforms.validators import InputRequired, Length, NumberRange, Optional
+
+from hub.auth import Principal, current_principal, requires
+from hub.content import (CONTENT_KINDS, FILE_TYPES, KEY_RE, MAX_BODY, MAX_PRICE_CENTS,
+                         MAX_TITLE, ContentError, ItemInput, Targets, check_timezone,
+                         parse_schedule)
+from hub.content_api import library
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("content_pages", __name__)
+
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _names(text: str | None) -> tuple[str, ...]:
+    """Zones, groups or nodes typed as a list separated by commas or spaces."""
+    return tuple(n for n in (text or "").replace(",", " ").split() if n)
+
+
+class PlacementFields(FlaskForm):
+    """Where and when (shared by the new item form and the item's placement form)."""
+
+    everywhere = BooleanField("Every node")
+    zones = StringField("Zones", validators=[Optional(), Length(max=4000)])
+    groups = StringField("Node groups", validators=[Optional(), Length(max=4000)])
+    nodes = StringField("Single nodes", validators=[Optional(), Length(max=4000)])
+    starts = StringField("From (date)", validators=[Optional(), Length(max=10)])
+    ends = StringField("Until (date)", validators=[Optional(), Length(max=10)])
+    days = SelectMultipleField("Days", choices=[(str(i), d) for i, d in enumerate(DAYS)],
+                               widget=widgets.ListWidget(prefix_label=False),
+                               option_widget=widgets.CheckboxInput())
+    windows = StringField("Time windows", validators=[Optional(), Length(max=400)])
+    priority = IntegerField("Priority", default=0,
+                            validators=[Optional(), NumberRange(min=-100, max=100)])
+    share = IntegerField("Share of the loop", default=1,
+                         validators=[Optional(), NumberRange(min=1, max=100)])
+    cap_count = IntegerField("At most", validators=[Optional(),
+                                                    NumberRange(min=1, max=1000)])
+    cap_per = SelectField("per handset per", choices=[("day", "day"), ("week", "week")])
+
+    def targets(self) -> Targets:
+        return Targets(bool(self.everywhere.data), _names(self.zones.data),
+                       _names(self.groups.data), _names(self.nodes.data))
+
+    def schedule(self) -> Any:
+        windows = []
+        for part in (self.windows.data or "").replace(";", ",").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            start, sep, end = part.partition("-")
+            if not sep:
+                raise ContentError(f"time window {part[:40]!r}: write it as HH:MM-HH:MM, "
+                                   "such as 22:00-02:00")
+            windows.append({"start": start.strip(), "end": end.strip()})
+        data: dict[str, Any] = {
+            "starts": self.starts.data or None, "ends": self.ends.data or None,
+            "days": sorted(int(d) for d in self.days.data or []), "windows": windows,
+            "priority": self.priority.data or 0,
+            "share": self.share.data if self.share.data is not None else 1}
+        if self.cap_count.data:
+            data["cap"] = {"count": self.cap_count.data, "per": self.cap_per.data}
+        return parse_schedule(data)
+
+    def fill(self, item: dict[str, Any]) -> None:
+        t, s = item["targets"], item["schedule"]
+        self.everywhere.data = t["everywhere"]
+        self.zones.data, self.groups.data, self.nodes.data = (
+            ", ".join(t[k]) for k in ("zones", "groups", "nodes"))
+        self.starts.data, self.ends.data = s.get("starts") or "", s.get("ends") or ""
+        self.days.data = [str(d) for d in s.get("days", [])]
+        self.windows.data = ", ".join(f"{w['start']}-{w['end']}" for w in s.get("windows", []))
+        self.priority.data, self.share.data = s.get("priority", 0), s.get("share", 1)
+        cap = s.get("cap")
+        self.cap_count.data = cap["count"] if cap else None
+        self.cap_per.data = cap["per"] if cap else "day"
+
+
+class NewItemForm(PlacementFields):
+    key = StringField("Key", validators=[InputRequired(), Length(max=64)])
+    kind = SelectField("Kind", choices=[(k, k) for k in CONTENT_KINDS])
+    title = StringField("Title", validators=[InputRequired(), Length(max=MAX_TITLE)])
+    body = TextAreaField("Text", validators=[Optional(), Length(max=MAX_BODY)])
+    price_cents = IntegerField("Price (cents)", default=0, validators=[
+        Optional(), NumberRange(min=0, max=MAX_PRICE_CENTS)])
+    file = FileField("File")
+
+
+class VersionForm(FlaskForm):
+    title = StringField("Title", validators=[InputRequired(), Length(max=MAX_TITLE)])
+    body = TextAreaField("Text", validators=[Optional(), Length(max=MAX_BODY)])
+    price_cents = IntegerField("Price (cents)", validators=[
+        Optional(), NumberRange(min=0, max=MAX_PRICE_CENTS)])
+    file = FileField("Replace the file")
+    drop_file = BooleanField("No file in the new version")
+
+
+class GroupForm(FlaskForm):
+    name = StringField("Group", validators=[InputRequired(), Length(max=64)])
+    nodes = StringField("Nodes", validators=[Optional(), Length(max=200_000)])
+
+
+class PreviewForm(FlaskForm):
+    class Meta:
+        csrf = False  # a GET that changes nothing
+
+    node_id = StringField("Node", validators=[InputRequired(), Length(max=64)])
+    at = StringField("At (local time)", validators=[Optional(), Length(max=16)])
+    tz = StringField("Time zone", validators=[Optional(), Length(max=64)])
+
+
+class ActionForm(FlaskForm):
+    """Only the CSRF token: a button that changes something."""
+
+
+def _actor() -> Any:
+    principal = current_principal()
+    assert isinstance(principal, Principal)
+    return principal.actor()
+
+
+def _page(template: str, status: int = 200, **context: Any) -> Response:
+    response = Response(render_template(template, file_types=FILE_TYPES, days=DAYS,
+                                        **context), status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _form_errors(form: FlaskForm) -> str:
+    return "; ".join(f"{getattr(form, k).label.text}: {', '.join(map(str, v))}"
+                     for k, v in form.errors.items())
+
+
+def _library_page(form: NewItemForm | None = None, error: str = "", status: int = 200,
+                  preview: dict[str, Any] | None = None,
+                  preview_form: PreviewForm | None = None,
+                  group_form: GroupForm | None = None) -> Response:
+    lib = library()
+    kind = request.args.get("kind")
+    items = lib.list(kind=kind if kind in CONTENT_KINDS else None, limit=500)
+    return _page("content.html", status, items=items, form=form or NewItemForm(),
+                 error=error, groups=lib.groups(), group_form=group_form or GroupForm(),
+                 preview=preview, preview_form=preview_form or PreviewForm(formdata=None),
+                 kind=kind, timezone=current_app.config["TAPCAST"].hub.timezone)
+
+
+@bp.get("/content")
+@requires("content:read")
+def content() -> ResponseReturnValue:
+    """The library; with ``node_id`` (and ``at``, ``tz``), the preview of that node."""
+    preview = None
+    preview_form = PreviewForm(request.args) if "node_id" in request.args else None
+    if preview_form is not None:
+        if not preview_form.validate():
+            return _library_page(error=_form_errors(preview_form), status=400,
+                                 preview_form=preview_form)
+        try:
+            tz = check_timezone(preview_form.tz.data
+                                or current_app.config["TAPCAST"].hub.timezone)
+            at = time.time()
+            if preview_form.at.data:
+                try:
+                    local = datetime.fromisoformat(preview_form.at.data)
+                except ValueError:
+                    raise ContentError("At: a local date and time such as "
+                                       "2026-12-24T18:30") from None
+                at = local.replace(tzinfo=ZoneInfo(tz)).timestamp()
+            preview = library().preview(preview_form.node_id.data.strip(), at, tz)
+        except ContentError as exc:
+            return _library_page(error=str(exc), status=exc.status,
+                                 preview_form=preview_form)
+    return _library_page(preview=preview, preview_form=preview_form)
+
+
+@bp.post("/content")
+@requires("content:write")
+def create_content() -> ResponseReturnValue:
+    form = NewItemForm()
+    if not form.validate_on_submit():
+        return _library_page(form, _form_errors(form), 400)
+    lib = library()
+    key, kind = form.key.data.strip(), form.kind.data
+    try:
+        # Everything but the file first: a form that fails keeps no file.
+        if not KEY_RE.fullmatch(key):
+            raise ContentError(f"Key {key[:64]!r}: use letters, digits, '-' and '_' "
+                               "(1 to 64)")
+        targets, schedule = form.targets().checked(), form.schedule()
+        try:
+            lib.get(key)
+            raise ContentError(f"an item {key!r} exists already: open it to make a new "
+                               "version, or pick another key", 409)
+        except ContentError as exc:
+            if exc.status != 404:
+                raise
+        upload = form.file.data
+        file = None
+        if upload is not None and upload.filename:
+            file = lib.store_file(upload.stream, kind, name=upload.filename[:255])
+        item = lib.create(_actor(), key, kind, ItemInput(
+            form.title.data, form.body.data or "", form.price_cents.data or 0, file,
+            upload.filename[:255] if file is not None else None),
+            targets=targets, schedule=schedule)
+    except ContentError as exc:
+        return _library_page(form, str(exc), exc.status)
+    flash(f"{item['key']} published (version 1)", "ok")
+    return redirect(url_for("content_pages.item", key=key), 303)
+
+
+@bp.post("/content/groups")
+@requires("content:write")
+def set_group() -> ResponseReturnValue:
+    form = GroupForm()
+    if not form.validate_on_submit():
+        return _library_page(error=_form_errors(form), status=400, group_form=form)
+    try:
+        group = library().set_group(_actor(), form.name.data.strip(), _names(form.nodes.data))
+    except ContentError as exc:
+        return _library_page(error=str(exc), status=exc.status, group_form=form)
+    flash(f"group {group['name']}: {len(group['nodes'])} nodes", "ok")
+    return redirect(url_for("content_pages.content"), 303)
+
+
+# ------------------------------------------------------------------ one item
+
+
+def _item_page(key: str, *, version_form: VersionForm | None = None,
+               placement_form: PlacementFields | None = None, error: str = "",
+               status: int = 200) -> Response:
+    lib = library()
+    item = lib.get(key[:64])
+    if version_form is None:
+        cur = item["version"]
+        version_form = VersionForm(formdata=None, title=cur["title"], body=cur["body"],
+                                   price_cents=cur["price_cents"])
+    if placement_form is None:
+        placement_form = PlacementFields(formdata=None)
+        placement_form.fill(item)
+    return _page("content_item.html", status, item=item, versions=lib.versions(item["key"]),
+                 version_form=version_form, placement_form=placement_form,
+                 action_form=ActionForm(), error=error)
+
+
+@bp.get("/content/<key>")
+@requires("content:read")
+def item(key: str) -> ResponseReturnValue:
+    try:
+        return _item_page(key)
+    except ContentError as exc:
+        return _library_page(error=str(exc), status=exc.status)
+
+
+@bp.post("/content/<key>/versions")
+@requires("content:write")
+def create_version(key: str) -> ResponseReturnValue:
+    form = VersionForm()
+    try:
+        if not form.validate_on_submit():
+            return _item_page(key, version_form=form, error=_form_errors(form), status=400)
+        lib = library()
+        current = lib.get(key[:64])
+        if current["retired_at"] is not None:
+            raise ContentError(f"{key!r} is retired; make a new item instead", 409)
+        upload = form.file.data
+        file = None
+        if upload is not None and upload.filename:
+            file = lib.store_file(upload.stream, current["kind"], name=upload.filename[:255])
+        done = lib.revise(_actor(), key[:64], ItemInput(
+            form.title.data, form.body.data or "", form.price_cents.data
+            if form.price_cents.data is not None else None, file,
+            upload.filename[:255] if file is not None else None,
+            drop_file=bool(form.drop_file.data)))
+    except ContentError as exc:
+        if exc.status == 404:
+            return _library_page(error=str(exc), status=404)
+        return _item_page(key, version_form=form, error=str(exc), status=exc.status)
+    flash(f"{key}: version {done['current']} published", "ok")
+    return redirect(url_for("content_pages.item", key=key), 303)
+
+
+@bp.post("/content/<key>/placement")
+@requires("content:write")
+def place(key: str) -> ResponseReturnValue:
+    form = PlacementFields()
+    try:
+        if not form.validate_on_submit():
+            return _item_page(key, placement_form=form, error=_form_errors(form), status=400)
+        library().place(_actor(), key[:64], targets=form.targets(), schedule=form.schedule())
+    except ContentError as exc:
+        if exc.status == 404:
+            return _library_page(error=str(exc), status=404)
+        return _item_page(key, placement_form=form, error=str(exc), status=exc.status)
+    flash(f"{key}: where and when saved", "ok")
+    return redirect(url_for("content_pages.item", key=key), 303)
+
+
+@bp.post("/content/<key>/retire")
+@requires("content:write")
+def retire(key: str) -> ResponseReturnValue:
+    try:
+        library().retire(_actor(), key[:64])
+    except ContentError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("content_pages.content"), 303)
+    flash(f"{key} retired: no node gets it any more", "ok")
+    return redirect(url_for("content_pages.item", key=key), 303)
