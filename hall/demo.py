@@ -178,14 +178,20 @@ class HubProcesses:
     """`tapcast hub web` and `tapcast hub ingest`, each its own process, as deployed."""
 
     def __init__(self, workdir: Path, broker: str, port: int, stream_secret: Path,
-                 database: str | None = None) -> None:
+                 database: str | None = None, signing_key: Path | None = None) -> None:
         self.dir = workdir / "hub"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # A free port chosen now, not by gunicorn: the manifests tell nodes where hub web
+        # is before it listens.
+        port = port or free_port()
         self.config_path = self.dir / "hub.toml"
         self.database = database or str(self.dir / "hub.db")
         conf = cfg.load(HubConfig, data={
             "hub": {"database": self.database, "port": port,
-                    "stream_secret": str(stream_secret), "files": str(self.dir / "files")},
+                    "stream_secret": str(stream_secret), "files": str(self.dir / "files"),
+                    "signing_key": str(signing_key or self.dir / "no-signing-key"),
+                    # nodes fetch content files here; the port is known before web starts
+                    "public_url": f"http://127.0.0.1:{port}"},
             "mqtt": {"broker": broker}}, environ={})
         self.config_path.write_text(cfg.dump(conf))
         # Made in start(), once the database is migrated: an admin account with a random
@@ -360,11 +366,15 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
         broker, owned_broker = _start_broker(workdir, embedded=broker == EMBEDDED)
     # The hub authority's stream secret first: the hub's ingest checks the nodes'
     # batches with it, and the hall provisions each node's stream key from it.
+    from tapcast.keys import HUB_KEY_FILE, HubAuthority
     from tapcast.streamkeys import STREAM_SECRET_FILE, write_stream_secret
 
     write_stream_secret(workdir / "hub-authority")
+    # And its signing key: the hub signs each node's content manifest with it, and the
+    # hall's nodes trust it (their hub.pub).
+    HubAuthority.generate().save(workdir / "hub-authority")
     hub = HubProcesses(workdir, broker, hub_port, workdir / "hub-authority" / STREAM_SECRET_FILE,
-                       database)
+                       database, signing_key=workdir / "hub-authority" / HUB_KEY_FILE)
     summary = Summary(broker=broker)
     try:
         await hub.start()
@@ -400,9 +410,12 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
 
     from tapcast.streamkeys import STREAM_SECRET_FILE, load_stream_secret
 
+    from tapcast.keys import HubAuthority
+
     hall = VirtualHall(workdir, broker, nodes=nodes, handsets=handsets, seed=seed,
                        stream_secret=load_stream_secret(
-                           workdir / "hub-authority" / STREAM_SECRET_FILE))
+                           workdir / "hub-authority" / STREAM_SECRET_FILE),
+                       authority=HubAuthority.load(workdir / "hub-authority"))
     t0 = time.monotonic()
     try:
         await hall.start()

@@ -115,6 +115,7 @@ class VirtualHall:
                  library: Path = LIBRARY, seed: int | None = None, hold_off: float = 0.2,
                  processes: bool = True, node_verbosity: int = 0,
                  stream_secret: bytes | None = None,
+                 authority: HubAuthority | None = None,
                  on_tap: Callable[[TapRecord], None] | None = None) -> None:
         if nodes < 1 or handsets < 1:
             raise ValueError("a hall needs at least one node and one handset")
@@ -130,7 +131,9 @@ class VirtualHall:
         self.processes = processes
         self.node_verbosity = node_verbosity  # -v flags for node processes (their logs)
         self.on_tap = on_tap
-        self.authority = HubAuthority.generate()
+        # The hub's signing key: the hub that serves this hall (its manifests) needs the
+        # same one (hub.toml [hub] signing_key = hub-authority/hub.key, written by start()).
+        self.authority = authority or HubAuthority.generate()
         # The hub's event-stream secret: the hub that ingests this hall's events needs
         # the same one (hub.toml [hub] stream_secret = the file start() writes).
         self.stream_secret = stream_secret or secrets.token_bytes(32)

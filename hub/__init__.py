@@ -48,7 +48,8 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.config["TAPCAST"] = config
     app.json.sort_keys = False  # keep documented field order in API answers
 
-    from hub import accounts_api, accounts_pages, api, auth, content_api, content_pages, pages
+    from hub import (accounts_api, accounts_pages, api, auth, content_api, content_pages,
+                     node_files, pages)
 
     init_db(app)
     auth.init_app(app)  # accounts, session key, sign-in, CSRF, the access gate
@@ -60,6 +61,7 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.register_blueprint(accounts_pages.bp)
     app.register_blueprint(content_api.bp)
     app.register_blueprint(content_pages.bp)
+    app.register_blueprint(node_files.bp)
     api.register_error_handlers(app)
     return app
 

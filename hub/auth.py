@@ -200,7 +200,9 @@ def auth_counts() -> dict[str, int]:
         return {"auth_failures": int(_FAILURES[0]), "login_failures": int(_FAILURES[1])}
 
 
-def _refused(reason: str, *, login: bool = False) -> None:
+def refused(reason: str, *, login: bool = False) -> None:
+    """Count (and log, rate-limited) a request refused for want of a valid credential:
+    a bad token, a failed sign-in, a node file request that does not verify."""
     with _FAILURES.get_lock():
         _FAILURES[0] += 1
         if login:
@@ -259,7 +261,7 @@ def _is_api() -> bool:
 
 def _unauthenticated() -> ResponseReturnValue:
     why = g.get("tapcast_refusal") or "no credential"
-    _refused(why)
+    refused(why)
     if _is_api():
         challenge = f'Bearer realm="{REALM}"'
         if why != "no credential":
@@ -365,7 +367,7 @@ def signin() -> ResponseReturnValue:
     user = accounts().authenticate(username, form.password.data)
     if user is None:
         g.tapcast_login_failed = True
-        _refused("wrong user name or password at sign-in", login=True)
+        refused("wrong user name or password at sign-in", login=True)
         return sign_in_page(SignInForm(formdata=None, username=username),
                             "Wrong user name or password.", 401)
     session.clear()

@@ -36,6 +36,13 @@ class HubSection(msgspec.Struct, forbid_unknown_fields=True):
     # The halls' time zone (IANA name), for content schedules: a window "08:00-10:00"
     # means 8 to 10 there. The preview takes another one when asked.
     timezone: str = "UTC"
+    # The hub's Ed25519 signing key (hub.key from `tapcast keys init-hub`): `hub ingest`
+    # signs each node's content manifest with it. Without it no manifest is published
+    # (nodes keep what they have).
+    signing_key: str = "var/hub/hub.key"
+    # The address nodes reach `hub web` at, for content files ("" = http://host:port
+    # of [hub] above, right for one box; behind a proxy, its URL).
+    public_url: str = ""
 
 
 class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -171,6 +171,7 @@ class Ingest:
         #: subscribed, False when a connection attempt fails or the link is lost (it
         #: keeps retrying either way). ``tapcast hub ingest`` prints these; keep it fast.
         self.link_listener: Callable[[bool, str], None] | None = None
+        self._on_stop: list[Callable[[], None]] = []
         broker = parse_broker_url(mq.broker)
         self._broker = broker
         self._v5 = bool(group)
@@ -235,8 +236,25 @@ class Ingest:
             raise TimeoutError(f"hub ingest's writer process {writer.failure or 'not ready'} "
                                f"within {wait}s")
 
+    def publish_retained(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` retained at QoS 1 (a node's manifest); False when the
+        broker is away (paho queues nothing for a client that is not connected)."""
+        if not self._client.is_connected():
+            return False
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
+
+    def on_stop(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` first thing in ``stop`` (a manifest publisher that
+        publishes through this ingest's connection); None: nothing."""
+        if callback is not None:
+            self._on_stop.append(callback)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Disconnect, store what is already queued, stop the writers."""
+        for callback in self._on_stop:
+            callback()
+        self._on_stop.clear()
         self._stopping.set()
         self._room.set()
         self._client.disconnect()

@@ -220,6 +220,10 @@ def _start_ingest(config: HubConfig, echo: Echo, worker: int = 1) -> tuple[Inges
         raise HubStartError(str(exc)) from None
     ingest.link_listener = _LinkReporter(broker, ingest.client_id, echo)
     ingest.start()
+    if worker == 1:  # one publisher of manifests, however many ingest workers
+        from hub.manifests import start_publisher
+
+        ingest.on_stop(start_publisher(config, db.engine, ingest.publish_retained))
     return ingest, db
 
 

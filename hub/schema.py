@@ -25,7 +25,7 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Float, For
 
 __all__ = ["metadata", "nodes", "streams", "events", "event_counts", "kind_totals",
            "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time", "content_files",
-           "content_items", "content_versions", "content_targets", "node_groups"]
+           "content_items", "content_versions", "content_targets", "node_groups", "manifests"]
 
 # Stable constraint and index names, so migrations can name what they alter.
 metadata = MetaData(naming_convention={
@@ -273,4 +273,16 @@ node_groups = Table(
     Column("name", String(64), primary_key=True),
     Column("node_id", String(NODE_ID_LEN), primary_key=True),
     Index(None, "node_id"),
+)
+
+#: The manifest last published to each node (hub/manifests.py): its serial, a digest of
+#: its body (unchanged: not published again) and when it expires (signed again at half).
+manifests = Table(
+    "manifests", metadata,
+    Column("node_id", String(NODE_ID_LEN), primary_key=True),
+    Column("serial", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("items", Integer, nullable=False),
+    Column("expires", BigInteger, nullable=False),
+    Column("published_at", Time, nullable=False),
 )

@@ -341,6 +341,11 @@ class HubAuthority:
     def load(cls, directory: str | Path) -> HubAuthority:
         return cls(_read_private(Path(directory) / HUB_KEY_FILE))
 
+    @classmethod
+    def load_key_file(cls, path: str | Path) -> HubAuthority:
+        """From the key file itself (``[hub] signing_key``), wherever it lives."""
+        return cls(_read_private(Path(path)))
+
 
 # ------------------------------------------------------------------ credentials
 

@@ -26,6 +26,9 @@ from hub.content import ItemInput
 from hub.content_api import library
 from hub.config import HubConfig
 from hub.migrate import upgrade
+from tapcast.protocol.manifest import file_request_sig
+from tapcast.protocol.mqtt import stream_key
+from tapcast.streamkeys import write_stream_secret
 from tapcast.config import load
 
 PASSWORD = "correct horse battery staple"
@@ -33,6 +36,11 @@ PASSWORD = "correct horse battery staple"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000"
                     "000d4944415478da63f8cfc0f01f0005000201a5c7d2a10000000049454e44ae426082")
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()
+#: The hub's stream secret: node n1's file requests are signed with the key it derives.
+STREAM_SECRET = bytes(range(32))
+NOW = int(time.time())
+NODE_FILE_QUERY = (f"node=n1&ts={NOW}&sig="
+                   f"{file_request_sig(stream_key(STREAM_SECRET, 'n1'), 'n1', PNG_SHA256, NOW)}")
 
 #: What each endpoint needs: "public", "signed in", or its permissions.
 EXPECTED: dict[str, str | frozenset[str]] = {
@@ -82,6 +90,7 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "content_pages.create_version": frozenset({"content:write"}),
     "content_pages.place": frozenset({"content:write"}),
     "content_pages.retire": frozenset({"content:write"}),
+    "node_files.node_file": "public",
 }
 
 #: One request per endpoint: method, URL, and a JSON body or form fields. Changes are
@@ -151,6 +160,7 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                             {"form": {"zones": "z2", "share": "1", "priority": "0",
                                       "cap_per": "day"}}),
     "content_pages.retire": ("POST", "/content/gone/retire", {"form": {}}),
+    "node_files.node_file": ("GET", f"/node/v1/files/{PNG_SHA256}?{NODE_FILE_QUERY}", None),
 }
 
 WHO = ("anonymous", *ROLES)
@@ -165,8 +175,11 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(hub.accounts, "HASHER", cheap_password_hashing())
         path = tmp_path_factory.mktemp("roles") / "hub.db"
+        write_stream_secret(path.parent, STREAM_SECRET)
         config = load(HubConfig, data={"hub": {"database": str(path),
-                                               "files": str(path.parent / "files")}},
+                                               "files": str(path.parent / "files"),
+                                               "stream_secret": str(path.parent /
+                                                                    "stream.secret")}},
                       environ={})
         upgrade(config.hub.database, echo=print)
         app = create_app(config)

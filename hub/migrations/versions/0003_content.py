@@ -1,4 +1,5 @@
-"""Content: files by sha256, items with immutable versions, targeting, node groups.
+"""Content: files by sha256, items with immutable versions, targeting, node groups, and
+the manifest last published to each node.
 
 Revision ID: 0003
 Revises: 0002
@@ -77,9 +78,20 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("name", "node_id", name="pk_node_groups"),
     )
     op.create_index("ix_node_groups_node_id", "node_groups", ["node_id"])
+    op.create_table(
+        "manifests",
+        sa.Column("node_id", sa.String(64), nullable=False),
+        sa.Column("serial", sa.BigInteger, nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("items", sa.Integer, nullable=False),
+        sa.Column("expires", sa.BigInteger, nullable=False),
+        sa.Column("published_at", Time, nullable=False),
+        sa.PrimaryKeyConstraint("node_id", name="pk_manifests"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("manifests")
     op.drop_table("node_groups")
     op.drop_table("content_targets")
     op.drop_table("content_versions")

@@ -1,0 +1,210 @@
+"""Per-node content manifests: built from the library, signed with the hub's key,
+published retained on each node's manifest topic (docs/content.md, "Manifests and
+sync").
+
+Why the ingest process publishes them: it holds the hub's MQTT connection, and a
+retained message needs nothing more than one publish. The web process never talks MQTT;
+a change made there reaches the nodes through the database: every check (``tick``,
+every ``interval`` seconds) rebuilds the manifests of all known nodes from one snapshot
+of the library (a few queries, whatever the number of nodes), and publishes only those
+whose body changed or that near their expiry. Which manifest each node was sent, and
+its digest, is kept in ``manifests``; a restart republishes nothing that is unchanged.
+
+Serials: max(previous + 1, the time in milliseconds), so they only grow, even after the
+hub's database is restored from an older backup (a node refuses a serial below the one
+it runs: "stale").
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy import Engine, select
+
+from tapcast.keys import HubAuthority
+from tapcast.protocol.manifest import (MANIFEST_KIND, Manifest, ManifestFile, ManifestItem,
+                                       encode_manifest, manifest_topic)
+from tapcast.schedule import decode_schedule
+from tapcast.signed import sign_object
+
+from hub.config import HubConfig
+from hub.dbengine import writer
+from hub.schema import (content_files, content_items, content_targets, content_versions,
+                        manifests, node_groups, nodes)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ManifestPublisher", "Snapshot", "files_url", "MANIFEST_LIFETIME"]
+
+#: How long a signed manifest is valid; it is signed again at half of it.
+MANIFEST_LIFETIME = 7 * 86400.0
+#: Seconds between two looks at the library for changes.
+INTERVAL = 2.0
+
+Publish = Callable[[str, bytes], bool]
+
+
+def files_url(config: HubConfig) -> str:
+    """Where nodes fetch files: ``[hub] public_url``, else the address hub web
+    listens on."""
+    if config.hub.public_url:
+        return config.hub.public_url.rstrip("/")
+    host = config.hub.host
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{config.hub.port}"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The live library at one moment: items with their current version, and who each
+    one targets."""
+
+    items: dict[str, ManifestItem]
+    targets: dict[tuple[str, str], list[str]]  # (type, value) -> item keys
+    groups: dict[str, list[str]]  # node id -> its groups
+
+    @classmethod
+    def load(cls, engine: Engine) -> Snapshot:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(content_items.c.key, content_items.c.kind, content_items.c.schedule,
+                       content_versions.c.version, content_versions.c.title,
+                       content_versions.c.body, content_versions.c.price_cents,
+                       content_versions.c.file_sha256, content_versions.c.file_name,
+                       content_files.c.size, content_files.c.media_type)
+                .join(content_versions, (content_versions.c.key == content_items.c.key)
+                      & (content_versions.c.version == content_items.c.current))
+                .outerjoin(content_files,
+                           content_files.c.sha256 == content_versions.c.file_sha256)
+                .where(content_items.c.retired_at.is_(None))).all()
+            target_rows = conn.execute(select(content_targets)).all()
+            group_rows = conn.execute(select(node_groups.c.node_id, node_groups.c.name)).all()
+        items = {}
+        for r in rows:
+            file = None
+            if r.file_sha256 is not None:
+                file = ManifestFile(r.file_sha256, r.size, r.media_type, r.file_name or "file")
+            items[r.key] = ManifestItem(r.key, r.version, r.kind, r.title, r.body,
+                                        r.price_cents, file, decode_schedule(r.schedule))
+        targets: dict[tuple[str, str], list[str]] = {}
+        for key, kind, value in target_rows:
+            if key in items:
+                targets.setdefault((kind, value), []).append(key)
+        groups: dict[str, list[str]] = {}
+        for node_id, name in group_rows:
+            groups.setdefault(node_id, []).append(name)
+        return cls(items, targets, groups)
+
+    def for_node(self, node_id: str, zone: str | None) -> list[ManifestItem]:
+        wanted = [("all", "*"), ("node", node_id)]
+        wanted += [("group", g) for g in self.groups.get(node_id, [])]
+        if zone:
+            wanted.append(("zone", zone))
+        keys = sorted({k for w in wanted for k in self.targets.get(w, [])})
+        return [self.items[k] for k in keys]
+
+
+class ManifestPublisher:
+    """Builds, signs and publishes the manifests of every node the hub knows."""
+
+    def __init__(self, config: HubConfig, engine: Engine, authority: HubAuthority,
+                 publish: Publish, *, lifetime: float = MANIFEST_LIFETIME) -> None:
+        self.engine = engine
+        self._writer = writer(engine)
+        self.authority = authority
+        self.publish = publish
+        self.lifetime = lifetime
+        self.tz = config.hub.timezone
+        self.files_url = files_url(config)
+        self.published = 0
+
+    def tick(self, now: float | None = None) -> int:
+        """Publish the manifests that changed or near their expiry; how many."""
+        now = time.time() if now is None else now
+        snapshot = Snapshot.load(self.engine)
+        with self.engine.connect() as conn:
+            known = conn.execute(select(nodes.c.node_id, nodes.c.zone)).all()
+            sent = {r.node_id: r for r in conn.execute(select(manifests)).all()}
+        count = 0
+        for node_id, zone in known:
+            manifest = Manifest(node_id, self.tz, self.files_url,
+                                snapshot.for_node(node_id, zone))
+            body = encode_manifest(manifest)
+            digest = hashlib.sha256(body).hexdigest()
+            last = sent.get(node_id)
+            if last is not None and last.digest == digest \
+                    and last.expires - now > self.lifetime / 2:
+                continue
+            serial = max((last.serial + 1) if last is not None else 0, int(now * 1000))
+            expires = now + self.lifetime
+            signed = sign_object(self.authority, MANIFEST_KIND, node_id, serial, body,
+                                 expires=expires, issued=now)
+            if not self.publish(manifest_topic(node_id), signed):
+                log.warning("could not publish the manifest of %s (broker away); trying "
+                            "again at the next check", node_id)
+                continue
+            self._record(node_id, serial, digest, expires, now, len(manifest.items),
+                         last is None)
+            count += 1
+            log.info("published manifest %d for %s (%d items)", serial, node_id,
+                     len(manifest.items))
+        self.published += count
+        return count
+
+    def _record(self, node_id: str, serial: int, digest: str, expires: float, now: float,
+                items: int, new: bool) -> None:
+        values: dict[str, Any] = {"serial": serial, "digest": digest, "expires": int(expires),
+                                  "published_at": now, "items": items}
+        with self._writer.begin() as conn:
+            if new:
+                conn.execute(manifests.insert().values(node_id=node_id, **values))
+            else:
+                conn.execute(manifests.update().where(manifests.c.node_id == node_id)
+                             .values(**values))
+
+    def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:
+        """Check every ``interval`` seconds until ``stop``; a failed check is logged
+        and tried again (the database or the broker may be back by then)."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the ingest must outlive a bad check
+                log.exception("manifest check failed; trying again in %.0f s", interval)
+            stop.wait(interval)
+
+
+def start_publisher(config: HubConfig, engine: Engine, publish: Publish,
+                    ) -> Callable[[], None] | None:
+    """The publisher in a thread, or None (logged) when the hub has no signing key;
+    returns what stops it."""
+    from tapcast.keys import KeyFileError
+
+    try:
+        authority = HubAuthority.load_key_file(config.hub.signing_key)
+    except (KeyFileError, OSError, ValueError) as exc:
+        log.warning("content manifests are not published: %s ([hub] signing_key: the "
+                    "hub.key `tapcast keys init-hub` wrote)", exc)
+        return None
+    publisher = ManifestPublisher(config, engine, authority, publish)
+    stop = threading.Event()
+    thread = threading.Thread(target=publisher.run, args=(stop,), name="manifests",
+                              daemon=True)
+    thread.start()
+
+    def stopper() -> None:
+        stop.set()
+        thread.join(10)
+
+    return stopper
+
+
+def manifest_body(signed: bytes) -> dict[str, Any]:
+    """A signed manifest's body as JSON (for logs and tests)."""
+    from tapcast.signed import peek
+
+    return msgspec.json.decode(peek(signed).body)
