@@ -23,6 +23,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import (BooleanField, IntegerField, SelectField, SelectMultipleField,
                      StringField, TextAreaField, widgets)
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
 from hub.auth import Principal, current_principal, requires
@@ -52,7 +53,8 @@ class PlacementFields(FlaskForm):
     nodes = StringField("Single nodes", validators=[Optional(), Length(max=4000)])
     starts = StringField("From (date)", validators=[Optional(), Length(max=10)])
     ends = StringField("Until (date)", validators=[Optional(), Length(max=10)])
-    days = SelectMultipleField("Days", choices=[(str(i), d) for i, d in enumerate(DAYS)],
+    days = SelectMultipleField("Days", choices=[SelectChoice(str(i), d)
+                                                for i, d in enumerate(DAYS)],
                                widget=widgets.ListWidget(prefix_label=False),
                                option_widget=widgets.CheckboxInput())
     windows = StringField("Time windows", validators=[Optional(), Length(max=400)])
@@ -62,7 +64,7 @@ class PlacementFields(FlaskForm):
                          validators=[Optional(), NumberRange(min=1, max=100)])
     cap_count = IntegerField("At most", validators=[Optional(),
                                                     NumberRange(min=1, max=1000)])
-    cap_per = SelectField("per handset per", choices=[("day", "day"), ("week", "week")])
+    cap_per = SelectField("per handset per", choices=["day", "week"])
 
     def targets(self) -> Targets:
         return Targets(bool(self.everywhere.data), _names(self.zones.data),
@@ -104,7 +106,7 @@ class PlacementFields(FlaskForm):
 
 class NewItemForm(PlacementFields):
     key = StringField("Key", validators=[InputRequired(), Length(max=64)])
-    kind = SelectField("Kind", choices=[(k, k) for k in CONTENT_KINDS])
+    kind = SelectField("Kind", choices=list(CONTENT_KINDS))
     title = StringField("Title", validators=[InputRequired(), Length(max=MAX_TITLE)])
     body = TextAreaField("Text", validators=[Optional(), Length(max=MAX_BODY)])
     price_cents = IntegerField("Price (cents)", default=0, validators=[

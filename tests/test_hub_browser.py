@@ -190,3 +190,42 @@ async def test_an_admin_makes_a_token_on_the_page_and_the_audit_log_shows_it(
     await page.get_by_test_id("nav-audit").click()
     newest = page.locator('[data-testid=audit-row][data-action="token.create"]').first
     await expect(newest.get_by_test_id("audit-actor")).to_have_text("ada")
+
+
+async def test_a_marketer_publishes_a_coupon_for_one_zone_and_the_preview_shows_where(
+        page, hub_without_ingest: HubServer, tmp_path: Path) -> None:
+    """The new-item form with a file, as a marketer fills it in Chromium; then the
+    preview of a node in that zone lists the coupon and a node elsewhere does not."""
+    import time
+
+    from playwright.async_api import expect
+
+    from hub import get_db
+    from tapcast.protocol.mqtt import NodeState
+
+    hub = hub_without_ingest
+    now = time.time()
+    get_db(hub.app).write_batch([], states=[
+        (n, NodeState(node_id=n, ts=now, version="1", zone=z, uptime=1.0, outbox_depth=0), now)
+        for n, z in (("n-lobby", "lobby"), ("n-platform", "platform"))])
+    png = tmp_path / "coffee.png"
+    png.write_bytes(bytes.fromhex(
+        "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c4890000000d49444154"
+        "78da63f8cfc0f01f0005000201a5c7d2a10000000049454e44ae426082"))
+    await sign_in(page, hub, "mia", "marketer")
+    await page.get_by_test_id("nav-content").click()
+    await page.get_by_test_id("key").fill("coffee")
+    await page.get_by_test_id("kind").select_option("coupon")
+    await page.get_by_test_id("title").fill("Coffee: second cup free")
+    await page.get_by_test_id("body").fill("Show this at Bean & Leaf.")
+    await page.get_by_test_id("file").set_input_files(str(png))
+    await page.get_by_test_id("zones").fill("lobby")
+    await page.get_by_test_id("publish").click()
+    await expect(page.get_by_test_id("item-title")).to_have_text("Coffee: second cup free")
+    await expect(page.get_by_test_id("item-preview").locator("img")).to_be_visible()
+    await expect(page.get_by_test_id("version-row")).to_have_count(1)
+    for node_id, gets in (("n-lobby", "coffee"), ("n-platform", "nothing")):
+        await page.get_by_test_id("nav-content").click()
+        await page.locator("#node_id").fill(node_id)
+        await page.get_by_test_id("preview").click()
+        await expect(page.get_by_test_id("preview-push")).to_have_text(gets)
