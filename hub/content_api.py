@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from flask import Blueprint, Flask, current_app, jsonify, request, send_file, url_for
 from flask.typing import ResponseReturnValue
 
+from hub import get_db
 from hub.accounts import Actor
 from hub.auth import Principal, current_principal, requires
 from hub.content import (MAX_BODY, MAX_FILE_NAME, MAX_GROUP_NODES, MAX_PRICE_CENTS,
                          MAX_TARGETS, MAX_TITLE, ContentError, ContentLibrary, ItemInput,
                          Targets, parse_schedule)
-from hub.db import QueryError, decode_key_cursor, encode_key_cursor
+from hub.db import MAX_FUNNEL_DAYS, QueryError, decode_key_cursor, encode_key_cursor
 from hub.files import SHA256_RE, FileStore
 from hub.schema import CONTENT_KINDS
 
@@ -100,8 +102,6 @@ class GroupBody(msgspec.Struct, forbid_unknown_fields=True):
 def init_app(app: Flask) -> ContentLibrary:
     """Attach the content library (the database's engine, ``[hub] files``) to ``app``
     and bound request bodies by ``[hub] max_file_mb``."""
-    from hub import get_db
-
     config = app.config["TAPCAST"]
     max_file = config.hub.max_file_mb * 1_000_000
     library = ContentLibrary(get_db(app).engine, FileStore(config.hub.files),
@@ -252,6 +252,46 @@ def retire_content(key: str) -> ResponseReturnValue:
     return jsonify(library().retire(_actor(), _key(key)))
 
 
+def funnel_range(args: Any) -> tuple[int, int]:
+    """Days (since 1970-01-01, UTC) of ``since``..``until`` (YYYY-MM-DD, inclusive),
+    the last 30 days by default; ContentError naming what is wrong."""
+    import datetime as dt
+
+    def day(name: str) -> int | None:
+        raw = args.get(name)
+        if raw is None:
+            return None
+        try:
+            if len(raw) != 10:
+                raise ValueError(raw)
+            return (dt.date.fromisoformat(raw) - dt.date(1970, 1, 1)).days
+        except ValueError:
+            raise ContentError(f"{name}: a date such as 2026-12-01, got {raw[:20]!r}") \
+                from None
+
+    today = int(time.time() // 86400)
+    until = day("until")
+    until = today if until is None else until
+    since = day("since")
+    since = until - 29 if since is None else since
+    if not 0 <= until - since < MAX_FUNNEL_DAYS:
+        raise ContentError(f"since must be on or before until, at most {MAX_FUNNEL_DAYS} "
+                           "days apart")
+    return since, until
+
+
+@bp.get("/content/<key>/funnel")
+@requires("content:read")
+def content_funnel(key: str) -> ResponseReturnValue:
+    """Impressions, taps, deliveries, requests and opens of an item, per day and for
+    the nodes that delivered it most (``since``/``until``: YYYY-MM-DD, UTC days)."""
+    _check_params(("since", "until"))
+    lib = library()
+    lib.get(_key(key))  # 404 for an item that is not in the library
+    since, until = funnel_range(request.args)
+    return jsonify(get_db().funnel(key, since, until))
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -309,8 +349,6 @@ def set_group(name: str) -> ResponseReturnValue:
 def preview() -> ResponseReturnValue:
     """What node ``node_id`` would show in its loop and push after a tap at ``at``
     (default now), in time zone ``tz`` (default ``[hub] timezone``)."""
-    import time
-
     _check_params(("node_id", "at", "tz", "zone"))
     args = request.args
     node_id = args.get("node_id")

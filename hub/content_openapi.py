@@ -12,7 +12,7 @@ from tapcast.schedule import Schedule
 
 from hub.content_api import (DEFAULT_CONTENT_LIMIT, MAX_CONTENT_LIMIT, MAX_CURSOR_LEN,
                              GroupBody, NewItem, NewVersion, Placement, TargetsBody)
-from hub.schema import CONTENT_KINDS
+from hub.schema import CONTENT_KINDS, FUNNEL_STAGES
 
 _REF = "#/components/schemas/"
 _KEY = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
@@ -92,6 +92,18 @@ def content_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
             "post": {"summary": "No node gets the item any more (it stays in the library)",
                      "operationId": "retireContent",
                      "responses": {"200": ok("ContentItem"), **guarded, "404": missing}}},
+        "/api/v1/content/{key}/funnel": {
+            "parameters": [key_param],
+            "get": {"summary": "An item's funnel: impressions, taps, deliveries, requests "
+                               "and opens per day (UTC), and the nodes that delivered it "
+                               "most",
+                    "operationId": "getContentFunnel",
+                    "parameters": [
+                        query("since", {"type": "string", "format": "date"},
+                              "first day (default: 29 days before until)"),
+                        query("until", {"type": "string", "format": "date"},
+                              "last day (default: today)")],
+                    "responses": {"200": ok("Funnel"), **guarded, "404": missing}}},
         "/api/v1/files": {
             "post": {"summary": "Upload a file for an item of a kind: the raw bytes as the "
                                 "body. Its type is read from the bytes; refused whole when "
@@ -184,6 +196,8 @@ def content_schemas() -> dict[str, Any]:
                            "updated_at": {"type": "number"},
                            "retired_at": {"type": ["number", "null"]}}}
     strings = {"type": "array", "items": {"type": "string"}}
+    counts = {"type": "object", "required": list(FUNNEL_STAGES),
+              "properties": {st: {"type": "integer", "minimum": 0} for st in FUNNEL_STAGES}}
     return {
         **components,
         "ContentVersion": version,
@@ -204,6 +218,18 @@ def content_schemas() -> dict[str, Any]:
         "GroupList": {"type": "object", "required": ["groups"],
                       "properties": {"groups": {"type": "array",
                                                 "items": {"$ref": _REF + "Group"}}}},
+        "Funnel": {"type": "object",
+                   "required": ["item_key", "stages", "totals", "by_day", "by_node"],
+                   "properties": {
+                       "item_key": _KEY, "stages": strings,
+                       "totals": counts,
+                       "by_day": {"type": "array", "items": {
+                           "allOf": [counts, {"type": "object", "required": ["day"],
+                                              "properties": {"day": {"type": "string"}}}]}},
+                       "by_node": {"type": "array", "items": {
+                           "allOf": [counts, {"type": "object", "required": ["node_id"],
+                                              "properties": {"node_id": {
+                                                  "type": "string"}}}]}}}},
         "Preview": {"type": "object",
                     "required": ["node_id", "at", "tz", "targeted", "active", "loop", "push"],
                     "properties": {"node_id": {"type": "string"}, "at": {"type": "number"},

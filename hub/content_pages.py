@@ -252,6 +252,34 @@ def set_group() -> ResponseReturnValue:
 # ------------------------------------------------------------------ one item
 
 
+def _funnel(key: str) -> dict[str, Any]:
+    from hub import get_db
+    from hub.content_api import funnel_range
+
+    since, until = funnel_range(request.args)
+    return get_db().funnel(key, since, until)
+
+
+def _charts(funnel: dict[str, Any]) -> dict[str, str]:
+    """The funnel as two SVG charts (pygal; rendered here, no script from elsewhere)."""
+    import pygal
+
+    common = {"js": [], "disable_xml_declaration": True, "height": 320, "width": 860,
+              "legend_at_bottom": True, "show_minor_x_labels": False}
+    by_day = pygal.Line(title="Per day (UTC)", x_label_rotation=30,
+                        x_labels_major_every=7, **common)
+    by_day.x_labels = [d["day"] for d in funnel["by_day"]]
+    for stage in funnel["stages"]:
+        by_day.add(stage, [d[stage] for d in funnel["by_day"]])
+    by_node = pygal.HorizontalBar(title="The nodes that delivered it most", **common)
+    by_node.x_labels = [n["node_id"] for n in funnel["by_node"]]
+    for stage in funnel["stages"]:
+        if stage != "tap":
+            by_node.add(stage, [n[stage] for n in funnel["by_node"]])
+    return {"by_day": by_day.render(is_unicode=True),
+            "by_node": by_node.render(is_unicode=True) if funnel["by_node"] else ""}
+
+
 def _item_page(key: str, *, version_form: VersionForm | None = None,
                placement_form: PlacementFields | None = None, error: str = "",
                status: int = 200) -> Response:
@@ -264,9 +292,22 @@ def _item_page(key: str, *, version_form: VersionForm | None = None,
     if placement_form is None:
         placement_form = PlacementFields(formdata=None)
         placement_form.fill(item)
+    try:
+        funnel = _funnel(item["key"])
+    except ContentError as exc:
+        funnel, error = _funnel_default(item["key"]), error or str(exc)
+        status = 400 if status == 200 else status
     return _page("content_item.html", status, item=item, versions=lib.versions(item["key"]),
                  version_form=version_form, placement_form=placement_form,
-                 action_form=ActionForm(), error=error)
+                 action_form=ActionForm(), error=error, funnel=funnel,
+                 charts=_charts(funnel))
+
+
+def _funnel_default(key: str) -> dict[str, Any]:
+    from hub import get_db
+
+    today = int(time.time() // 86400)
+    return get_db().funnel(key, today - 29, today)
 
 
 @bp.get("/content/<key>")
@@ -332,3 +373,31 @@ def retire(key: str) -> ResponseReturnValue:
         return redirect(url_for("content_pages.content"), 303)
     flash(f"{key} retired: no node gets it any more", "ok")
     return redirect(url_for("content_pages.item", key=key), 303)
+
+
+@bp.get("/content/<key>/funnel.csv")
+@requires("content:read")
+def funnel_csv(key: str) -> ResponseReturnValue:
+    """The funnel as CSV (``by=day``, the default, or ``by=node``), for a spreadsheet."""
+    import csv
+    import io
+
+    try:
+        library().get(key[:64])
+        funnel = _funnel(key[:64])
+    except ContentError as exc:
+        return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
+    by = request.args.get("by", "day")
+    if by not in ("day", "node"):
+        return Response("by must be day or node\n", status=400, mimetype="text/plain")
+    rows = funnel["by_day"] if by == "day" else funnel["by_node"]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    first = "day" if by == "day" else "node_id"
+    writer.writerow([first, *funnel["stages"]])
+    for row in rows:
+        writer.writerow([row[first], *(row[s] for s in funnel["stages"])])
+    response = Response(out.getvalue(), mimetype="text/csv")
+    response.headers["Content-Disposition"] = \
+        f'attachment; filename="{key[:64]}-funnel-by-{by}.csv"'
+    return response

@@ -42,6 +42,7 @@ import base64
 import functools
 import hashlib
 import logging
+import re
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -59,7 +60,8 @@ from tapcast.protocol.mqtt import MAX_EVENT_DATA, BatchHeader, Event, EventBatch
 
 from hub.dbengine import StorageError, make_engine, reason, shown_url, writer
 from hub.migrate import check_current
-from hub.schema import (KIND_TOTAL_SHARDS, event_counts, events, incidents, kind_totals, nodes,
+from hub.schema import (FUNNEL_STAGES, KIND_TOTAL_SHARDS, event_counts, events,
+                        funnel_daily, funnel_totals, incidents, kind_totals, nodes,
                         quarantine, streams)
 
 log = logging.getLogger(__name__)
@@ -316,6 +318,52 @@ class HubDB:
             })
         return out
 
+    def funnel(self, item_key: str, first_day: int, last_day: int, *,
+               top_nodes: int = 20) -> dict[str, Any]:
+        """An item's funnel over days ``first_day``..``last_day`` (days since 1970-01-01,
+        UTC): totals and each day from the maintained totals (a row per day and stage),
+        the fleet's taps per day beside them, and the ``top_nodes`` nodes that delivered
+        it most (this part reads the item's rows per node in the range)."""
+        if not 0 <= last_day - first_day < MAX_FUNNEL_DAYS:
+            raise QueryError(f"a funnel covers 1 to {MAX_FUNNEL_DAYS} days")
+        days = range(first_day, last_day + 1)
+        by_day = {d: dict.fromkeys(FUNNEL_STAGES, 0) for d in days}
+        with self.engine.connect() as conn:
+            for key, day, stage, n in conn.execute(
+                    select(funnel_totals.c.item_key, funnel_totals.c.day,
+                           funnel_totals.c.stage, funnel_totals.c.n)
+                    .where(funnel_totals.c.item_key.in_([item_key, "*"]),
+                           funnel_totals.c.day.between(first_day, last_day))):
+                if stage in by_day[day] and (key == item_key) == (stage != "tap"):
+                    by_day[day][stage] += int(n)
+            per_node = func.sum(funnel_daily.c.n)
+            ranked = conn.execute(
+                select(funnel_daily.c.node_id, per_node.label("n"))
+                .where(funnel_daily.c.item_key == item_key,
+                       funnel_daily.c.day.between(first_day, last_day),
+                       funnel_daily.c.stage == "delivery")
+                .group_by(funnel_daily.c.node_id)
+                .order_by(per_node.desc(), funnel_daily.c.node_id).limit(top_nodes)).all()
+            top = [r.node_id for r in ranked]
+            by_node = {n: dict.fromkeys(FUNNEL_STAGES, 0) for n in top}
+            if top:
+                for node_id, stage, n in conn.execute(
+                        select(funnel_daily.c.node_id, funnel_daily.c.stage,
+                               func.sum(funnel_daily.c.n))
+                        .where(funnel_daily.c.item_key == item_key,
+                               funnel_daily.c.day.between(first_day, last_day),
+                               funnel_daily.c.node_id.in_(top))
+                        .group_by(funnel_daily.c.node_id, funnel_daily.c.stage)):
+                    if stage in by_node[node_id]:
+                        by_node[node_id][stage] = int(n)
+        totals = dict.fromkeys(FUNNEL_STAGES, 0)
+        for counts in by_day.values():
+            for stage, n in counts.items():
+                totals[stage] += n
+        return {"item_key": item_key, "stages": list(FUNNEL_STAGES), "totals": totals,
+                "by_day": [{"day": _day_text(d), **by_day[d]} for d in days],
+                "by_node": [{"node_id": n, **by_node[n]} for n in top]}
+
     def event_totals(self) -> dict[str, Any]:
         """Counts over all nodes: total, per kind, auth verdicts ok/rejected (from the
         maintained totals: a few rows per kind, whatever the fleet's size)."""
@@ -437,6 +485,27 @@ class _Statements:
             index_elements=["shard", "kind"],
             set_={"n": kind_totals.c.n + totals.excluded.n,
                   "ok": kind_totals.c.ok + totals.excluded.ok})
+        funnel = self.insert(funnel_daily)
+        self.add_funnel = funnel.on_conflict_do_update(
+            index_elements=["item_key", "day", "node_id", "stage"],
+            set_={"n": funnel_daily.c.n + funnel.excluded.n})
+        self.add_funnel_pg = text(
+            "INSERT INTO funnel_daily (item_key, day, node_id, stage, n) SELECT * FROM "
+            "unnest(CAST(:item_key AS varchar[]), CAST(:day AS integer[]), "
+            "CAST(:node_id AS varchar[]), CAST(:stage AS varchar[]), CAST(:n AS bigint[])) "
+            "AS v(item_key, day, node_id, stage, n) ORDER BY item_key, day, node_id, stage "
+            "ON CONFLICT (item_key, day, node_id, stage) DO UPDATE SET "
+            "n = funnel_daily.n + excluded.n")
+        funnel_day = self.insert(funnel_totals)
+        self.add_funnel_totals = funnel_day.on_conflict_do_update(
+            index_elements=["item_key", "day", "stage"],
+            set_={"n": funnel_totals.c.n + funnel_day.excluded.n})
+        self.add_funnel_totals_pg = text(
+            "INSERT INTO funnel_totals (item_key, day, stage, n) SELECT * FROM "
+            "unnest(CAST(:item_key AS varchar[]), CAST(:day AS integer[]), "
+            "CAST(:stage AS varchar[]), CAST(:n AS bigint[])) AS v(item_key, day, stage, n) "
+            "ORDER BY item_key, day, stage ON CONFLICT (item_key, day, stage) DO UPDATE SET "
+            "n = funnel_totals.n + excluded.n")
         self.update_streams = update(streams).where(
             streams.c.node_id == bindparam("s_node"), streams.c.epoch == bindparam("s_epoch")
         ).values(acked_seq=bindparam("s_acked"), lost=streams.c.lost + bindparam("s_lost"),
@@ -625,6 +694,7 @@ class _Writer:
         self.sql = sql
         self.rows: list[tuple[Any, ...]] = []  # new events, in EVENT_COLUMNS order
         self.counts: dict[tuple[str, str], tuple[int, int]] = {}
+        self.funnel: dict[tuple[str, int, str, str], int] = {}  # (item, day, node, stage)
         self.acked: dict[tuple[str, str], int] = {}  # locked streams -> acked_seq
         self.high: dict[tuple[str, str], int] = {}  # locked streams -> highest stored seq
         self.lost_in: dict[tuple[str, str], int] = {}  # seqs found lost now, per stream
@@ -704,7 +774,7 @@ class _Writer:
         for n, ep, seq, i in self.sql.stored_ids(self.conn, grouped):
             by_stream[(n, ep)][seq] = i
         received = self.received
-        rows, counts = self.rows, self.counts
+        rows, counts, funnel = self.rows, self.counts, self.funnel
         for node_id, epoch in keys:
             stored = by_stream[(node_id, epoch)]
             # stored already or now: the contiguous walk goes through them
@@ -733,6 +803,11 @@ class _Writer:
                     ok = 1 if kind == "auth" and e.data.get("ok") is True else 0
                     n, k = counts.get((node_id, kind), (0, 0))
                     counts[(node_id, kind)] = (n + 1, k + ok)
+                    if kind in _FUNNEL:
+                        item = "*" if kind == "tap" else e.data.get("item_id")
+                        if kind == "tap" or type(item) is str and _ITEM_KEY.fullmatch(item):
+                            at = (item, int(e.ts // 86400), node_id, kind)
+                            funnel[at] = funnel.get(at, 0) + 1
             if clashes:
                 self.conflicts += len(clashes)
                 shown = ", ".join(map(str, clashes[:self.MAX_DETAIL_SEQS]))
@@ -759,6 +834,16 @@ class _Writer:
         self.sql.many(self.conn, "add_totals", [
             {"shard": shard, "kind": kind, "n": c, "ok": ok}
             for (shard, kind), (c, ok) in sorted(totals.items())])
+        if self.funnel:
+            self.sql.many(self.conn, "add_funnel", [
+                {"item_key": i, "day": d, "node_id": n, "stage": st, "n": c}
+                for (i, d, n, st), c in sorted(self.funnel.items())])
+            day_totals: dict[tuple[str, int, str], int] = {}
+            for (i, d, _, st), c in self.funnel.items():
+                day_totals[(i, d, st)] = day_totals.get((i, d, st), 0) + c
+            self.sql.many(self.conn, "add_funnel_totals", [
+                {"item_key": i, "day": d, "stage": st, "n": c}
+                for (i, d, st), c in sorted(day_totals.items())])
 
     def quarantine(self, q: Quarantined) -> None:
         header = q.header
@@ -872,6 +957,17 @@ def _sqlite(conn: Connection) -> Any:
 
 
 EVENT_COLUMNS = ("node_id", "epoch", "seq", "id", "kind", "ts", "data", "received")
+#: Longest funnel report, in days.
+MAX_FUNNEL_DAYS = 366
+
+
+def _day_text(day: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400))
+
+
+#: Event kinds that are funnel stages (their data.item_id names the item; taps: "*").
+_FUNNEL = frozenset(FUNNEL_STAGES)
+_ITEM_KEY = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _INSERT_EVENTS_SQLITE = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 

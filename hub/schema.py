@@ -25,7 +25,7 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Float, For
 
 __all__ = ["metadata", "nodes", "streams", "events", "event_counts", "kind_totals",
            "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time", "content_files",
-           "content_items", "content_versions", "content_targets", "node_groups", "manifests"]
+           "content_items", "content_versions", "content_targets", "node_groups", "manifests", "funnel_daily", "funnel_totals", "FUNNEL_STAGES"]
 
 # Stable constraint and index names, so migrations can name what they alter.
 metadata = MetaData(naming_convention={
@@ -285,4 +285,28 @@ manifests = Table(
     Column("items", Integer, nullable=False),
     Column("expires", BigInteger, nullable=False),
     Column("published_at", Time, nullable=False),
+)
+
+#: The funnel, counted as events arrive (in the ingest's transaction, like
+#: ``event_counts``), so a report reads a few rows per day instead of scanning events:
+#: per item, day (UTC, of the event's own time) and node, how many of each stage.
+#: ``item_key`` "*" holds what belongs to no item (taps).
+FUNNEL_STAGES = ("impression", "tap", "delivery", "request", "open")
+funnel_daily = Table(
+    "funnel_daily", metadata,
+    Column("item_key", String(CONTENT_KEY_LEN), primary_key=True),
+    Column("day", Integer, primary_key=True, autoincrement=False),  # days since 1970-01-01
+    Column("node_id", String(NODE_ID_LEN), primary_key=True),
+    Column("stage", String(16), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+#: The same per item and day for all nodes together: what the funnel's totals and daily
+#: chart read (a row per day and stage, however many nodes carried the item).
+funnel_totals = Table(
+    "funnel_totals", metadata,
+    Column("item_key", String(CONTENT_KEY_LEN), primary_key=True),
+    Column("day", Integer, primary_key=True, autoincrement=False),
+    Column("stage", String(16), primary_key=True),
+    Column("n", BigInteger, nullable=False),
 )

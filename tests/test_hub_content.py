@@ -381,3 +381,59 @@ def test_the_form_publishes_an_item_and_its_page_shows_it(
     page = client.get(r.headers["Location"]).get_data(as_text=True)
     assert "Second cup free" in page and item["version"]["file"]["sha256"] in page
     assert json.loads(json.dumps(item))["version"]["created_by"] == "mia"
+
+
+# ------------------------------------------------------------------ funnel
+
+
+def funnel_events(app: Flask) -> None:
+    """Two days of one coupon's life at two nodes, as the ingest stores them."""
+    from tapcast.protocol.mqtt import Event
+
+    day1, day2 = 20_000 * 86400.0 + 3600, 20_001 * 86400.0 + 3600  # 2024-10-04, -05
+    events = []
+    for node, when, kind, item in [
+            ("n1", day1, "impression", "coffee"), ("n1", day1, "impression", "coffee"),
+            ("n1", day1, "tap", None), ("n1", day1, "delivery", "coffee"),
+            ("n1", day2, "request", "coffee"), ("n1", day2, "delivery", "coffee"),
+            ("n2", day2, "delivery", "coffee"), ("n2", day2, "delivery", "tea"),
+            ("n2", day2, "tap", None), ("n2", day2, "delivery", "bad key!")]:
+        data = {} if item is None else {"item_id": item}
+        events.append((node, kind, when, data))
+    seqs: dict[str, int] = {}
+    rows = []
+    for node, kind, when, data in events:
+        seqs[node] = seqs.get(node, 0) + 1
+        rows.append((node, Event(id=f"{node}-{seqs[node]}", seq=seqs[node], kind=kind,
+                                 ts=when, data=data)))
+    get_db(app).write_batch(rows)
+
+
+def test_the_funnel_counts_each_stage_per_day_and_per_node(app: Flask) -> None:
+    funnel_events(app)
+    f = get_db(app).funnel("coffee", 20_000, 20_001)
+    assert f["totals"] == {"impression": 2, "tap": 2, "delivery": 3, "request": 1, "open": 0}
+    assert [(d["day"], d["impression"], d["delivery"], d["tap"]) for d in f["by_day"]] == \
+        [("2024-10-04", 2, 1, 1), ("2024-10-05", 0, 2, 1)]
+    assert [(n["node_id"], n["delivery"]) for n in f["by_node"]] == [("n1", 2), ("n2", 1)]
+
+
+def test_the_funnel_api_and_its_csv(app: Flask, config: HubConfig, lib: ContentLibrary) -> None:
+    coupon(lib)
+    funnel_events(app)
+    token = api_token(config, "f", user="max", role="marketer")
+    c = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    r = c.get("/api/v1/content/coffee/funnel?since=2024-10-04&until=2024-10-05", headers=auth)
+    assert r.status_code == 200 and r.json["totals"]["delivery"] == 3
+    assert c.get("/api/v1/content/coffee/funnel?since=2024-10-06&until=2024-10-05",
+                 headers=auth).status_code == 400
+    assert c.get("/api/v1/content/nope/funnel", headers=auth).status_code == 404
+    client, _ = signed_in_marketer(app, config)
+    csv_text = client.get("/content/coffee/funnel.csv?since=2024-10-04&until=2024-10-05"
+                          ).get_data(as_text=True)
+    assert csv_text.splitlines() == ["day,impression,tap,delivery,request,open",
+                                     "2024-10-04,2,1,1,0,0", "2024-10-05,0,1,2,1,0"]
+    page = client.get("/content/coffee?since=2024-10-04&until=2024-10-05"
+                      ).get_data(as_text=True)
+    assert 'data-testid="funnel-delivery">3<' in page and "<svg" in page

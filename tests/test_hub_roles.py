@@ -91,6 +91,8 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "content_pages.place": frozenset({"content:write"}),
     "content_pages.retire": frozenset({"content:write"}),
     "node_files.node_file": "public",
+    "content_api.content_funnel": frozenset({"content:read"}),
+    "content_pages.funnel_csv": frozenset({"content:read"}),
 }
 
 #: One request per endpoint: method, URL, and a JSON body or form fields. Changes are
@@ -161,6 +163,8 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                                       "cap_per": "day"}}),
     "content_pages.retire": ("POST", "/content/gone/retire", {"form": {}}),
     "node_files.node_file": ("GET", f"/node/v1/files/{PNG_SHA256}?{NODE_FILE_QUERY}", None),
+    "content_api.content_funnel": ("GET", "/api/v1/content/target/funnel", None),
+    "content_pages.funnel_csv": ("GET", "/content/target/funnel.csv", None),
 }
 
 WHO = ("anonymous", *ROLES)

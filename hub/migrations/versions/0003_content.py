@@ -1,5 +1,5 @@
-"""Content: files by sha256, items with immutable versions, targeting, node groups, and
-the manifest last published to each node.
+"""Content: files by sha256, items with immutable versions, targeting, node groups, the
+manifest last published to each node, and the funnel's daily counts.
 
 Revision ID: 0003
 Revises: 0002
@@ -88,9 +88,29 @@ def upgrade() -> None:
         sa.Column("published_at", Time, nullable=False),
         sa.PrimaryKeyConstraint("node_id", name="pk_manifests"),
     )
+    op.create_table(
+        "funnel_daily",
+        sa.Column("item_key", sa.String(64), nullable=False),
+        sa.Column("day", sa.Integer, nullable=False, autoincrement=False),
+        sa.Column("node_id", sa.String(64), nullable=False),
+        sa.Column("stage", sa.String(16), nullable=False),
+        sa.Column("n", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("item_key", "day", "node_id", "stage",
+                                name="pk_funnel_daily"),
+    )
+    op.create_table(
+        "funnel_totals",
+        sa.Column("item_key", sa.String(64), nullable=False),
+        sa.Column("day", sa.Integer, nullable=False, autoincrement=False),
+        sa.Column("stage", sa.String(16), nullable=False),
+        sa.Column("n", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("item_key", "day", "stage", name="pk_funnel_totals"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("funnel_totals")
+    op.drop_table("funnel_daily")
     op.drop_table("manifests")
     op.drop_table("node_groups")
     op.drop_table("content_targets")
