@@ -1,0 +1,134 @@
+"""The hall display page and the WLAN file server (node/display.py), over real HTTP:
+the node decides what the page shows, each slot a page shows is an impression, taps and
+the hub's absence reach the page at once, and WLAN links are short-lived and
+unforgeable."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from node.display import Display, DisplayItem
+
+ITEMS = [DisplayItem("welcome", "Welcome", "article", "Hello"),
+         DisplayItem("coffee", "Coffee", "coupon", "Second cup free", 0)]
+BLOB = bytes(range(256)) * 40
+SHA = hashlib.sha256(BLOB).hexdigest()
+
+
+class Hall:
+    def __init__(self) -> None:
+        self.items = list(ITEMS)
+        self.online = True
+        self.impressions: list[str] = []
+
+
+@pytest.fixture
+async def hall(tmp_path: Path) -> AsyncIterator[tuple[Display, Hall]]:
+    (tmp_path / SHA).write_bytes(BLOB)
+    state = Hall()
+    display = Display(loop=lambda now: state.items, online=lambda: state.online,
+                      on_impression=state.impressions.append, files_dir=tmp_path,
+                      slot_seconds=0.05)
+    await display.start()
+    yield display, state
+    await display.stop()
+
+
+async def frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, object]]:
+    """Server-sent events as (event, data)."""
+    event = ""
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            yield event, json.loads(line[6:])
+
+
+async def next_event(stream: AsyncIterator[tuple[str, object]], kind: str) -> object:
+    async def find() -> object:
+        async for event, data in stream:
+            if event == kind:
+                return data
+        raise AssertionError("stream ended")
+    return await asyncio.wait_for(find(), 5)
+
+
+async def test_the_page_is_served_with_the_call_to_action(hall: tuple[Display, Hall]) -> None:
+    display, _ = hall
+    async with aiohttp.ClientSession() as http, http.get(display.url + "/") as r:
+        page = await r.text()
+    assert r.status == 200 and "Tap your phone here" in page and "EventSource" in page
+
+
+async def test_an_open_page_shows_the_loop_and_each_slot_is_an_impression(
+        hall: tuple[Display, Hall]) -> None:
+    display, state = hall
+    assert state.impressions == []  # nobody looks yet: nothing shown, nothing counted
+    async with aiohttp.ClientSession() as http, http.get(display.url + "/events") as r:
+        stream = frames(r)
+        shown = [await next_event(stream, "show") for _ in range(4)]
+    assert [s["key"] for s in shown] == ["welcome", "coffee", "welcome", "coffee"]
+    assert state.impressions[:4] == ["welcome", "coffee", "welcome", "coffee"]
+
+
+async def test_no_page_open_records_no_impression(hall: tuple[Display, Hall]) -> None:
+    display, state = hall
+    await asyncio.sleep(display.slot_seconds * 4)  # slots pass with nobody looking
+    assert state.impressions == [] and display.impressions == 0
+
+
+async def test_a_taps_feedback_and_the_offline_badge_reach_the_page_at_once(
+        hall: tuple[Display, Hall]) -> None:
+    display, state = hall
+    async with aiohttp.ClientSession() as http, http.get(display.url + "/events") as r:
+        stream = frames(r)
+        assert await next_event(stream, "status") == {"online": True}
+        display.tap_feedback(3)
+        assert (await next_event(stream, "tap"))["text"] == "3 items sent to your phone"
+        state.online = False
+        display.status_changed()
+        assert await next_event(stream, "status") == {"online": False}
+
+
+async def test_a_wlan_link_serves_the_file_with_ranges_until_it_expires(
+        hall: tuple[Display, Hall]) -> None:
+    display, _ = hall
+    url = display.wlan_url(SHA, ttl=60)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as r:
+            assert r.status == 200 and await r.read() == BLOB
+        async with http.get(url, headers={"Range": "bytes=100-"}) as r:
+            assert r.status == 206 and await r.read() == BLOB[100:]
+        expired = display.wlan_url(SHA, ttl=-1)
+        async with http.get(expired) as r:
+            assert r.status == 403 and "expired" in (await r.json())["error"]
+
+
+@pytest.mark.parametrize("tamper", ["sig", "exp", "sha", "missing"])
+async def test_a_forged_wlan_link_is_refused(hall: tuple[Display, Hall], tamper: str) -> None:
+    display, _ = hall
+    url = display.wlan_url(SHA, ttl=60)
+    base, _, query = url.partition("?")
+    exp, sig = (p.split("=", 1)[1] for p in query.split("&"))
+    forged = {"sig": f"{base}?exp={exp}&sig={'0' * 64}",
+              "exp": f"{base}?exp={int(exp) + 1000}&sig={sig}",
+              "sha": f"{base.rsplit('/', 1)[0]}/{'a' * 64}?exp={exp}&sig={sig}",
+              "missing": base}[tamper]
+    async with aiohttp.ClientSession() as http, http.get(forged) as r:
+        assert r.status == 403
+
+
+async def test_an_empty_loop_shows_the_name_and_counts_nothing(
+        hall: tuple[Display, Hall]) -> None:
+    display, state = hall
+    state.items = []
+    async with aiohttp.ClientSession() as http, http.get(display.url + "/events") as r:
+        assert await next_event(frames(r), "show") is None
+    assert state.impressions == []
