@@ -13,7 +13,8 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True):
     zone: str = "default"
     data_dir: str = "var/node"
     # Content library TOML (content/library.toml format) that seeds the local store at
-    # start. Until signed bundles come from the hub this is how content reaches a node.
+    # start, until the node has applied a signed manifest from the hub (node.sync); from
+    # then on the hub's content is kept across restarts and this file is not read.
     library: str = ""
     # Seconds a BLE session waits for the customer's next request before saying bye.
     idle_timeout: float = 5.0

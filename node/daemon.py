@@ -19,13 +19,14 @@ from tapcast import __version__
 from tapcast.clock import FLOOR_FILE, BestTime
 from tapcast.keys import NodeCredentials, load_node_credentials
 from tapcast.protocol import ble
-from tapcast.protocol.mqtt import NodeState
+from tapcast.protocol.mqtt import MAX_SEQ, NodeState
 from tapcast.protocol.nfc import NodeAuth
 
 from node.config import NodeConfig
 from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome
 from node.outbox import Outbox
 from node.store import ContentStore, Item, load_library
+from node.sync import ContentSync
 from node.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -86,17 +87,19 @@ class NodeDaemon:
         if self.credentials.node_id != config.node.id:
             raise ValueError(f"node certificate is for {self.credentials.node_id!r} but the "
                              f"config says [node] id = {config.node.id!r}; re-provision the keys")
-        self.store = ContentStore(self.data_dir / "content.db")
-        if config.node.library:
+        # Certificate validity and content schedules are checked against the node's
+        # best time (tapcast.clock): a Pi without a real-time clock may boot offline days off.
+        self.best_time = BestTime(self.data_dir / FLOOR_FILE)
+        self.store = ContentStore(self.data_dir / "content.db", clock=self.best_time.now)
+        # The library seeds a node that never ran a manifest from the hub; one that did
+        # keeps it across restarts (the hub's content wins over the seed).
+        if config.node.library and self.store.content_serial() == 0:
             library = Path(config.node.library)
             self.store.replace_all(load_library(library if library.is_absolute() else base / library,
                                                 config.node.zone))
         self.outbox = Outbox(self.data_dir / "outbox.db")
         self.counters = Counters()
         self.revoked: Container[str] = revoked
-        # Certificate validity is checked against the node's best time (tapcast.clock):
-        # a Pi without a real-time clock may boot offline days off.
-        self.best_time = BestTime(self.data_dir / FLOOR_FILE)
         self.auth = NodeAuth(self.credentials, revoked=lambda: self.revoked,
                              clock=self.best_time.now,
                              clock_trusted=lambda: self.best_time.trusted)
@@ -104,9 +107,15 @@ class NodeDaemon:
         if stream_key is None:
             from tapcast.streamkeys import load_node_stream_key
             stream_key = load_node_stream_key(base / config.keys.stream_key)
+        self.sync = ContentSync(config.node.id, self.store, self.outbox,
+                                self.credentials.hub_keyring, stream_key, self.data_dir / "files",
+                                clock=self.best_time.now,
+                                clock_trusted=lambda: self.best_time.trusted,
+                                on_event=self._on_sync_event)
         self.uplink = Uplink(config.node.id, config.mqtt, self.outbox, stream_key,
                              zone=config.node.zone, on_hub_time=self.best_time.observe_hub_time,
-                             version=__version__, state_provider=self.state, base_dir=base)
+                             on_manifest=self.sync.offer, version=__version__,
+                             state_provider=self.state, base_dir=base)
         self.on_tap = on_tap
         self.reader: NfcReader | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -127,7 +136,8 @@ class NodeDaemon:
                          deliveries=c.deliveries, failures=c.failures,
                          reader=reader["state"], reader_reason=reader["reason"][:200],
                          time_trusted=self.best_time.trusted,
-                         time_source=self.best_time.source()[:64])
+                         time_source=self.best_time.source()[:64],
+                         content_serial=min(self.store.content_serial(), MAX_SEQ))
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -179,6 +189,7 @@ class NodeDaemon:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.sync.close()
         await self.uplink.stop()
         await self.push.close()
         self.outbox.close()
@@ -197,6 +208,13 @@ class NodeDaemon:
             return {"state": "stopped", "device": self.config.nfc.device, "since": 0.0,
                     "reason": "", "failures": 0, "retry_in": 0.0}
         return self.reader.status.as_dict()
+
+    def _on_sync_event(self, kind: str) -> None:
+        """Content sync recorded an event: send it; a swap also changes the state's
+        content_serial, which operators should see now, not at the heartbeat."""
+        self.uplink.notify()
+        if kind == "manifest_applied":
+            self.uplink.publish_state()
 
     def _on_reader_status(self, status: ReaderStatus) -> None:
         """Runs on the loop. A failure is one "error" event (the reader logged it);

@@ -14,6 +14,10 @@ and the window bookkeeping need no locks. Only the blocking TCP connect runs in 
 executor, so an unreachable broker (SYN timeouts) never stalls the node's tap handling.
 paho's own reconnect is not used: it retries one host without jitter, and the node must
 fail over across ``mqtt.brokers``.
+
+Given ``on_manifest``, the uplink also subscribes to the node's retained manifest topic
+and hands each payload to it on the loop (node.sync checks it); one over
+tapcast.signed.MAX_SIZE is refused here, unread.
 """
 from __future__ import annotations
 
@@ -39,7 +43,9 @@ from tapcast.protocol.mqtt import (ACK_CONTEXT, OFFLINE, ONLINE, EventBatch, For
                                    NodeState, PayloadError, decode_ack, encode,
                                    events_ack_topic, events_topic, open_sealed, seal_batch,
                                    state_topic, status_topic)
+from tapcast.protocol.manifest import manifest_topic
 from tapcast.ratelog import RateLimitedLog
+from tapcast.signed import MAX_SIZE as MAX_SIGNED_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ class Uplink:
                  zone: str = "default", version: str = "0",
                  state_provider: Callable[[], NodeState] | None = None,
                  on_hub_time: Callable[[float], None] | None = None,
+                 on_manifest: Callable[[bytes], None] | None = None,
                  heartbeat_interval: float = 30.0, ack_timeout: float = 10.0,
                  window: int = 16, backoff_min: float = 0.5, backoff_max: float = 30.0,
                  connect_timeout: float = 5.0, base_dir: str | Path = ".") -> None:
@@ -83,6 +90,8 @@ class Uplink:
         self._stream_key = stream_key
         #: Called with the hub's clock from every authentic ack (tapcast.clock.BestTime).
         self.on_hub_time = on_hub_time
+        #: Called on the loop with each payload on the manifest topic (node.sync).
+        self.on_manifest = on_manifest
         self.zone = zone
         self.version = version
         self.state_provider = state_provider
@@ -96,6 +105,7 @@ class Uplink:
         self._topic_ack = events_ack_topic(node_id)
         self._topic_status = status_topic(node_id)
         self._topic_state = state_topic(node_id)
+        self._topic_manifest = manifest_topic(node_id)
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +128,7 @@ class Uplink:
         self.resends = 0  # go-back-N restarts after an ack timeout
         self.forged_acks = 0  # acks whose tag did not verify: ignored
         self.refused_acks = 0  # authentic but malformed, of another epoch, or beyond our seqs
+        self.refused_manifests = 0  # manifest payloads over MAX_SIGNED_SIZE: not passed on
         self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ public API
@@ -298,6 +309,8 @@ class Uplink:
         self._connected = True
         self._connected_event.set()
         client.subscribe(self._topic_ack, qos=1)
+        if self.on_manifest is not None:  # retained: the latest comes at once
+            client.subscribe(self._topic_manifest, qos=1)
         client.publish(self._topic_status, ONLINE, qos=1, retain=True)
         self._publish_state()
         # Re-send everything not acked: acks for the previous connection may be lost;
@@ -433,6 +446,17 @@ class Uplink:
                 fut.set_result(None)
                 self._drain_waiters.remove((upto, fut))
 
+    def _handle_manifest(self, payload: bytes) -> None:
+        if self.on_manifest is None:
+            return
+        if len(payload) > MAX_SIGNED_SIZE:
+            self.refused_manifests += 1
+            self._ratelog.warn("manifest_size", "uplink %s: refusing a manifest payload of %d "
+                               "bytes, over the %d a signed object may have", self.node_id,
+                               len(payload), MAX_SIGNED_SIZE)
+            return
+        self.on_manifest(bytes(payload))
+
     def _publish_state(self) -> None:
         if self._client is None:
             return
@@ -505,12 +529,16 @@ class Uplink:
             self._lost.set()
 
         def on_message(c: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-            if c is not self._client or msg.topic != self._topic_ack:
+            if c is not self._client:
                 return
             try:
-                self._handle_ack(msg.payload)
+                if msg.topic == self._topic_ack:
+                    self._handle_ack(msg.payload)
+                elif msg.topic == self._topic_manifest:
+                    self._handle_manifest(msg.payload)
             except Exception:  # never let one message break paho's read loop
-                log.exception("uplink %s: error while handling an ack", self.node_id)
+                log.exception("uplink %s: error while handling a message on %s",
+                              self.node_id, msg.topic)
 
         def on_publish(c: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
             fut = self._publish_waiters.pop(mid, None)

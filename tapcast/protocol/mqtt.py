@@ -44,6 +44,8 @@ EventKind = Literal[
     "delivery_failed",  # BLE push failed: data.reason
     "request",  # the customer asked for a catalogue item: data.item_id
     "error",  # something went wrong on the node that an operator should see
+    "manifest_applied",  # a signed content manifest runs: data.serial, .items, .bytes_fetched
+    "manifest_refused",  # a manifest was refused: data.reason, .detail, .serial (or null)
 ]
 KIND_PATTERN = "^[a-z][a-z0-9_]{0,31}$"
 ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
@@ -125,6 +127,8 @@ class NodeState(msgspec.Struct, forbid_unknown_fields=True):
     # Whether the node's clock is trusted (NTP or the hub's acks) and where it comes from.
     time_trusted: bool = False
     time_source: Text = ""
+    # The serial of the signed content manifest the node runs; 0: none applied yet.
+    content_serial: Count = 0
 
 
 # ------------------------------------------------------------------------- topics
