@@ -153,6 +153,8 @@ class VirtualHall:
             "nfc": {"device": nfc_device, "hold_off": self.hold_off},
             "ble": {"adapter": ble_adapter},
             "mqtt": {"brokers": [self.broker_url]},
+            # every node of the hall on this machine: each display on a port of its own
+            "display": {"port": 0},
         }, environ={})
 
     # ---------------------------------------------------------------- lifecycle

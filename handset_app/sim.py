@@ -34,11 +34,29 @@ class TapReport:
     node_id: str = ""
     items: list[str] = field(default_factory=list)
     catalogue: list[str] = field(default_factory=list)
+    #: Files that came with items, checked against their sha256: item id -> bytes, and
+    #: how each came ("ble": inside the message, "wlan": from the node's WLAN link).
+    files: dict[str, bytes] = field(default_factory=dict)
+    file_paths: dict[str, str] = field(default_factory=dict)
     error: str = ""
 
     @property
     def ok(self) -> bool:
         return self.authenticated is not None and bool(self.items) and not self.error
+
+
+WLAN_TIMEOUT = 10.0
+
+
+def fetch_wlan(url: str, timeout: float = WLAN_TIMEOUT) -> bytes:
+    """A large item's file from the node's WLAN link (what a phone on the hall's Wi-Fi
+    does)."""
+    import urllib.request
+
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"not an http(s) link: {url[:80]!r}")
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - checked above
+        return response.read(ble.MAX_WLAN_FILE + 1)
 
 
 class SimulatedHandset:
@@ -56,6 +74,28 @@ class SimulatedHandset:
 
     async def start(self) -> None:
         await self.peripheral.start()
+
+    async def _take_file(self, message: ble.ContentItem, report: TapReport) -> None:
+        """An item's file, inside the message or from its WLAN link, kept only when its
+        bytes match the item's sha256 (else the tap's error says so)."""
+        import hashlib
+
+        if message.data is not None:
+            data, path = message.data, "ble"
+        elif message.media_url is not None and message.size:
+            try:
+                data = await asyncio.to_thread(fetch_wlan, message.media_url)
+            except (OSError, ValueError) as exc:
+                report.error = f"item {message.id}: its file did not come over WLAN: {exc}"
+                return
+            path = "wlan"
+        else:
+            return
+        if hashlib.sha256(data).hexdigest() != message.sha256:
+            report.error = f"item {message.id}: its file does not match its sha256 ({path})"
+            return
+        report.files[message.id] = data
+        report.file_paths[message.id] = path
 
     async def close(self) -> None:
         await self.peripheral.close()
@@ -117,6 +157,7 @@ class SimulatedHandset:
                 if report.first_item_at is None:
                     report.first_item_at = time.monotonic()
                 report.items.append(message.id)
+                await self._take_file(message, report)
                 if message.id in wanted:
                     wanted.remove(message.id)
             elif isinstance(message, ble.Catalogue):

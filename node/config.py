@@ -5,7 +5,8 @@ import msgspec
 
 from tapcast.config import KeysSection
 
-__all__ = ["NodeConfig", "NodeSection", "NfcSection", "BleSection", "MqttSection", "KeysSection"]
+__all__ = ["NodeConfig", "NodeSection", "NfcSection", "BleSection", "MqttSection", "KeysSection",
+           "DisplaySection"]
 
 
 class NodeSection(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,11 +67,26 @@ class MqttSection(msgspec.Struct, forbid_unknown_fields=True):
     key_file: str = ""
 
 
+class DisplaySection(msgspec.Struct, forbid_unknown_fields=True):
+    # The hall display page for the kiosk browser beside the reader (node/display.py),
+    # also the WLAN server large items are fetched from.
+    enabled: bool = True
+    # Where it listens: the kiosk browser opens http://host:port/. For the WLAN path
+    # phones must reach it too: listen on the hall WLAN's address (or 0.0.0.0).
+    host: str = "127.0.0.1"
+    port: int = 8081
+    # Seconds each item of the loop stays on screen.
+    slot_seconds: float = 8.0
+    # The address phones fetch large items from ("" = http://host:port).
+    public_url: str = ""
+
+
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):
     node: NodeSection
     nfc: NfcSection = msgspec.field(default_factory=NfcSection)
     ble: BleSection = msgspec.field(default_factory=BleSection)
     mqtt: MqttSection = msgspec.field(default_factory=MqttSection)
     keys: KeysSection = msgspec.field(default_factory=KeysSection)
+    display: DisplaySection = msgspec.field(default_factory=DisplaySection)
 
 

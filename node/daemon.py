@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from tapcast import __version__
 from tapcast.clock import FLOOR_FILE, BestTime
@@ -27,11 +29,17 @@ from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome
 from node.outbox import Outbox
 from node.store import ContentStore, Item, load_library
 from node.sync import ContentSync
+
+if TYPE_CHECKING:
+    from node.display import Display, DisplayItem
 from node.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 TIME_PERSIST_INTERVAL = 300.0  # seconds between writes of the time floor (SD card wear)
+LINK_WATCH_INTERVAL = 1.0  # seconds between looks at the uplink for the display's badge
+#: Slots of the display loop computed at a time (more than one period of shares).
+LOOP_SLOTS = 1000
 
 
 class NodeStartError(RuntimeError):
@@ -59,7 +67,8 @@ class TapRecord:
 
 def item_message(item: Item) -> ble.ContentItem:
     return ble.ContentItem(id=item.id, title=item.title, kind=item.kind, body=item.body,
-                           sha256=item.sha256, media_url=item.media_url)
+                           sha256=item.sha256, media_url=item.media_url,
+                           version=item.version)
 
 
 def catalogue_message(items: list[Item]) -> ble.Catalogue:
@@ -116,12 +125,22 @@ class NodeDaemon:
                              zone=config.node.zone, on_hub_time=self.best_time.observe_hub_time,
                              on_manifest=self.sync.offer, version=__version__,
                              state_provider=self.state, base_dir=base)
+        self.display: Display | None = None
+        if config.display.enabled:
+            import node.display  # aiohttp, imported only when a node serves a display
+
+            d = config.display
+            self.display = node.display.Display(
+                loop=self._loop_items, online=lambda: self.uplink.connected,
+                on_impression=self._on_impression, files_dir=self.data_dir / "files",
+                host=d.host, port=d.port, slot_seconds=d.slot_seconds, public_url=d.public_url)
         self.on_tap = on_tap
         self.reader: NfcReader | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._started = time.monotonic()
         self._stopped = asyncio.Event()
         self._time_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -163,6 +182,15 @@ class NodeDaemon:
             raise NodeStartError(
                 f"NFC reader {nfc.device!r} cannot be opened ({exc}). Is it plugged in and "
                 "is [nfc] device right? `python -m nfc` lists the readers nfcpy finds") from None
+        if self.display is not None:
+            try:
+                await self.display.start()
+            except OSError as exc:
+                raise NodeStartError(
+                    f"the display page cannot listen on {self.config.display.host}:"
+                    f"{self.config.display.port} ({exc}): free the port or change "
+                    "[display] port (or set [display] enabled = false)") from None
+            self._status_task = loop.create_task(self._watch_link())
         log.info("node %s serving taps on %s", self.node_id, nfc.device)
         self.uplink.publish_state()  # the hub sees the reader up now, not at the heartbeat
         self._time_task = loop.create_task(self._persist_time())
@@ -186,6 +214,12 @@ class NodeDaemon:
             await asyncio.gather(self._time_task, return_exceptions=True)
             self._time_task = None
         self.best_time.persist()
+        if self._status_task is not None:
+            self._status_task.cancel()
+            await asyncio.gather(self._status_task, return_exceptions=True)
+            self._status_task = None
+        if self.display is not None:
+            await self.display.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -215,6 +249,28 @@ class NodeDaemon:
         self.uplink.notify()
         if kind == "manifest_applied":
             self.uplink.publish_state()
+            if self.display is not None:
+                self.display.content_changed()
+
+    async def _watch_link(self) -> None:
+        """Tell the display page when the hub comes or goes (its offline badge)."""
+        assert self.display is not None
+        shown = None
+        while True:
+            now = self.uplink.connected
+            if now != shown:
+                self.display.status_changed()
+                shown = now
+            await asyncio.sleep(LINK_WATCH_INTERVAL)
+
+    def _loop_items(self, now: float) -> list[DisplayItem]:
+        from node.display import DisplayItem
+
+        return [DisplayItem(i.id, i.title, i.kind, i.body, i.price_cents, i.file_sha256,
+                            i.media_type) for i in self.store.loop(LOOP_SLOTS, at=now)]
+
+    def _on_impression(self, item_id: str) -> None:
+        self._record(("impression", {"item_id": item_id}))
 
     def _on_reader_status(self, status: ReaderStatus) -> None:
         """Runs on the loop. A failure is one "error" event (the reader logged it);
@@ -227,8 +283,9 @@ class NodeDaemon:
     def describe(self) -> str:
         """The one line `tapcast node run` prints when the node serves taps."""
         c = self.config
+        shown = f", display {self.display.url}/" if self.display is not None else ""
         return (f"node {self.node_id} ({c.node.zone}) serving taps: NFC {c.nfc.device}, "
-                f"BLE {c.ble.adapter}, MQTT {', '.join(c.mqtt.brokers)}")
+                f"BLE {c.ble.adapter}, MQTT {', '.join(c.mqtt.brokers)}{shown}")
 
     async def run_forever(self) -> None:
         await self.start()
@@ -281,6 +338,9 @@ class NodeDaemon:
         self._done(record)
 
     def _done(self, record: TapRecord) -> None:
+        if self.display is not None:
+            self.display.tap_feedback(len(record.delivered),
+                                      ok=record.outcome.ok and not record.error)
         if self.on_tap is not None:
             self.on_tap(record)
 
@@ -293,7 +353,8 @@ class NodeDaemon:
         log.info("push to %s (%s): connected in %.0f ms", handset_id, address,
                  (time.perf_counter() - t0) * 1e3)
         try:
-            featured = self.store.featured()
+            featured = next((i for i in self.store.items()
+                             if self.store.cap_allows(handset_id, i)), None)
             if featured is not None:
                 await self._deliver(push, handset_id, featured, record)
             await push.send(catalogue_message(self.store.items()))
@@ -313,6 +374,12 @@ class NodeDaemon:
                     if item is None:
                         await push.send(ble.Ack(ref=0, ok=False,
                                                 reason=f"no item {message.item_id!r} here"))
+                    elif not self.store.cap_allows(handset_id, item):
+                        self._record(("capped", {"handset_id": handset_id,
+                                                 "item_id": item.id}))
+                        await push.send(ble.Ack(ref=0, ok=False, reason=(
+                            f"{item.title!r}: you have had it as often as it may be "
+                            "given for now")))
                     else:
                         await self._deliver(push, handset_id, item, record)
         finally:
@@ -322,12 +389,38 @@ class NodeDaemon:
                      len(record.delivered), (time.perf_counter() - t0) * 1e3)
 
     async def _deliver(self, push: Any, handset_id: str, item: Item, record: TapRecord) -> None:
-        message = item_message(item)
+        message = await asyncio.to_thread(self._item_message, item)
         await push.send(message)
         self.counters.deliveries += 1
         record.delivered.append(item.id)
+        self.store.delivered(handset_id, item.id)
         self._record(("delivery", {"handset_id": handset_id, "item_id": item.id,
-                                   "kind": item.kind, "bytes": len(message.body.encode())}))
+                                   "kind": item.kind, "version": item.version,
+                                   "bytes": len(message.body.encode()) + len(message.data or b""),
+                                   "via": "wlan" if message.media_url else "ble"}))
+
+    def _item_message(self, item: Item) -> ble.ContentItem:
+        """The item as it goes over BLE: its file inside when small, else a short-lived
+        link on the display's WLAN server (the file is read from disk: in a thread)."""
+        message = item_message(item)
+        if item.file_sha256 is None:
+            return message
+        path = self.data_dir / "files" / item.file_sha256
+        try:
+            size = path.stat().st_size
+        except OSError:  # the set names it, so sync fetched it; a damaged disk does this
+            log.error("file %s of item %s is missing; sending its text only",
+                      item.file_sha256, item.id)
+            return message
+        common = {"sha256": item.file_sha256, "media_type": item.media_type, "size": size}
+        if size <= ble.INLINE_FILE_MAX:
+            return msgspec.structs.replace(message, data=path.read_bytes(), **common)
+        if self.display is None:
+            log.warning("item %s: its %d-byte file needs the WLAN server ([display] "
+                        "enabled); sending its text only", item.id, size)
+            return message
+        return msgspec.structs.replace(message, media_url=self.display.wlan_url(
+            item.file_sha256), **common)
 
 
 async def run_until_signalled(daemon: NodeDaemon, announce: Callable[[str], None]) -> None:

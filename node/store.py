@@ -24,7 +24,8 @@ import msgspec
 import sqlite_utils
 
 from tapcast.protocol.manifest import Manifest, ManifestItem, encode_manifest
-from tapcast.schedule import Schedule, ScheduleError, active, decode_schedule, push_order
+from tapcast.schedule import (Schedule, ScheduleError, active, cap_allows, decode_schedule,
+                              display_loop, push_order)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ def load_library(path: Path, zone: str) -> list[Item]:
 _MANIFEST_COLUMNS = {"version": int, "file_sha256": str, "media_type": str, "schedule": str}
 #: Zone for items without a schedule (seeded): they are active at every moment anyway.
 _NO_TZ = "UTC"
+#: How long deliveries are remembered for caps: the longest cap period (a week) and a day.
+CAP_MEMORY = 8 * 86400.0
 
 
 class ContentStore:
@@ -114,6 +117,12 @@ class ContentStore:
                 items.add_column(name, kind)
         self.db.table("meta").create({"key": str, "value": str}, pk="key",
                                      if_not_exists=True)
+        # What each handset got, for frequency caps (kept CAP_MEMORY; a week at most
+        # is ever asked for).
+        self.db.table("deliveries").create({"handset_id": str, "item_id": str, "at": float},
+                                           if_not_exists=True)
+        self.db.execute("CREATE INDEX IF NOT EXISTS deliveries_by_handset "
+                        "ON deliveries (handset_id, item_id, at)")
 
     def replace_all(self, items: list[Item]) -> None:
         """Swap the whole set in one transaction: a tap sees the old set or the new one."""
@@ -175,6 +184,34 @@ class ContentStore:
             return item
         return item if active(item.schedule, self.clock() if at is None else at,
                               self.tz()) else None
+
+    def loop(self, slots: int, at: float | None = None) -> list[Item]:
+        """The display loop's next ``slots`` items at ``at``: every active item, each
+        as often as its share of voice says (tapcast.schedule.display_loop)."""
+        every = [i for i in map(self._item, self.db.table("items").rows_where()) if i]
+        entries = [(i.id, i.schedule if i.schedule is not None
+                    else Schedule(priority=1 if i.featured else 0)) for i in every]
+        by_id = {i.id: i for i in every}
+        when = self.clock() if at is None else at
+        return [by_id[key] for key in display_loop(entries, when, self.tz(), slots)]
+
+    def cap_allows(self, handset_id: str, item: Item, at: float | None = None) -> bool:
+        """Whether ``handset_id`` may get ``item`` now under the item's frequency cap."""
+        if item.schedule is None or item.schedule.cap is None:
+            return True
+        when = self.clock() if at is None else at
+        times = [r[0] for r in self.db.execute(
+            "SELECT at FROM deliveries WHERE handset_id = ? AND item_id = ? AND at > ?",
+            [handset_id, item.id, when - CAP_MEMORY])]
+        return cap_allows(item.schedule.cap, times, when, self.tz())
+
+    def delivered(self, handset_id: str, item_id: str, at: float | None = None) -> None:
+        """Remember a delivery (for caps); what is older than CAP_MEMORY goes."""
+        when = self.clock() if at is None else at
+        with self.db.atomic():
+            self.db.execute("INSERT INTO deliveries (handset_id, item_id, at) VALUES (?, ?, ?)",
+                            [handset_id, item_id, when])
+            self.db.execute("DELETE FROM deliveries WHERE at < ?", [when - CAP_MEMORY])
 
     def featured(self, at: float | None = None) -> Item | None:
         items = self.items(at)

@@ -221,7 +221,7 @@ def provisioned_node(tmp_path: Path, **sections: dict[str, object]) -> Path:
     from tapcast import config as cfg
     conf = cfg.load(NodeConfig, data={"node": {"id": "n1", "zone": "lobby"},
                                       "mqtt": {"brokers": ["mqtt://127.0.0.1:1"]},
-                                      **sections}, environ={})
+                                      "display": {"port": 0}, **sections}, environ={})
     path = tmp_path / "n1" / "node.toml"
     path.write_text(cfg.dump(conf))
     return path

@@ -48,6 +48,11 @@ PROTOCOL_VERSION = 2
 #: Largest sealed message (ciphertext + 16-byte tag) either side accepts. Large media
 #: travels as a short-lived URL on the node's WLAN server instead (ContentItem.media_url).
 MAX_MESSAGE_SIZE = 64 * 1024
+#: Largest file sent inside a ContentItem: base64 makes it 4/3 as big, and the message
+#: must stay under MAX_MESSAGE_SIZE with its text. Bigger files go over WLAN.
+INLINE_FILE_MAX = 32 * 1024
+#: Largest file a handset fetches from a node's WLAN link.
+MAX_WLAN_FILE = 200 * 1024 * 1024
 #: Smallest usable frame: ATT_MTU 23 minus the 3-byte ATT header.
 MIN_FRAME_SIZE = 20
 #: A DATA frame may start a message at most this many ids ahead of the last accepted
@@ -103,8 +108,10 @@ class Catalogue(msgspec.Struct, tag="catalogue", tag_field="t", forbid_unknown_f
 
 
 class ContentItem(msgspec.Struct, tag="item", tag_field="t", forbid_unknown_fields=True):
-    """One content item. ``sha256`` (hex) is of ``body`` (UTF-8), or of the file at
-    ``media_url`` when one is given (large media is fetched over WLAN, not BLE)."""
+    """One content item. ``sha256`` (hex) is of ``body`` (UTF-8) for an item without a
+    file; for one with a file it is the file's, whose bytes come in ``data`` when small
+    (at most INLINE_FILE_MAX) or from ``media_url`` on the node's WLAN server (a
+    short-lived link) when large. Either way the handset checks the bytes against it."""
 
     id: str
     title: str
@@ -112,6 +119,10 @@ class ContentItem(msgspec.Struct, tag="item", tag_field="t", forbid_unknown_fiel
     body: str
     sha256: str
     media_url: str | None = None
+    version: int = 0  # the item's version on the hub (0: the node's own seed)
+    media_type: str | None = None  # of the file, when there is one
+    size: int = 0  # of the file, in bytes (what a progress bar counts to)
+    data: bytes | None = None  # the file itself, small ones only (base64 in the JSON)
 
 
 class Offer(msgspec.Struct, tag="offer", tag_field="t", forbid_unknown_fields=True):

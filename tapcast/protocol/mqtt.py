@@ -46,6 +46,8 @@ EventKind = Literal[
     "error",  # something went wrong on the node that an operator should see
     "manifest_applied",  # a signed content manifest runs: data.serial, .items, .bytes_fetched
     "manifest_refused",  # a manifest was refused: data.reason, .detail, .serial (or null)
+    "impression",  # the display page showed an item for one slot: data.item_id
+    "capped",  # an item was held back by its frequency cap: data.item_id, .handset_id
 ]
 KIND_PATTERN = "^[a-z][a-z0-9_]{0,31}$"
 ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"
