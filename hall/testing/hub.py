@@ -67,6 +67,14 @@ class HubServer:
 
         return load_stream_secret(self.app.config["TAPCAST"].hub.stream_secret)
 
+    @property
+    def authority(self) -> Any:
+        """The hub's signing key (tapcast.keys.HubAuthority): give it to a hall whose
+        nodes should trust this hub's manifests."""
+        from tapcast.keys import HubAuthority
+
+        return HubAuthority.load_key_file(self.app.config["TAPCAST"].hub.signing_key)
+
     def get(self, path: str, timeout: float = 10.0) -> Any:
         """GET ``path`` of the API with this server's token; the decoded JSON."""
         return api_get(self.url + path, self.token, timeout)
@@ -86,17 +94,31 @@ class HubServer:
 
 
 def serve(config: HubConfig, *, start_ingest: bool = True,
-          wait_ingest: float | None = None) -> HubServer:
+          wait_ingest: float | None = None, publish_manifests: bool = False) -> HubServer:
     """Start the hub on config.hub.host/port (port 0: any free port) in a background
     thread; returns at once. ``wait_ingest``: also wait that long for the MQTT
-    subscription (TimeoutError otherwise). ``start_ingest=False``: web part only."""
+    subscription (TimeoutError otherwise). ``start_ingest=False``: web part only.
+    ``publish_manifests``: the ingest also publishes the nodes' signed content
+    manifests, as `hub ingest` does (off by default: nodes of a test hall then keep
+    the content they were seeded with)."""
+    import msgspec
+
     app = create_app(config)
     try:
+        ingest = None
         if start_ingest:
             ingest = Ingest(config, get_db(app))
             attach_ingest(app, ingest)  # close_app stops it, even if start fails
             ingest.start(wait=wait_ingest)
         server = make_server(config.hub.host, config.hub.port, app, threaded=True)
+        if ingest is not None and publish_manifests:
+            from hub.manifests import start_publisher
+
+            url = f"http://{server.host}:{server.server_port}"  # the port is known now
+            published = msgspec.structs.replace(
+                config, hub=msgspec.structs.replace(config.hub, public_url=url))
+            ingest.on_stop(start_publisher(published, get_db(app).engine,
+                                           ingest.publish_retained))
     except BaseException:
         close_app(app)
         raise
@@ -191,6 +213,15 @@ def hub_config(database: Path | str, broker: str, *, port: int = 0, migrate: boo
         if not secret_path.exists():
             write_stream_secret(secret_path.parent)
         hub["stream_secret"] = str(secret_path)
+    if "signing_key" not in hub:  # the hub's key for manifests, beside the secret
+        from tapcast.keys import HUB_KEY_FILE, HubAuthority
+
+        key_dir = secret_dir if secret_dir is not None else (
+            None if "://" in str(database) else Path(database).parent)
+        if key_dir is not None:
+            if not (key_dir / HUB_KEY_FILE).exists():
+                HubAuthority.generate().save(key_dir)
+            hub["signing_key"] = str(key_dir / HUB_KEY_FILE)
     if "files" not in hub:  # never the working directory's var/hub/files
         base = secret_dir if secret_dir is not None else (
             None if "://" in str(database) else Path(database).parent)
