@@ -229,3 +229,50 @@ async def test_a_marketer_publishes_a_coupon_for_one_zone_and_the_preview_shows_
         await page.locator("#node_id").fill(node_id)
         await page.get_by_test_id("preview").click()
         await expect(page.get_by_test_id("preview-push")).to_have_text(gets)
+
+
+async def test_a_published_coupon_shows_on_the_display_of_a_node_in_its_zone_only(
+        page, mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """The marketer publishes in Chromium; the hub signs the manifests; each node syncs;
+    the display page of the lobby node shows the coupon, the food court's does not."""
+    from playwright.async_api import expect
+
+    from hall.testing.hub import hub_config, serve
+
+    hub = serve(hub_config(tmp_path / "hub.db", mosquitto.url, secret_dir=tmp_path),
+                wait_ingest=10.0, publish_manifests=True)
+    hall = VirtualHall(tmp_path / "hall", mosquitto.url, nodes=2, handsets=1, hold_off=0.0,
+                       processes=False, stream_secret=hub.stream_secret,
+                       authority=hub.authority)
+    try:
+        await hall.start()
+        lobby, food_court = hall.nodes
+        await sign_in(page, hub, "mia", "marketer")
+        await page.get_by_test_id("nav-content").click()
+        await page.get_by_test_id("key").fill("lobby-coffee")
+        await page.get_by_test_id("kind").select_option("coupon")
+        await page.get_by_test_id("title").fill("Coffee: second cup free")
+        await page.get_by_test_id("zones").fill("lobby")
+        await page.get_by_test_id("publish").click()
+        await expect(page.get_by_test_id("item-title")).to_have_text("Coffee: second cup free")
+        from hub.accounts import Actor
+        from hub.content import ItemInput, Targets
+        from hub.content_api import library
+
+        library(hub.app).create(Actor.cli(), "food-news", "article",
+                                ItemInput("Food court news", "New stalls open"),
+                                targets=Targets(zones=("food-court",)))
+        for node in (lobby, food_court):
+            daemon = node.daemon
+            await daemon.sync.wait_for(lambda d=daemon: d.store.content_serial() > 0
+                                       and len(d.store.items()) == 1, 20.0)
+        await page.goto(lobby.daemon.display.url + "/")
+        await expect(page.get_by_test_id("slot-title")).to_have_text("Coffee: second cup free")
+        await expect(page.get_by_test_id("cta")).to_have_text("Tap your phone here")
+        await page.goto(food_court.daemon.display.url + "/")
+        # Its loop is that one article: the page shows it, and never the lobby's coupon.
+        await expect(page.get_by_test_id("slot-title")).to_have_text("Food court news")
+        assert [i.id for i in food_court.daemon.store.loop(3)] == ["food-news"] * 3
+    finally:
+        await hall.stop()
+        hub.shutdown()
