@@ -171,7 +171,7 @@ class NodeDaemon:
                                  f"{exc}. Check [ble] adapter in the node config") from None
         await self.uplink.start()
         nfc = self.config.nfc
-        self.reader = NfcReader(nfc.device, nfc.poll_interval, self.auth.begin, loop,
+        self.reader = NfcReader(nfc.device, nfc.poll_interval, self._begin_tap, loop,
                                 self._on_outcome, sens_res_timeout=nfc.sens_res_timeout,
                                 hold_off=nfc.hold_off, on_status=self._on_reader_status)
         try:
@@ -301,6 +301,13 @@ class NodeDaemon:
         self.outbox.add_many(events)
         self.uplink.notify()
 
+    def _begin_tap(self) -> Any:
+        """In the reader thread, as a phone enters the field: background downloads
+        pause until the tap is served (ContentSync.tap_started), then the exchange
+        begins."""
+        self.sync.tap_started()
+        return self.auth.begin()
+
     def _on_outcome(self, outcome: TapOutcome) -> None:
         """Runs on the loop (the reader thread scheduled it)."""
         task = asyncio.get_running_loop().create_task(self._serve_tap(outcome))
@@ -338,6 +345,7 @@ class NodeDaemon:
         self._done(record)
 
     def _done(self, record: TapRecord) -> None:
+        self.sync.tap_ended()
         if self.display is not None:
             self.display.tap_feedback(len(record.delivered),
                                       ok=record.outcome.ok and not record.error)

@@ -55,6 +55,9 @@ __all__ = ["ContentSync", "FetchError", "BadFileError", "PARTIAL_DIR"]
 #: Where files being downloaded wait, under the files directory, until they verify.
 PARTIAL_DIR = ".partial"
 CHUNK = 64 * 1024
+#: Longest a download waits for one tap to be served, and how often it looks, seconds.
+TAP_YIELD_MAX = 3.0
+TAP_YIELD_STEP = 0.005
 #: Longest ``detail`` of a manifest_refused event (the hub stores it as given).
 MAX_DETAIL = 200
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -116,6 +119,10 @@ class ContentSync:
         self.applied = 0
         self.fetch_errors = 0
         self.bytes_fetched = 0  # over all manifests, for operators
+        # Taps come first: while one is served, downloads and hashing wait between
+        # chunks (until tap_ended, or TAP_YIELD_MAX at most, so a tap that never ends
+        # cannot stall a sync). A float, written on the loop and read in the thread.
+        self._hold_until = 0.0
         self._pending: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # a newer pending manifest, or close()
@@ -316,6 +323,20 @@ class ContentSync:
         path.unlink(missing_ok=True)
         return False
 
+    def tap_started(self) -> None:
+        """A tap began: the sync's downloads pause between chunks while it is served
+        (a Pi has few cores; the customer at the display should not wait for a
+        background download)."""
+        self._hold_until = time.monotonic() + TAP_YIELD_MAX
+
+    def tap_ended(self) -> None:
+        self._hold_until = 0.0
+
+    def _yield_to_taps(self) -> None:
+        """In the download thread: wait while a tap is being served."""
+        while time.monotonic() < self._hold_until:
+            time.sleep(TAP_YIELD_STEP)
+
     def _download(self, files_url: str, file: ManifestFile, abort: Callable[[], bool],
                   fetched: list[int]) -> None:
         """In a thread: fetch the rest of ``file`` into its partial file, then verify it
@@ -338,6 +359,7 @@ class ContentSync:
         digest = hashlib.sha256()
         with open(partial, "rb") as f:
             while chunk := f.read(CHUNK):
+                self._yield_to_taps()
                 digest.update(chunk)
         if digest.hexdigest() != file.sha256:
             partial.unlink(missing_ok=True)
@@ -374,6 +396,7 @@ class ContentSync:
                         while have <= file.size:
                             if abort():
                                 return None
+                            self._yield_to_taps()
                             chunk = response.read(min(CHUNK, file.size + 1 - have))
                             if not chunk:
                                 break

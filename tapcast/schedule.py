@@ -62,7 +62,7 @@ class Cap(msgspec.Struct, forbid_unknown_fields=True):
     per: Literal["day", "week"]  # local calendar day, local ISO week
 
 
-class Schedule(msgspec.Struct, forbid_unknown_fields=True):
+class Schedule(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     starts: str | None = None  # "YYYY-MM-DD", inclusive, node's local date
     ends: str | None = None  # "YYYY-MM-DD", inclusive
     days: list[int] = []  # 0=Monday .. 6=Sunday; empty: every day
