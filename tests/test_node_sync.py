@@ -378,3 +378,15 @@ def test_node_state_carries_the_content_serial_and_decodes_without_it() -> None:
     assert decode_state(encode(state)) == state
     old = b'{"node_id":"n1","ts":1.0,"version":"1","zone":"lobby","uptime":2.0,"outbox_depth":0}'
     assert decode_state(old).content_serial == 0
+
+
+async def test_downloads_wait_while_a_tap_is_served_and_go_on_after_it(
+        hub: Hub, node: Node) -> None:
+    hub.add("coffee")
+    node.sync.tap_started()  # a phone entered the field
+    node.sync.offer(hub.publish())
+    with pytest.raises(TimeoutError):  # the download does not start while the tap runs
+        await node.sync.wait_for(lambda: node.sync.bytes_fetched > 0, 0.3)
+    node.sync.tap_ended()
+    await node.sync.wait_for(lambda: node.store.content_serial() > 0, 10)
+    assert node.served() == ["coffee"] and node.sync.bytes_fetched == len(PNG)
