@@ -159,8 +159,8 @@ def test_a_tokens_scopes_stay_within_its_owners_role(accounts: Accounts) -> None
         accounts.create_token(CLI, "mia", "t", ["stats:read", "events:read"])
     with pytest.raises(AccountError, match="unknown scope"):
         accounts.create_token(CLI, "mia", "t", ["stats:write"])
-    assert accounts.create_token(CLI, "mia", "t", "all")[0].scopes == ("stats:read",
-                                                                       "tokens:own")
+    assert accounts.create_token(CLI, "mia", "t", "all")[0].scopes == (
+        "content:read", "content:write", "stats:read", "tokens:own")
 
 
 def test_a_revoked_or_expired_token_is_refused(accounts: Accounts,

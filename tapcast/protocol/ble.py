@@ -48,8 +48,8 @@ PROTOCOL_VERSION = 2
 #: Largest sealed message (ciphertext + 16-byte tag) either side accepts. Large media
 #: travels as a short-lived URL on the node's WLAN server instead (ContentItem.media_url).
 MAX_MESSAGE_SIZE = 64 * 1024
-#: Largest file sent inside a ContentItem: base64 makes it 4/3 as big, and the message
-#: must stay under MAX_MESSAGE_SIZE with its text. Bigger files go over WLAN.
+#: Largest file sent inside a ContentItem (msgpack bin: as is), leaving the message room
+#: for its text under MAX_MESSAGE_SIZE. Bigger files go over WLAN.
 INLINE_FILE_MAX = 32 * 1024
 #: Largest file a handset fetches from a node's WLAN link.
 MAX_WLAN_FILE = 200 * 1024 * 1024
@@ -122,7 +122,7 @@ class ContentItem(msgspec.Struct, tag="item", tag_field="t", forbid_unknown_fiel
     version: int = 0  # the item's version on the hub (0: the node's own seed)
     media_type: str | None = None  # of the file, when there is one
     size: int = 0  # of the file, in bytes (what a progress bar counts to)
-    data: bytes | None = None  # the file itself, small ones only (base64 in the JSON)
+    data: bytes | None = None  # the file itself, small ones only (msgpack bin)
 
 
 class Offer(msgspec.Struct, tag="offer", tag_field="t", forbid_unknown_fields=True):
