@@ -34,8 +34,8 @@ from tapcast.schedule import Schedule, ScheduleError, active, decode_schedule, d
 from hub.accounts import Actor, audit
 from hub.dbengine import writer
 from hub.files import FileError, FileStore, StoredFile
-from hub.schema import (CONTENT_KINDS, content_files, content_items, content_targets,
-                        content_versions, node_groups, nodes)
+from hub.schema import (CONTENT_KINDS, campaign_targets, campaigns, content_files,
+                        content_items, content_targets, content_versions, node_groups, nodes)
 
 log = logging.getLogger(__name__)
 
@@ -380,26 +380,22 @@ class ContentLibrary:
         return [{"name": k, "nodes": v} for k, v in out.items()]
 
     def for_node(self, node_id: str, *, zone: str | None = None) -> list[dict[str, Any]]:
-        """The live items targeted at ``node_id`` (by itself, its zone, its groups, or
-        everywhere), whatever the time: what its manifest lists. ``zone``: the node's
-        zone when the hub has not heard it yet (else the one it reported)."""
-        _check_key(node_id, "node id")
+        """The live items aimed at ``node_id`` (by itself, its zone, its groups, or
+        everywhere; or through their live campaign), whatever the time: what its
+        manifest lists. ``zone``: the node's zone when the hub has not heard it yet
+        (else the one it reported). The same rule as the manifests (one Snapshot)."""
         with self.engine.connect() as conn:
-            reported = conn.execute(select(nodes.c.zone).where(nodes.c.node_id == node_id)
-                                    ).scalar()
-            zone = reported or zone
-            groups = list(conn.execute(select(node_groups.c.name)
-                                       .where(node_groups.c.node_id == node_id)).scalars())
-            wanted = [("all", "*"), ("node", node_id)] + [("group", g) for g in groups]
-            if zone:
-                wanted.append(("zone", zone))
-            keys: set[str] = set()
-            for kind, value in wanted:
-                keys.update(conn.execute(select(content_targets.c.key).where(
-                    content_targets.c.target_type == kind,
-                    content_targets.c.value == value)).scalars())
-            items = [self._get(conn, k) for k in sorted(keys)]
-        return [i for i in items if i["retired_at"] is None]
+            return [self._get(conn, i.key) for i in self._aimed(conn, node_id, zone)[0]]
+
+    def _aimed(self, conn: Connection, node_id: str, zone: str | None
+               ) -> tuple[list[Any], str | None]:
+        from hub.manifests import Snapshot
+
+        _check_key(node_id, "node id")
+        reported = conn.execute(select(nodes.c.zone).where(nodes.c.node_id == node_id)
+                                ).scalar()
+        zone = reported or zone
+        return Snapshot.load(self.engine).for_node(node_id, zone), zone
 
     def preview(self, node_id: str, at: float, tz: str, *, zone: str | None = None,
                 slots: int = 12) -> dict[str, Any]:
@@ -408,14 +404,148 @@ class ContentLibrary:
         check_timezone(tz)
         if zone is not None:
             _check_key(zone, "zone")
-        items = self.for_node(node_id, zone=zone)
-        entries = [(i["key"], decode_schedule(i["schedule"])) for i in items]
-        live = [i for i, (_, s) in zip(items, entries) if active(s, at, tz)]
+        with self.engine.connect() as conn:
+            items, _ = self._aimed(conn, node_id, zone)
+        entries = [(i.key, i.schedule) for i in items]
         return {"node_id": node_id, "at": at, "tz": tz,
-                "targeted": [i["key"] for i in items],
-                "active": [i["key"] for i in live],
+                "targeted": [key for key, _ in entries],
+                "active": [key for key, s in entries if active(s, at, tz)],
                 "loop": display_loop(entries, at, tz, slots),
                 "push": push_order(entries, at, tz)}
+
+    # ------------------------------------------------------------------ campaigns
+
+    def create_campaign(self, actor: Actor, key: str, title: str, *,
+                        targets: Targets = Targets(), schedule: Schedule | None = None,
+                        items: Iterable[str] = ()) -> dict[str, Any]:
+        """A campaign placing ``items`` (checked first: all of it is made, or none)."""
+        _check_key(key, "campaign key")
+        _check_text(title, "", 0)
+        targets = targets.checked()
+        schedule = _checked_schedule(schedule or Schedule())
+        now = time.time()
+        with self._change() as conn:
+            if conn.execute(select(campaigns.c.key).where(campaigns.c.key == key)
+                            ).first() is not None:
+                raise ContentError(f"a campaign {key!r} exists already", 409)
+            conn.execute(insert(campaigns).values(key=key, title=title,
+                                                  schedule=_encode(schedule),
+                                                  created_at=now, updated_at=now))
+            self._put_campaign_targets(conn, key, targets)
+            self._assign_items(conn, key, items, now)
+            after = self._campaign(conn, key)
+            audit(conn, actor, "campaign.create", "campaign", key, None, after)
+        return after
+
+    def place_campaign(self, actor: Actor, key: str, *, title: str | None = None,
+                       targets: Targets | None = None, schedule: Schedule | None = None
+                       ) -> dict[str, Any]:
+        """Change a campaign's title, where it goes and when (its items follow)."""
+        now = time.time()
+        with self._change() as conn:
+            before = self._campaign(conn, key, lock=True)
+            if before["retired_at"] is not None:
+                raise ContentError(f"campaign {key!r} is retired; make a new one", 409)
+            values: dict[str, Any] = {"updated_at": now}
+            if title is not None:
+                _check_text(title, "", 0)
+                values["title"] = title
+            if schedule is not None:
+                values["schedule"] = _encode(_checked_schedule(schedule))
+            conn.execute(update(campaigns).where(campaigns.c.key == key).values(**values))
+            if targets is not None:
+                conn.execute(delete(campaign_targets).where(campaign_targets.c.key == key))
+                self._put_campaign_targets(conn, key, targets.checked())
+            self._touch_members(conn, key, now)
+            after = self._campaign(conn, key)
+            audit(conn, actor, "campaign.place", "campaign", key, before, after)
+        return after
+
+    def set_campaign_items(self, actor: Actor, key: str, item_keys: Iterable[str]
+                           ) -> dict[str, Any]:
+        """The campaign places exactly these items from now on; the ones it leaves go
+        back to their own targets and schedule. An item is in one campaign at most."""
+        now = time.time()
+        with self._change() as conn:
+            before = self._campaign(conn, key, lock=True)
+            if before["retired_at"] is not None:
+                raise ContentError(f"campaign {key!r} is retired; make a new one", 409)
+            self._assign_items(conn, key, item_keys, now)
+            after = self._campaign(conn, key)
+            audit(conn, actor, "campaign.items", "campaign", key, before, after)
+        return after
+
+    def _assign_items(self, conn: Connection, key: str, item_keys: Iterable[str],
+                      now: float) -> None:
+        wanted = sorted(set(item_keys))
+        if len(wanted) > MAX_TARGETS:
+            raise ContentError(f"at most {MAX_TARGETS} items in a campaign")
+        for item_key in wanted:
+            item = self._get(conn, _check_key(item_key), lock=True)
+            if item["retired_at"] is not None:
+                raise ContentError(f"item {item_key!r} is retired", 409)
+            if item["campaign"] not in (None, key):
+                raise ContentError(f"item {item_key!r} is in campaign "
+                                   f"{item['campaign']!r}: take it out there first", 409)
+        conn.execute(update(content_items).where(
+            content_items.c.campaign == key, content_items.c.key.not_in(wanted))
+            .values(campaign=None, updated_at=now))
+        if wanted:
+            conn.execute(update(content_items).where(content_items.c.key.in_(wanted))
+                         .values(campaign=key, updated_at=now))
+
+    def retire_campaign(self, actor: Actor, key: str) -> dict[str, Any]:
+        """Its items reach no node any more (until they are taken out of it)."""
+        now = time.time()
+        with self._change() as conn:
+            before = self._campaign(conn, key, lock=True)
+            if before["retired_at"] is not None:
+                return before
+            conn.execute(update(campaigns).where(campaigns.c.key == key)
+                         .values(retired_at=now, updated_at=now))
+            self._touch_members(conn, key, now)
+            after = self._campaign(conn, key)
+            audit(conn, actor, "campaign.retire", "campaign", key, before, after)
+        return after
+
+    def get_campaign(self, key: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            return self._campaign(conn, key)
+
+    def list_campaigns(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            keys = list(conn.execute(select(campaigns.c.key).order_by(campaigns.c.key))
+                        .scalars())
+            return [self._campaign(conn, k) for k in keys]
+
+    def _campaign(self, conn: Connection, key: str, *, lock: bool = False) -> dict[str, Any]:
+        q = select(campaigns).where(campaigns.c.key == key)
+        if lock and self.engine.dialect.name == "postgresql":
+            q = q.with_for_update()
+        row = conn.execute(q).first()
+        if row is None:
+            raise ContentError(f"no campaign {str(key)[:80]!r}", 404)
+        targets = Targets.of(conn.execute(
+            select(campaign_targets.c.target_type, campaign_targets.c.value)
+            .where(campaign_targets.c.key == key)).all())
+        items = list(conn.execute(select(content_items.c.key).where(
+            content_items.c.campaign == key).order_by(content_items.c.key)).scalars())
+        return {"key": key, "title": row.title, "targets": targets.public(),
+                "schedule": msgspec.json.decode(row.schedule), "items": items,
+                "created_at": row.created_at, "updated_at": row.updated_at,
+                "retired_at": row.retired_at}
+
+    @staticmethod
+    def _put_campaign_targets(conn: Connection, key: str, targets: Targets) -> None:
+        rows = targets.rows()
+        if rows:
+            conn.execute(insert(campaign_targets), [
+                {"key": key, "target_type": t, "value": v} for t, v in rows])
+
+    @staticmethod
+    def _touch_members(conn: Connection, key: str, now: float) -> None:
+        conn.execute(update(content_items).where(content_items.c.campaign == key)
+                     .values(updated_at=now))
 
     # ------------------------------------------------------------------ internals
 
@@ -474,6 +604,7 @@ class ContentLibrary:
         return {"key": key, "kind": item["kind"], "current": item["current"],
                 "version": _version(version._mapping), "targets": targets.public(),
                 "schedule": msgspec.json.decode(item["schedule"]),
+                "campaign": item["campaign"],
                 "created_at": item["created_at"], "updated_at": item["updated_at"],
                 "retired_at": item["retired_at"]}
 

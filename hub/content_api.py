@@ -95,6 +95,24 @@ class Placement(msgspec.Struct, forbid_unknown_fields=True):
     schedule: dict[str, Any] | None = None
 
 
+class NewCampaign(msgspec.Struct, forbid_unknown_fields=True):
+    key: Key
+    title: Title
+    targets: TargetsBody = msgspec.field(default_factory=TargetsBody)
+    schedule: dict[str, Any] | None = None
+    items: Annotated[list[Key], msgspec.Meta(max_length=MAX_TARGETS)] = []
+
+
+class CampaignPlacement(msgspec.Struct, forbid_unknown_fields=True):
+    title: Title | None = None
+    targets: TargetsBody | None = None
+    schedule: dict[str, Any] | None = None
+
+
+class CampaignItems(msgspec.Struct, forbid_unknown_fields=True):
+    items: Annotated[list[Key], msgspec.Meta(max_length=MAX_TARGETS)]
+
+
 class GroupBody(msgspec.Struct, forbid_unknown_fields=True):
     nodes: Annotated[list[Key], msgspec.Meta(max_length=MAX_GROUP_NODES)]
 
@@ -290,6 +308,74 @@ def content_funnel(key: str) -> ResponseReturnValue:
     lib.get(_key(key))  # 404 for an item that is not in the library
     since, until = funnel_range(request.args)
     return jsonify(get_db().funnel(key, since, until))
+
+
+# ------------------------------------------------------------------ campaigns
+
+
+@bp.get("/campaigns")
+@requires("content:read")
+def list_campaigns() -> ResponseReturnValue:
+    _check_params(())
+    return jsonify({"campaigns": library().list_campaigns()})
+
+
+@bp.post("/campaigns")
+@requires("content:write")
+def create_campaign() -> ResponseReturnValue:
+    """A campaign: a title, where and when, and the items it places."""
+    _check_params(())
+    body = _body(NewCampaign)
+    schedule = parse_schedule(body.schedule) if body.schedule is not None else None
+    campaign = library().create_campaign(_actor(), body.key, body.title,
+                                         targets=body.targets.targets(), schedule=schedule,
+                                         items=body.items)
+    return jsonify(campaign), 201
+
+
+@bp.get("/campaigns/<key>")
+@requires("content:read")
+def get_campaign(key: str) -> ResponseReturnValue:
+    _check_params(())
+    return jsonify(library().get_campaign(_key(key)))
+
+
+@bp.put("/campaigns/<key>/placement")
+@requires("content:write")
+def place_campaign(key: str) -> ResponseReturnValue:
+    _check_params(())
+    body = _body(CampaignPlacement)
+    schedule = parse_schedule(body.schedule) if body.schedule is not None else None
+    targets = body.targets.targets() if body.targets is not None else None
+    return jsonify(library().place_campaign(_actor(), _key(key), title=body.title,
+                                            targets=targets, schedule=schedule))
+
+
+@bp.put("/campaigns/<key>/items")
+@requires("content:write")
+def set_campaign_items(key: str) -> ResponseReturnValue:
+    """The campaign places exactly these items from now on."""
+    _check_params(())
+    body = _body(CampaignItems)
+    return jsonify(library().set_campaign_items(_actor(), _key(key), body.items))
+
+
+@bp.post("/campaigns/<key>/retire")
+@requires("content:write")
+def retire_campaign(key: str) -> ResponseReturnValue:
+    _check_params(())
+    return jsonify(library().retire_campaign(_actor(), _key(key)))
+
+
+@bp.get("/campaigns/<key>/funnel")
+@requires("content:read")
+def campaign_funnel(key: str) -> ResponseReturnValue:
+    """The funnel of the campaign's items together (``since``/``until`` as for an
+    item's)."""
+    _check_params(("since", "until"))
+    campaign = library().get_campaign(_key(key))
+    since, until = funnel_range(request.args)
+    return jsonify(get_db().funnel(campaign["items"], since, until))
 
 
 # ------------------------------------------------------------------ files

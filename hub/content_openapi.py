@@ -11,7 +11,8 @@ import msgspec
 from tapcast.schedule import Schedule
 
 from hub.content_api import (DEFAULT_CONTENT_LIMIT, MAX_CONTENT_LIMIT, MAX_CURSOR_LEN,
-                             GroupBody, NewItem, NewVersion, Placement, TargetsBody)
+                             CampaignItems, CampaignPlacement, GroupBody, NewCampaign, NewItem,
+                             NewVersion, Placement, TargetsBody)
 from hub.schema import CONTENT_KINDS, FUNNEL_STAGES
 
 _REF = "#/components/schemas/"
@@ -104,6 +105,52 @@ def content_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
                         query("until", {"type": "string", "format": "date"},
                               "last day (default: today)")],
                     "responses": {"200": ok("Funnel"), **guarded, "404": missing}}},
+        "/api/v1/campaigns": {
+            "get": {"summary": "Campaigns, by key", "operationId": "listCampaigns",
+                    "responses": {"200": ok("CampaignList"), **guarded}},
+            "post": {"summary": "A campaign: a title, where and when, and the items it "
+                                "places (their own targets and schedule wait meanwhile)",
+                     "operationId": "createCampaign",
+                     "requestBody": _json_body("NewCampaign"),
+                     "responses": {"201": ok("Campaign", "Created"), **changing,
+                                   "404": missing, "409": conflict}}},
+        "/api/v1/campaigns/{key}": {
+            "parameters": [key_param],
+            "get": {"summary": "One campaign", "operationId": "getCampaign",
+                    "responses": {"200": ok("Campaign"), **guarded,
+                                  "404": error("no such campaign")}}},
+        "/api/v1/campaigns/{key}/placement": {
+            "parameters": [key_param],
+            "put": {"summary": "A campaign's title, where it goes and when (its items "
+                               "follow)",
+                    "operationId": "placeCampaign",
+                    "requestBody": _json_body("CampaignPlacement"),
+                    "responses": {"200": ok("Campaign"), **changing,
+                                  "404": error("no such campaign"), "409": conflict}}},
+        "/api/v1/campaigns/{key}/items": {
+            "parameters": [key_param],
+            "put": {"summary": "The items the campaign places, exactly (an item is in one "
+                               "campaign at most)",
+                    "operationId": "setCampaignItems",
+                    "requestBody": _json_body("CampaignItems"),
+                    "responses": {"200": ok("Campaign"), **changing,
+                                  "404": error("no such campaign or item"),
+                                  "409": conflict}}},
+        "/api/v1/campaigns/{key}/retire": {
+            "parameters": [key_param],
+            "post": {"summary": "Its items reach no node any more",
+                     "operationId": "retireCampaign",
+                     "responses": {"200": ok("Campaign"), **guarded,
+                                   "404": error("no such campaign")}}},
+        "/api/v1/campaigns/{key}/funnel": {
+            "parameters": [key_param],
+            "get": {"summary": "The funnel of the campaign's items together",
+                    "operationId": "getCampaignFunnel",
+                    "parameters": [
+                        query("since", {"type": "string", "format": "date"}, "first day"),
+                        query("until", {"type": "string", "format": "date"}, "last day")],
+                    "responses": {"200": ok("Funnel"), **guarded,
+                                  "404": error("no such campaign")}}},
         "/api/v1/files": {
             "post": {"summary": "Upload a file for an item of a kind: the raw bytes as the "
                                 "body. Its type is read from the bytes; refused whole when "
@@ -164,9 +211,10 @@ def content_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
 
 def content_schemas() -> dict[str, Any]:
     (_, components) = msgspec.json.schema_components(
-        [NewItem, NewVersion, Placement, GroupBody, TargetsBody, Schedule],
+        [NewItem, NewVersion, Placement, GroupBody, TargetsBody, Schedule, NewCampaign,
+         CampaignPlacement, CampaignItems],
         ref_template=_REF + "{name}")
-    for name in ("NewItem", "Placement"):
+    for name in ("NewItem", "Placement", "NewCampaign", "CampaignPlacement"):
         components[name]["properties"]["schedule"] = _SCHEDULE
     file = {"type": ["object", "null"], "required": ["sha256", "size", "media_type", "name"],
             "properties": {"sha256": _SHA, "size": {"type": "integer"},
@@ -185,13 +233,16 @@ def content_schemas() -> dict[str, Any]:
                                  for k in ("zones", "groups", "nodes")}}}
     item = {"type": "object",
             "required": ["key", "kind", "current", "version", "targets", "schedule",
-                         "created_at", "updated_at", "retired_at"],
+                         "campaign", "created_at", "updated_at", "retired_at"],
             "properties": {"key": _KEY, "kind": {"type": "string",
                                                  "enum": list(CONTENT_KINDS)},
                            "current": {"type": "integer",
                                        "description": "the version nodes get"},
                            "version": {"$ref": _REF + "ContentVersion"},
                            "targets": targets, "schedule": {"$ref": _REF + "Schedule"},
+                           "campaign": {"type": ["string", "null"], "description":
+                                        "the campaign placing it (its targets and "
+                                        "schedule apply), or null"},
                            "created_at": {"type": "number"},
                            "updated_at": {"type": "number"},
                            "retired_at": {"type": ["number", "null"]}}}
@@ -207,6 +258,18 @@ def content_schemas() -> dict[str, Any]:
                                                  "items": {"$ref": _REF + "ContentItem"}},
                                        "next_cursor": {"type": ["string", "null"]},
                                        "next": {"type": ["string", "null"]}}},
+        "Campaign": {"type": "object",
+                     "required": ["key", "title", "targets", "schedule", "items",
+                                  "created_at", "updated_at", "retired_at"],
+                     "properties": {"key": _KEY, "title": {"type": "string"},
+                                    "targets": targets,
+                                    "schedule": {"$ref": _REF + "Schedule"},
+                                    "items": strings, "created_at": {"type": "number"},
+                                    "updated_at": {"type": "number"},
+                                    "retired_at": {"type": ["number", "null"]}}},
+        "CampaignList": {"type": "object", "required": ["campaigns"],
+                         "properties": {"campaigns": {"type": "array", "items": {
+                             "$ref": _REF + "Campaign"}}}},
         "VersionList": {"type": "object", "required": ["versions"],
                         "properties": {"versions": {"type": "array", "items": {
                             "$ref": _REF + "ContentVersion"}}}},
@@ -219,9 +282,9 @@ def content_schemas() -> dict[str, Any]:
                       "properties": {"groups": {"type": "array",
                                                 "items": {"$ref": _REF + "Group"}}}},
         "Funnel": {"type": "object",
-                   "required": ["item_key", "stages", "totals", "by_day", "by_node"],
+                   "required": ["items", "stages", "totals", "by_day", "by_node"],
                    "properties": {
-                       "item_key": _KEY, "stages": strings,
+                       "items": strings, "stages": strings,
                        "totals": counts,
                        "by_day": {"type": "array", "items": {
                            "allOf": [counts, {"type": "object", "required": ["day"],

@@ -378,15 +378,37 @@ def retire(key: str) -> ResponseReturnValue:
 @bp.get("/content/<key>/funnel.csv")
 @requires("content:read")
 def funnel_csv(key: str) -> ResponseReturnValue:
-    """The funnel as CSV (``by=day``, the default, or ``by=node``), for a spreadsheet."""
+    """An item's funnel as CSV (``by=day``, the default, or ``by=node``)."""
+    try:
+        library().get(key[:64])
+    except ContentError as exc:
+        return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
+    return _funnel_csv([key[:64]], key[:64])
+
+
+@bp.get("/campaigns/<key>/funnel.csv")
+@requires("content:read")
+def campaign_funnel_csv(key: str) -> ResponseReturnValue:
+    """A campaign's funnel (its items together) as CSV."""
+    try:
+        campaign = library().get_campaign(key[:64])
+    except ContentError as exc:
+        return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
+    return _funnel_csv(campaign["items"], f"campaign-{key[:64]}")
+
+
+def _funnel_csv(keys: list[str], name: str) -> Response:
     import csv
     import io
 
+    from hub import get_db
+    from hub.content_api import funnel_range
+
     try:
-        library().get(key[:64])
-        funnel = _funnel(key[:64])
+        since, until = funnel_range(request.args)
     except ContentError as exc:
         return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
+    funnel = get_db().funnel(keys, since, until)
     by = request.args.get("by", "day")
     if by not in ("day", "node"):
         return Response("by must be day or node\n", status=400, mimetype="text/plain")
@@ -399,5 +421,127 @@ def funnel_csv(key: str) -> ResponseReturnValue:
         writer.writerow([row[first], *(row[s] for s in funnel["stages"])])
     response = Response(out.getvalue(), mimetype="text/csv")
     response.headers["Content-Disposition"] = \
-        f'attachment; filename="{key[:64]}-funnel-by-{by}.csv"'
+        f'attachment; filename="{name}-funnel-by-{by}.csv"'
     return response
+
+
+# ------------------------------------------------------------------ campaigns
+
+
+class CampaignForm(PlacementFields):
+    key = StringField("Key", validators=[InputRequired(), Length(max=64)])
+    title = StringField("Title", validators=[InputRequired(), Length(max=MAX_TITLE)])
+    items = StringField("Items", validators=[Optional(), Length(max=40_000)])
+
+
+class CampaignItemsForm(FlaskForm):
+    items = StringField("Items", validators=[Optional(), Length(max=40_000)])
+
+
+def _campaigns_page(form: CampaignForm | None = None, error: str = "",
+                    status: int = 200) -> Response:
+    return _page("campaigns.html", status, campaigns=library().list_campaigns(),
+                 form=form or CampaignForm(formdata=None), error=error)
+
+
+@bp.get("/campaigns")
+@requires("content:read")
+def campaigns() -> ResponseReturnValue:
+    return _campaigns_page()
+
+
+@bp.post("/campaigns")
+@requires("content:write")
+def create_campaign() -> ResponseReturnValue:
+    form = CampaignForm()
+    if not form.validate_on_submit():
+        return _campaigns_page(form, _form_errors(form), 400)
+    key = form.key.data.strip()
+    try:
+        targets, schedule = form.targets().checked(), form.schedule()
+        library().create_campaign(_actor(), key, form.title.data, targets=targets,
+                                  schedule=schedule, items=_names(form.items.data))
+    except ContentError as exc:
+        return _campaigns_page(form, str(exc), exc.status)
+    flash(f"campaign {key} created", "ok")
+    return redirect(url_for("content_pages.campaign", key=key), 303)
+
+
+def _campaign_page(key: str, *, placement_form: PlacementFields | None = None,
+                   items_form: CampaignItemsForm | None = None, error: str = "",
+                   status: int = 200) -> Response:
+    from hub import get_db
+    from hub.content_api import funnel_range
+
+    lib = library()
+    campaign = lib.get_campaign(key[:64])
+    if placement_form is None:
+        placement_form = PlacementFields(formdata=None)
+        placement_form.fill(campaign)
+    if items_form is None:
+        items_form = CampaignItemsForm(formdata=None, items=", ".join(campaign["items"]))
+    try:
+        since, until = funnel_range(request.args)
+    except ContentError as exc:
+        today = int(time.time() // 86400)
+        since, until, error = today - 29, today, error or str(exc)
+        status = 400 if status == 200 else status
+    funnel = get_db().funnel(campaign["items"], since, until)
+    return _page("campaign.html", status, campaign=campaign, placement_form=placement_form,
+                 items_form=items_form, action_form=ActionForm(), error=error,
+                 funnel=funnel, charts=_charts(funnel))
+
+
+@bp.get("/campaigns/<key>")
+@requires("content:read")
+def campaign(key: str) -> ResponseReturnValue:
+    try:
+        return _campaign_page(key)
+    except ContentError as exc:
+        return _campaigns_page(error=str(exc), status=exc.status)
+
+
+@bp.post("/campaigns/<key>/placement")
+@requires("content:write")
+def place_campaign(key: str) -> ResponseReturnValue:
+    form = PlacementFields()
+    try:
+        if not form.validate_on_submit():
+            return _campaign_page(key, placement_form=form, error=_form_errors(form),
+                                  status=400)
+        library().place_campaign(_actor(), key[:64], targets=form.targets(),
+                                 schedule=form.schedule())
+    except ContentError as exc:
+        if exc.status == 404:
+            return _campaigns_page(error=str(exc), status=404)
+        return _campaign_page(key, placement_form=form, error=str(exc), status=exc.status)
+    flash(f"campaign {key}: where and when saved", "ok")
+    return redirect(url_for("content_pages.campaign", key=key), 303)
+
+
+@bp.post("/campaigns/<key>/items")
+@requires("content:write")
+def set_campaign_items(key: str) -> ResponseReturnValue:
+    form = CampaignItemsForm()
+    try:
+        if not form.validate_on_submit():
+            return _campaign_page(key, items_form=form, error=_form_errors(form), status=400)
+        library().set_campaign_items(_actor(), key[:64], _names(form.items.data))
+    except ContentError as exc:
+        if exc.status == 404 and "campaign" in str(exc):
+            return _campaigns_page(error=str(exc), status=404)
+        return _campaign_page(key, items_form=form, error=str(exc), status=exc.status)
+    flash(f"campaign {key}: items saved", "ok")
+    return redirect(url_for("content_pages.campaign", key=key), 303)
+
+
+@bp.post("/campaigns/<key>/retire")
+@requires("content:write")
+def retire_campaign(key: str) -> ResponseReturnValue:
+    try:
+        library().retire_campaign(_actor(), key[:64])
+    except ContentError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("content_pages.campaigns"), 303)
+    flash(f"campaign {key} retired: its items reach no node any more", "ok")
+    return redirect(url_for("content_pages.campaign", key=key), 303)

@@ -318,39 +318,45 @@ class HubDB:
             })
         return out
 
-    def funnel(self, item_key: str, first_day: int, last_day: int, *,
+    def funnel(self, item_keys: str | Sequence[str], first_day: int, last_day: int, *,
                top_nodes: int = 20) -> dict[str, Any]:
-        """An item's funnel over days ``first_day``..``last_day`` (days since 1970-01-01,
-        UTC): totals and each day from the maintained totals (a row per day and stage),
-        the fleet's taps per day beside them, and the ``top_nodes`` nodes that delivered
-        it most (this part reads the item's rows per node in the range)."""
+        """The funnel of an item (or of several together: a campaign's) over days
+        ``first_day``..``last_day`` (days since 1970-01-01, UTC): totals and each day
+        from the maintained totals (a row per item, day and stage), the fleet's taps per
+        day beside them, and the ``top_nodes`` nodes that delivered them most (this part
+        reads the items' rows per node in the range)."""
+        keys = [item_keys] if isinstance(item_keys, str) else sorted(set(item_keys))
         if not 0 <= last_day - first_day < MAX_FUNNEL_DAYS:
             raise QueryError(f"a funnel covers 1 to {MAX_FUNNEL_DAYS} days")
         days = range(first_day, last_day + 1)
         by_day = {d: dict.fromkeys(FUNNEL_STAGES, 0) for d in days}
+        top: list[str] = []
+        by_node: dict[str, dict[str, int]] = {}
         with self.engine.connect() as conn:
             for key, day, stage, n in conn.execute(
                     select(funnel_totals.c.item_key, funnel_totals.c.day,
                            funnel_totals.c.stage, funnel_totals.c.n)
-                    .where(funnel_totals.c.item_key.in_([item_key, "*"]),
+                    .where(funnel_totals.c.item_key.in_([*keys, "*"]),
                            funnel_totals.c.day.between(first_day, last_day))):
-                if stage in by_day[day] and (key == item_key) == (stage != "tap"):
+                if stage in by_day[day] and (key != "*") == (stage != "tap"):
                     by_day[day][stage] += int(n)
-            per_node = func.sum(funnel_daily.c.n)
-            ranked = conn.execute(
-                select(funnel_daily.c.node_id, per_node.label("n"))
-                .where(funnel_daily.c.item_key == item_key,
-                       funnel_daily.c.day.between(first_day, last_day),
-                       funnel_daily.c.stage == "delivery")
-                .group_by(funnel_daily.c.node_id)
-                .order_by(per_node.desc(), funnel_daily.c.node_id).limit(top_nodes)).all()
-            top = [r.node_id for r in ranked]
-            by_node = {n: dict.fromkeys(FUNNEL_STAGES, 0) for n in top}
+            if keys:
+                per_node = func.sum(funnel_daily.c.n)
+                ranked = conn.execute(
+                    select(funnel_daily.c.node_id, per_node.label("n"))
+                    .where(funnel_daily.c.item_key.in_(keys),
+                           funnel_daily.c.day.between(first_day, last_day),
+                           funnel_daily.c.stage == "delivery")
+                    .group_by(funnel_daily.c.node_id)
+                    .order_by(per_node.desc(), funnel_daily.c.node_id).limit(top_nodes)
+                ).all()
+                top = [r.node_id for r in ranked]
+                by_node = {n: dict.fromkeys(FUNNEL_STAGES, 0) for n in top}
             if top:
                 for node_id, stage, n in conn.execute(
                         select(funnel_daily.c.node_id, funnel_daily.c.stage,
                                func.sum(funnel_daily.c.n))
-                        .where(funnel_daily.c.item_key == item_key,
+                        .where(funnel_daily.c.item_key.in_(keys),
                                funnel_daily.c.day.between(first_day, last_day),
                                funnel_daily.c.node_id.in_(top))
                         .group_by(funnel_daily.c.node_id, funnel_daily.c.stage)):
@@ -360,7 +366,7 @@ class HubDB:
         for counts in by_day.values():
             for stage, n in counts.items():
                 totals[stage] += n
-        return {"item_key": item_key, "stages": list(FUNNEL_STAGES), "totals": totals,
+        return {"items": keys, "stages": list(FUNNEL_STAGES), "totals": totals,
                 "by_day": [{"day": _day_text(d), **by_day[d]} for d in days],
                 "by_node": [{"node_id": n, **by_node[n]} for n in top]}
 

@@ -35,8 +35,8 @@ from tapcast.signed import sign_object
 
 from hub.config import HubConfig
 from hub.dbengine import writer
-from hub.schema import (content_files, content_items, content_targets, content_versions,
-                        manifests, node_groups, nodes)
+from hub.schema import (campaign_targets, campaigns, content_files, content_items,
+                        content_targets, content_versions, manifests, node_groups, nodes)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,12 @@ class Snapshot:
 
     @classmethod
     def load(cls, engine: Engine) -> Snapshot:
+        """Items in a live campaign take the campaign's targets and schedule; those in
+        a retired one reach no node."""
         with engine.connect() as conn:
             rows = conn.execute(
                 select(content_items.c.key, content_items.c.kind, content_items.c.schedule,
+                       content_items.c.campaign,
                        content_versions.c.version, content_versions.c.title,
                        content_versions.c.body, content_versions.c.price_cents,
                        content_versions.c.file_sha256, content_versions.c.file_name,
@@ -84,16 +87,30 @@ class Snapshot:
                 .where(content_items.c.retired_at.is_(None))).all()
             target_rows = conn.execute(select(content_targets)).all()
             group_rows = conn.execute(select(node_groups.c.node_id, node_groups.c.name)).all()
+            live_campaigns = {r.key: r.schedule for r in conn.execute(
+                select(campaigns.c.key, campaigns.c.schedule)
+                .where(campaigns.c.retired_at.is_(None)))}
+            campaign_rows = conn.execute(select(campaign_targets)).all()
         items = {}
+        members: dict[str, list[str]] = {}  # live campaign -> its items
         for r in rows:
+            if r.campaign is not None:
+                if r.campaign not in live_campaigns:
+                    continue  # its campaign is retired
+                members.setdefault(r.campaign, []).append(r.key)
             file = None
             if r.file_sha256 is not None:
                 file = ManifestFile(r.file_sha256, r.size, r.media_type, r.file_name or "file")
+            schedule = live_campaigns[r.campaign] if r.campaign is not None else r.schedule
             items[r.key] = ManifestItem(r.key, r.version, r.kind, r.title, r.body,
-                                        r.price_cents, file, decode_schedule(r.schedule))
+                                        r.price_cents, file, decode_schedule(schedule))
+        placed_by_campaign = {k for keys in members.values() for k in keys}
         targets: dict[tuple[str, str], list[str]] = {}
         for key, kind, value in target_rows:
-            if key in items:
+            if key in items and key not in placed_by_campaign:
+                targets.setdefault((kind, value), []).append(key)
+        for campaign, kind, value in campaign_rows:
+            for key in members.get(campaign, []):
                 targets.setdefault((kind, value), []).append(key)
         groups: dict[str, list[str]] = {}
         for node_id, name in group_rows:
@@ -105,7 +122,7 @@ class Snapshot:
         wanted += [("group", g) for g in self.groups.get(node_id, [])]
         if zone:
             wanted.append(("zone", zone))
-        keys = sorted({k for w in wanted for k in self.targets.get(w, [])})
+        keys = sorted({k for w in wanted for k in self.targets.get(w, [])})  # no repeats
         return [self.items[k] for k in keys]
 
 

@@ -25,7 +25,8 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Float, For
 
 __all__ = ["metadata", "nodes", "streams", "events", "event_counts", "kind_totals",
            "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time", "content_files",
-           "content_items", "content_versions", "content_targets", "node_groups", "manifests", "funnel_daily", "funnel_totals", "FUNNEL_STAGES"]
+           "content_items", "content_versions", "content_targets", "campaigns",
+           "campaign_targets", "node_groups", "manifests", "funnel_daily", "funnel_totals", "FUNNEL_STAGES"]
 
 # Stable constraint and index names, so migrations can name what they alter.
 metadata = MetaData(naming_convention={
@@ -232,12 +233,36 @@ content_files = Table(
     Column("created_at", Time, nullable=False),
 )
 
+#: A campaign places several items together: while an item is in a live campaign, the
+#: campaign's targets and schedule are the item's (its own are kept for when it leaves);
+#: a retired campaign's items reach no node. The funnel sums its items.
+campaigns = Table(
+    "campaigns", metadata,
+    Column("key", String(CONTENT_KEY_LEN), primary_key=True),
+    Column("title", String(200), nullable=False),
+    Column("schedule", Text, nullable=False),  # JSON, tapcast.schedule.Schedule
+    Column("created_at", Time, nullable=False),
+    Column("updated_at", Time, nullable=False),
+    Column("retired_at", Time),
+)
+
+campaign_targets = Table(
+    "campaign_targets", metadata,
+    Column("key", String(CONTENT_KEY_LEN), ForeignKey("campaigns.key"), primary_key=True),
+    Column("target_type", String(8), primary_key=True),
+    Column("value", String(64), primary_key=True),
+    Index(None, "target_type", "value"),
+    CheckConstraint("target_type IN ('all', 'zone', 'group', 'node')", name="target_type"),
+)
+
 content_items = Table(
     "content_items", metadata,
     Column("key", String(CONTENT_KEY_LEN), primary_key=True),
     Column("kind", String(16), nullable=False),
     Column("current", Integer, nullable=False),  # the version nodes get
     Column("schedule", Text, nullable=False),  # JSON, tapcast.schedule.Schedule
+    # the campaign that places it (NULL: its own targets and schedule)
+    Column("campaign", String(CONTENT_KEY_LEN), ForeignKey("campaigns.key"), index=True),
     Column("created_at", Time, nullable=False),
     Column("updated_at", Time, nullable=False),
     Column("retired_at", Time),  # NULL: live; else no node gets it any more

@@ -78,7 +78,12 @@ OPERATIONS = [("/api/v1/nodes", "GET"), ("/api/v1/nodes/{node_id}", "GET"),
               ("/api/v1/content/{key}/retire", "POST"), ("/api/v1/files", "POST"),
               ("/api/v1/files/{sha256}", "GET"), ("/api/v1/groups", "GET"),
               ("/api/v1/groups/{name}", "PUT"), ("/api/v1/preview", "GET"),
-              ("/api/v1/content/{key}/funnel", "GET")]
+              ("/api/v1/content/{key}/funnel", "GET"), ("/api/v1/campaigns", "GET"),
+              ("/api/v1/campaigns", "POST"), ("/api/v1/campaigns/{key}", "GET"),
+              ("/api/v1/campaigns/{key}/placement", "PUT"),
+              ("/api/v1/campaigns/{key}/items", "PUT"),
+              ("/api/v1/campaigns/{key}/retire", "POST"),
+              ("/api/v1/campaigns/{key}/funnel", "GET")]
 
 
 def test_every_operation_of_the_document_is_fuzzed(app: Flask) -> None:

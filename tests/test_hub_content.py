@@ -437,3 +437,99 @@ def test_the_funnel_api_and_its_csv(app: Flask, config: HubConfig, lib: ContentL
     page = client.get("/content/coffee?since=2024-10-04&until=2024-10-05"
                       ).get_data(as_text=True)
     assert 'data-testid="funnel-delivery">3<' in page and "<svg" in page
+
+
+# ------------------------------------------------------------------ campaigns
+
+
+def test_items_in_a_campaign_go_where_and_when_it_says_and_back_when_they_leave(
+        app: Flask, lib: ContentLibrary) -> None:
+    write_node(lib, "n-lobby", "lobby")
+    write_node(lib, "n-platform", "platform")
+    coupon(lib, "coffee", targets=Targets(zones=("platform",)))
+    coupon(lib, "tea", targets=Targets(zones=("platform",)))
+    evening = Schedule(windows=[Window("18:00", "22:00")], priority=7)
+    lib.create_campaign(CLI, "spring", "Spring offers", targets=Targets(zones=("lobby",)),
+                        schedule=evening)
+    lib.set_campaign_items(CLI, "spring", ["coffee", "tea"])
+    assert [i["key"] for i in lib.for_node("n-lobby")] == ["coffee", "tea"]
+    assert lib.for_node("n-platform") == []
+    berlin = ZoneInfo("Europe/Berlin")
+    at_19 = datetime(2026, 12, 2, 19, 0, tzinfo=berlin).timestamp()
+    at_10 = datetime(2026, 12, 2, 10, 0, tzinfo=berlin).timestamp()
+    assert lib.preview("n-lobby", at_19, "Europe/Berlin")["active"] == ["coffee", "tea"]
+    assert lib.preview("n-lobby", at_10, "Europe/Berlin")["active"] == []
+    assert lib.get("coffee")["campaign"] == "spring"
+    lib.set_campaign_items(CLI, "spring", ["tea"])  # coffee leaves: its own placement
+    assert [i["key"] for i in lib.for_node("n-platform")] == ["coffee"]
+    assert lib.get("coffee")["campaign"] is None
+
+
+def test_a_retired_campaigns_items_reach_no_node(lib: ContentLibrary) -> None:
+    write_node(lib, "n1", "lobby")
+    coupon(lib, "coffee", targets=Targets(everywhere=True))
+    lib.create_campaign(CLI, "spring", "Spring", targets=Targets(everywhere=True))
+    lib.set_campaign_items(CLI, "spring", ["coffee"])
+    lib.retire_campaign(CLI, "spring")
+    assert lib.for_node("n1") == []
+    with pytest.raises(ContentError, match="retired") as exc:
+        lib.set_campaign_items(CLI, "spring", [])
+    assert exc.value.status == 409
+
+
+def test_an_item_is_in_one_campaign_at_most(lib: ContentLibrary) -> None:
+    coupon(lib, "coffee")
+    lib.create_campaign(CLI, "spring", "Spring")
+    lib.create_campaign(CLI, "summer", "Summer")
+    lib.set_campaign_items(CLI, "spring", ["coffee"])
+    with pytest.raises(ContentError, match="is in campaign 'spring'") as exc:
+        lib.set_campaign_items(CLI, "summer", ["coffee"])
+    assert exc.value.status == 409
+    assert lib.get_campaign("summer")["items"] == []
+
+
+def test_a_campaigns_manifest_entries_carry_its_schedule(app: Flask,
+                                                          lib: ContentLibrary) -> None:
+    from hub.manifests import Snapshot
+
+    coupon(lib, "coffee", schedule=Schedule(priority=1))
+    lib.create_campaign(CLI, "spring", "Spring", targets=Targets(everywhere=True),
+                        schedule=Schedule(share=5))
+    lib.set_campaign_items(CLI, "spring", ["coffee"])
+    item, = Snapshot.load(get_db(app).engine).for_node("n9", None)
+    assert item.key == "coffee" and item.schedule == Schedule(share=5)
+
+
+def test_a_campaigns_funnel_sums_its_items(app: Flask, config: HubConfig,
+                                           lib: ContentLibrary) -> None:
+    coupon(lib)
+    coupon(lib, "tea")
+    funnel_events(app)
+    token = api_token(config, "c", user="max", role="marketer")
+    c = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    made = c.post("/api/v1/campaigns", headers=auth, json={
+        "key": "drinks", "title": "Drinks", "items": ["coffee", "tea"],
+        "targets": {"zones": ["lobby"]}})
+    assert made.status_code == 201 and made.json["items"] == ["coffee", "tea"]
+    f = c.get("/api/v1/campaigns/drinks/funnel?since=2024-10-04&until=2024-10-05",
+              headers=auth).json
+    assert f["items"] == ["coffee", "tea"] and f["totals"]["delivery"] == 4
+    client, _ = signed_in_marketer(app, config)
+    page = client.get("/campaigns/drinks?since=2024-10-04&until=2024-10-05"
+                      ).get_data(as_text=True)
+    assert 'data-testid="funnel-delivery">4<' in page and "<svg" in page
+
+
+def test_the_campaign_form_creates_it_with_its_items_and_shows_an_error_for_a_taken_item(
+        app: Flask, config: HubConfig, lib: ContentLibrary) -> None:
+    coupon(lib)
+    client, csrf = signed_in_marketer(app, config)
+    fields = {"csrf_token": csrf, "title": "Spring", "zones": "lobby", "items": "coffee",
+              "priority": "0", "share": "1", "cap_per": "day"}
+    r = client.post("/campaigns", data={**fields, "key": "spring"})
+    assert r.status_code == 303 and lib.get("coffee")["campaign"] == "spring"
+    again = client.post("/campaigns", data={**fields, "key": "summer"})
+    assert again.status_code == 409
+    assert "is in campaign &#39;spring&#39;" in again.get_data(as_text=True)
+    assert [c["key"] for c in lib.list_campaigns()] == ["spring"]  # summer: not half-made

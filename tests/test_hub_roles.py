@@ -93,6 +93,20 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "node_files.node_file": "public",
     "content_api.content_funnel": frozenset({"content:read"}),
     "content_pages.funnel_csv": frozenset({"content:read"}),
+    "content_api.list_campaigns": frozenset({"content:read"}),
+    "content_api.create_campaign": frozenset({"content:write"}),
+    "content_api.get_campaign": frozenset({"content:read"}),
+    "content_api.place_campaign": frozenset({"content:write"}),
+    "content_api.set_campaign_items": frozenset({"content:write"}),
+    "content_api.retire_campaign": frozenset({"content:write"}),
+    "content_api.campaign_funnel": frozenset({"content:read"}),
+    "content_pages.campaigns": frozenset({"content:read"}),
+    "content_pages.create_campaign": frozenset({"content:write"}),
+    "content_pages.campaign": frozenset({"content:read"}),
+    "content_pages.place_campaign": frozenset({"content:write"}),
+    "content_pages.set_campaign_items": frozenset({"content:write"}),
+    "content_pages.retire_campaign": frozenset({"content:write"}),
+    "content_pages.campaign_funnel_csv": frozenset({"content:read"}),
 }
 
 #: One request per endpoint: method, URL, and a JSON body or form fields. Changes are
@@ -165,6 +179,29 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "node_files.node_file": ("GET", f"/node/v1/files/{PNG_SHA256}?{NODE_FILE_QUERY}", None),
     "content_api.content_funnel": ("GET", "/api/v1/content/target/funnel", None),
     "content_pages.funnel_csv": ("GET", "/content/target/funnel.csv", None),
+    "content_api.list_campaigns": ("GET", "/api/v1/campaigns", None),
+    "content_api.create_campaign": ("POST", "/api/v1/campaigns",
+                                    {"json": {"key": "unique", "title": "Unique"}}),
+    "content_api.get_campaign": ("GET", "/api/v1/campaigns/spring", None),
+    "content_api.place_campaign": ("PUT", "/api/v1/campaigns/spring/placement",
+                                   {"json": {"title": "unique"}}),
+    "content_api.set_campaign_items": ("PUT", "/api/v1/campaigns/spring/items",
+                                       {"json": {"items": ["target"]}}),
+    "content_api.retire_campaign": ("POST", "/api/v1/campaigns/autumn/retire", None),
+    "content_api.campaign_funnel": ("GET", "/api/v1/campaigns/spring/funnel", None),
+    "content_pages.campaigns": ("GET", "/campaigns", None),
+    "content_pages.create_campaign": ("POST", "/campaigns",
+                                      {"form": {"key": "unique", "title": "Unique",
+                                                "share": "1", "priority": "0",
+                                                "cap_per": "day"}}),
+    "content_pages.campaign": ("GET", "/campaigns/spring", None),
+    "content_pages.place_campaign": ("POST", "/campaigns/spring/placement",
+                                     {"form": {"zones": "z3", "share": "1", "priority": "0",
+                                               "cap_per": "day"}}),
+    "content_pages.set_campaign_items": ("POST", "/campaigns/spring/items",
+                                         {"form": {"items": "target"}}),
+    "content_pages.retire_campaign": ("POST", "/campaigns/autumn/retire", {"form": {}}),
+    "content_pages.campaign_funnel_csv": ("GET", "/campaigns/spring/funnel.csv", None),
 }
 
 WHO = ("anonymous", *ROLES)
@@ -195,6 +232,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
         png = lib.store_file(io.BytesIO(PNG), "coupon")
         for key in ("target", "gone"):
             lib.create(cli, key, "coupon", ItemInput("Target", "", 0, png, "t.png"))
+        for key in ("spring", "autumn"):
+            lib.create_campaign(cli, key, key.title())
         yield app
         get_db(app).close()
 

@@ -1,4 +1,5 @@
-"""Content: files by sha256, items with immutable versions, targeting, node groups, the
+"""Content: files by sha256, items with immutable versions, campaigns, targeting, node
+groups, the
 manifest last published to each node, and the funnel's daily counts.
 
 Revision ID: 0003
@@ -28,18 +29,45 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("sha256", name="pk_content_files"),
     )
     op.create_table(
+        "campaigns",
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("title", sa.String(200), nullable=False),
+        sa.Column("schedule", sa.Text, nullable=False),
+        sa.Column("created_at", Time, nullable=False),
+        sa.Column("updated_at", Time, nullable=False),
+        sa.Column("retired_at", Time),
+        sa.PrimaryKeyConstraint("key", name="pk_campaigns"),
+    )
+    op.create_table(
+        "campaign_targets",
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("target_type", sa.String(8), nullable=False),
+        sa.Column("value", sa.String(64), nullable=False),
+        sa.PrimaryKeyConstraint("key", "target_type", "value", name="pk_campaign_targets"),
+        sa.ForeignKeyConstraint(["key"], ["campaigns.key"],
+                                name="fk_campaign_targets_key_campaigns"),
+        sa.CheckConstraint("target_type IN ('all', 'zone', 'group', 'node')",
+                           name="ck_campaign_targets_target_type"),
+    )
+    op.create_index("ix_campaign_targets_target_type_value", "campaign_targets",
+                    ["target_type", "value"])
+    op.create_table(
         "content_items",
         sa.Column("key", sa.String(64), nullable=False),
         sa.Column("kind", sa.String(16), nullable=False),
         sa.Column("current", sa.Integer, nullable=False),
         sa.Column("schedule", sa.Text, nullable=False),
+        sa.Column("campaign", sa.String(64)),
         sa.Column("created_at", Time, nullable=False),
         sa.Column("updated_at", Time, nullable=False),
         sa.Column("retired_at", Time),
         sa.PrimaryKeyConstraint("key", name="pk_content_items"),
+        sa.ForeignKeyConstraint(["campaign"], ["campaigns.key"],
+                                name="fk_content_items_campaign_campaigns"),
         sa.CheckConstraint("kind IN ('article', 'coupon', 'media', 'ticket', 'goods')",
                            name="ck_content_items_kind"),
     )
+    op.create_index("ix_content_items_campaign", "content_items", ["campaign"])
     op.create_table(
         "content_versions",
         sa.Column("key", sa.String(64), nullable=False),
@@ -116,4 +144,6 @@ def downgrade() -> None:
     op.drop_table("content_targets")
     op.drop_table("content_versions")
     op.drop_table("content_items")
+    op.drop_table("campaign_targets")
+    op.drop_table("campaigns")
     op.drop_table("content_files")
