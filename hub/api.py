@@ -75,7 +75,8 @@ def _shown(raw: str, limit: int = 40) -> str:
     return repr(raw[:limit]) + ("..." if len(raw) > limit else "")
 
 
-def _check_params(allowed: tuple[str, ...]) -> None:
+def check_params(allowed: tuple[str, ...]) -> None:
+    """BadRequest (400) for a query parameter not in ``allowed``, or one given twice."""
     unknown = sorted(set(request.args) - set(allowed))
     if unknown:
         raise BadRequest(f"unknown query parameter(s) {', '.join(_shown(u) for u in unknown[:5])}"
@@ -182,7 +183,7 @@ def _public_node(node: dict[str, Any], *, with_state: bool) -> dict[str, Any]:
 def list_nodes() -> ResponseReturnValue:
     """One page of nodes by id; filters on indexes (zone, version) or the computed
     status; ``cursor`` for the next page."""
-    _check_params(("zone", "version", "status", "limit", "cursor"))
+    check_params(("zone", "version", "status", "limit", "cursor"))
     limit = _int_arg("limit", 1, MAX_NODES_LIMIT) or DEFAULT_NODES_LIMIT
     try:
         nodes, next_cursor = _db().list_nodes(
@@ -198,7 +199,7 @@ def list_nodes() -> ResponseReturnValue:
 @bp.get("/nodes/<node_id>")
 @requires("nodes:read")
 def get_node(node_id: str) -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     _node_id_arg(node_id)
     node = _db().get_node(node_id, stale_after=_stale_after())
     if node is None:
@@ -210,7 +211,7 @@ def get_node(node_id: str) -> ResponseReturnValue:
 @requires("events:read")
 def list_events() -> ResponseReturnValue:
     allowed = ("node_id", "kind", "since_seq", "since", "until", "limit", "cursor")
-    _check_params(allowed)
+    check_params(allowed)
     node_id = _node_id_arg(request.args.get("node_id"))
     kind = _kind_arg()
     limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_EVENTS_LIMIT
@@ -230,7 +231,7 @@ def list_events() -> ResponseReturnValue:
 def list_incidents() -> ResponseReturnValue:
     """Incidents of the event stream (lost, conflict, quarantined, new_epoch), newest
     first, paged by cursor like the events."""
-    _check_params(("node_id", "limit", "cursor"))
+    check_params(("node_id", "limit", "cursor"))
     node_id = _node_id_arg(request.args.get("node_id"))
     limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_INCIDENTS_LIMIT
     cursor = _cursor_arg()
@@ -259,7 +260,7 @@ def incident_totals(db: HubDB) -> dict[str, int]:
 @bp.get("/stats")
 @requires("stats:read")
 def stats() -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     from hub import get_ingest
 
     db = _db()

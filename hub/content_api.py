@@ -22,6 +22,7 @@ from flask.typing import ResponseReturnValue
 
 from hub import get_db
 from hub.accounts import Actor
+from hub.api import check_params
 from hub.auth import Principal, current_principal, requires
 from hub.content import (MAX_BODY, MAX_FILE_NAME, MAX_GROUP_NODES, MAX_PRICE_CENTS,
                          MAX_TARGETS, MAX_TITLE, ContentError, ContentLibrary, ItemInput,
@@ -146,16 +147,6 @@ def _body(kind: type[S]) -> S:
         raise ContentError(f"body: {exc} (send a JSON object)") from None
 
 
-def _check_params(allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(request.args) - set(allowed))
-    if unknown:
-        raise ContentError(f"unknown query parameter(s) "
-                           f"{', '.join(repr(u[:40]) for u in unknown[:5])}; accepted: "
-                           f"{', '.join(allowed) or 'none'}")
-    repeated = sorted(k for k in request.args if len(request.args.getlist(k)) > 1)
-    if repeated:
-        raise ContentError(f"query parameter(s) {', '.join(repeated)} given more than once; "
-                           "give each once")
 
 
 def _key(key: str) -> str:
@@ -176,7 +167,7 @@ def content_error(exc: ContentError) -> ResponseReturnValue:
 @requires("content:read")
 def list_content() -> ResponseReturnValue:
     """The library by key, a page at a time; filters kind and state (live, retired)."""
-    _check_params(("kind", "state", "limit", "cursor"))
+    check_params(("kind", "state", "limit", "cursor"))
     args = request.args
     kind = args.get("kind")
     if kind is not None and kind not in CONTENT_KINDS:
@@ -210,7 +201,7 @@ def list_content() -> ResponseReturnValue:
 @requires("content:write")
 def create_content() -> ResponseReturnValue:
     """A new item at version 1 (its file uploaded before, named by sha256)."""
-    _check_params(())
+    check_params(())
     body = _body(NewItem)
     lib = library()
     file = lib.file(body.file_sha256) if body.file_sha256 else None
@@ -225,7 +216,7 @@ def create_content() -> ResponseReturnValue:
 @bp.get("/content/<key>")
 @requires("content:read")
 def get_content(key: str) -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     return jsonify(library().get(_key(key)))
 
 
@@ -233,7 +224,7 @@ def get_content(key: str) -> ResponseReturnValue:
 @requires("content:read")
 def list_versions(key: str) -> ResponseReturnValue:
     """Every version, newest first (versions never change once written)."""
-    _check_params(())
+    check_params(())
     return jsonify({"versions": library().versions(_key(key))})
 
 
@@ -241,7 +232,7 @@ def list_versions(key: str) -> ResponseReturnValue:
 @requires("content:write")
 def create_version(key: str) -> ResponseReturnValue:
     """The next version: what the body leaves out is kept from the current one."""
-    _check_params(())
+    check_params(())
     body = _body(NewVersion)
     lib = library()
     file = lib.file(body.file_sha256) if body.file_sha256 else None
@@ -255,7 +246,7 @@ def create_version(key: str) -> ResponseReturnValue:
 @requires("content:write")
 def place_content(key: str) -> ResponseReturnValue:
     """Where the item goes and when; the content (and its version) stays as it is."""
-    _check_params(())
+    check_params(())
     body = _body(Placement)
     schedule = parse_schedule(body.schedule) if body.schedule is not None else None
     targets = body.targets.targets() if body.targets is not None else None
@@ -266,7 +257,7 @@ def place_content(key: str) -> ResponseReturnValue:
 @requires("content:write")
 def retire_content(key: str) -> ResponseReturnValue:
     """No node gets the item any more; it stays in the library, as reports name it."""
-    _check_params(())
+    check_params(())
     return jsonify(library().retire(_actor(), _key(key)))
 
 
@@ -303,7 +294,7 @@ def funnel_range(args: Any) -> tuple[int, int]:
 def content_funnel(key: str) -> ResponseReturnValue:
     """Impressions, taps, deliveries, requests and opens of an item, per day and for
     the nodes that delivered it most (``since``/``until``: YYYY-MM-DD, UTC days)."""
-    _check_params(("since", "until"))
+    check_params(("since", "until"))
     lib = library()
     lib.get(_key(key))  # 404 for an item that is not in the library
     since, until = funnel_range(request.args)
@@ -316,7 +307,7 @@ def content_funnel(key: str) -> ResponseReturnValue:
 @bp.get("/campaigns")
 @requires("content:read")
 def list_campaigns() -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     return jsonify({"campaigns": library().list_campaigns()})
 
 
@@ -324,7 +315,7 @@ def list_campaigns() -> ResponseReturnValue:
 @requires("content:write")
 def create_campaign() -> ResponseReturnValue:
     """A campaign: a title, where and when, and the items it places."""
-    _check_params(())
+    check_params(())
     body = _body(NewCampaign)
     schedule = parse_schedule(body.schedule) if body.schedule is not None else None
     campaign = library().create_campaign(_actor(), body.key, body.title,
@@ -336,14 +327,14 @@ def create_campaign() -> ResponseReturnValue:
 @bp.get("/campaigns/<key>")
 @requires("content:read")
 def get_campaign(key: str) -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     return jsonify(library().get_campaign(_key(key)))
 
 
 @bp.put("/campaigns/<key>/placement")
 @requires("content:write")
 def place_campaign(key: str) -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     body = _body(CampaignPlacement)
     schedule = parse_schedule(body.schedule) if body.schedule is not None else None
     targets = body.targets.targets() if body.targets is not None else None
@@ -355,7 +346,7 @@ def place_campaign(key: str) -> ResponseReturnValue:
 @requires("content:write")
 def set_campaign_items(key: str) -> ResponseReturnValue:
     """The campaign places exactly these items from now on."""
-    _check_params(())
+    check_params(())
     body = _body(CampaignItems)
     return jsonify(library().set_campaign_items(_actor(), _key(key), body.items))
 
@@ -363,7 +354,7 @@ def set_campaign_items(key: str) -> ResponseReturnValue:
 @bp.post("/campaigns/<key>/retire")
 @requires("content:write")
 def retire_campaign(key: str) -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     return jsonify(library().retire_campaign(_actor(), _key(key)))
 
 
@@ -372,7 +363,7 @@ def retire_campaign(key: str) -> ResponseReturnValue:
 def campaign_funnel(key: str) -> ResponseReturnValue:
     """The funnel of the campaign's items together (``since``/``until`` as for an
     item's)."""
-    _check_params(("since", "until"))
+    check_params(("since", "until"))
     campaign = library().get_campaign(_key(key))
     since, until = funnel_range(request.args)
     return jsonify(get_db().funnel(campaign["items"], since, until))
@@ -387,7 +378,7 @@ def upload_file() -> ResponseReturnValue:
     """The raw request body kept as a file for an item of ``kind``: its type is read
     from its bytes, and it is refused whole when too big or of a type that kind does
     not take."""
-    _check_params(("kind",))
+    check_params(("kind",))
     kind = request.args.get("kind")
     if kind not in CONTENT_KINDS:
         raise ContentError(f"kind: say which kind of item the file is for, one of "
@@ -401,7 +392,7 @@ def upload_file() -> ResponseReturnValue:
 @requires("content:read")
 def get_file(sha256: str) -> ResponseReturnValue:
     """A file by its hash; Range requests resume a download cut halfway."""
-    _check_params(())
+    check_params(())
     if not SHA256_RE.fullmatch(sha256):
         raise ContentError(f"no file {sha256[:64]!r}: a file is named by its sha256 in "
                            "hex", 404)
@@ -417,7 +408,7 @@ def get_file(sha256: str) -> ResponseReturnValue:
 @bp.get("/groups")
 @requires("content:read")
 def list_groups() -> ResponseReturnValue:
-    _check_params(())
+    check_params(())
     return jsonify({"groups": library().groups()})
 
 
@@ -425,7 +416,7 @@ def list_groups() -> ResponseReturnValue:
 @requires("content:write")
 def set_group(name: str) -> ResponseReturnValue:
     """The group is exactly these nodes from now on (an empty list removes it)."""
-    _check_params(())
+    check_params(())
     body = _body(GroupBody)
     return jsonify(library().set_group(_actor(), name[:80], body.nodes))
 
@@ -435,7 +426,7 @@ def set_group(name: str) -> ResponseReturnValue:
 def preview() -> ResponseReturnValue:
     """What node ``node_id`` would show in its loop and push after a tap at ``at``
     (default now), in time zone ``tz`` (default ``[hub] timezone``)."""
-    _check_params(("node_id", "at", "tz", "zone"))
+    check_params(("node_id", "at", "tz", "zone"))
     args = request.args
     node_id = args.get("node_id")
     if node_id is None:

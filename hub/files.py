@@ -27,6 +27,8 @@ from typing import BinaryIO
 
 import filetype
 
+from tapcast.fsutil import fsync_dir
+
 log = logging.getLogger(__name__)
 
 __all__ = ["FileStore", "StoredFile", "FileError", "SHA256_RE", "sniff"]
@@ -110,7 +112,7 @@ class FileStore:
             final = self.path(sha)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)  # same bytes already there: replaced by themselves
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return StoredFile(sha, size, media_type)
         finally:
             tmp.unlink(missing_ok=True)
@@ -132,17 +134,3 @@ def _check_type(head: bytes, allowed: dict[str, str], what: str) -> str:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:g} MB"
-
-
-def _fsync_dir(path: Path) -> None:
-    """The rename itself survives a power cut only once its directory is on disk."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tapcast.fsutil import fsync_dir
 from tapcast.keys import HubKeyring
 from tapcast.protocol.manifest import (FILES_PATH, MANIFEST_KIND, Manifest, ManifestError,
                                        ManifestFile, decode_manifest, file_request_sig)
@@ -366,7 +367,7 @@ class ContentSync:
             raise BadFileError(f"file {file.sha256}: the bytes the hub sent hash to "
                                f"{digest.hexdigest()}")
         os.replace(partial, self.files_dir / file.sha256)
-        _fsync_dir(self.files_dir)
+        fsync_dir(self.files_dir)
 
     def _request(self, files_url: str, file: ManifestFile, partial: Path, have: int,
                  abort: Callable[[], bool], fetched: list[int]) -> int | None:
@@ -481,17 +482,3 @@ def _check_zone(tz: str) -> None:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a directory
         raise ManifestError(f"manifest time zone {tz!r} is not known here: {exc}") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a hall's Pi loses power by the plug)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
