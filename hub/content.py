@@ -397,6 +397,15 @@ class ContentLibrary:
         zone = reported or zone
         return Snapshot.load(self.engine).for_node(node_id, zone), zone
 
+    def node_timezone(self, node_id: str, default: str) -> str:
+        """The time zone ``node_id`` reported (``[node] timezone``), else ``default``."""
+        from hub.manifests import node_timezone
+
+        with self.engine.connect() as conn:
+            state = conn.execute(select(nodes.c.state).where(nodes.c.node_id == node_id)
+                                 ).scalar()
+        return node_timezone(state, default)
+
     def preview(self, node_id: str, at: float, tz: str, *, zone: str | None = None,
                 slots: int = 12) -> dict[str, Any]:
         """What ``node_id`` would show (the display loop's next ``slots``) and push after

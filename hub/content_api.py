@@ -425,7 +425,8 @@ def set_group(name: str) -> ResponseReturnValue:
 @requires("content:read")
 def preview() -> ResponseReturnValue:
     """What node ``node_id`` would show in its loop and push after a tap at ``at``
-    (default now), in time zone ``tz`` (default ``[hub] timezone``)."""
+    (default now), in time zone ``tz`` (default: the one the node reported, else
+    ``[hub] timezone``)."""
     check_params(("node_id", "at", "tz", "zone"))
     args = request.args
     node_id = args.get("node_id")
@@ -439,7 +440,8 @@ def preview() -> ResponseReturnValue:
             raise ContentError("at: unix seconds, such as 1767225600") from None
         if not math.isfinite(at) or not 0 <= at <= time.time() + MAX_PREVIEW_SPAN:
             raise ContentError("at: unix seconds between 1970 and ten years from now")
-    tz = args.get("tz") or current_app.config["TAPCAST"].hub.timezone
+    tz = args.get("tz") or library().node_timezone(node_id[:64], current_app.config[
+        "TAPCAST"].hub.timezone)
     zone = args.get("zone")
     return jsonify(library().preview(node_id, at, tz, zone=zone))
 

@@ -183,8 +183,9 @@ def content() -> ResponseReturnValue:
             return _library_page(error=_form_errors(preview_form), status=400,
                                  preview_form=preview_form)
         try:
-            tz = check_timezone(preview_form.tz.data
-                                or current_app.config["TAPCAST"].hub.timezone)
+            tz = check_timezone(preview_form.tz.data or library().node_timezone(
+                preview_form.node_id.data.strip()[:64],
+                current_app.config["TAPCAST"].hub.timezone))
             at = time.time()
             if preview_form.at.data:
                 try:

@@ -126,6 +126,23 @@ class Snapshot:
         return [self.items[k] for k in keys]
 
 
+def node_timezone(state: str | None, default: str) -> str:
+    """The time zone a node reported in its state (``[node] timezone``) when it is one
+    the hub knows too, else ``default`` (``[hub] timezone``)."""
+    from zoneinfo import ZoneInfo
+
+    if not state:
+        return default
+    try:
+        tz = msgspec.json.decode(state).get("tz") or ""
+        if tz:
+            ZoneInfo(tz)
+            return str(tz)
+    except (msgspec.DecodeError, AttributeError, KeyError, ValueError, OSError, TypeError):
+        log.warning("a node reported a time zone this hub does not know; using %s", default)
+    return default
+
+
 class ManifestPublisher:
     """Builds, signs and publishes the manifests of every node the hub knows."""
 
@@ -145,11 +162,11 @@ class ManifestPublisher:
         now = time.time() if now is None else now
         snapshot = Snapshot.load(self.engine)
         with self.engine.connect() as conn:
-            known = conn.execute(select(nodes.c.node_id, nodes.c.zone)).all()
+            known = conn.execute(select(nodes.c.node_id, nodes.c.zone, nodes.c.state)).all()
             sent = {r.node_id: r for r in conn.execute(select(manifests)).all()}
         count = 0
-        for node_id, zone in known:
-            manifest = Manifest(node_id, self.tz, self.files_url,
+        for node_id, zone, state in known:
+            manifest = Manifest(node_id, node_timezone(state, self.tz), self.files_url,
                                 snapshot.for_node(node_id, zone))
             body = encode_manifest(manifest)
             digest = hashlib.sha256(body).hexdigest()

@@ -19,6 +19,10 @@ class NodeSection(msgspec.Struct, forbid_unknown_fields=True):
     library: str = ""
     # Seconds a BLE session waits for the customer's next request before saying bye.
     idle_timeout: float = 5.0
+    # The hall's time zone (IANA, e.g. "Europe/Berlin"): content schedules ("08:00-10:00")
+    # run on its clock. "" = the hub's [hub] timezone. Reported to the hub, which signs
+    # this node's manifests with it.
+    timezone: str = ""
 
 
 class NfcSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -42,6 +42,16 @@ LINK_WATCH_INTERVAL = 1.0  # seconds between looks at the uplink for the display
 LOOP_SLOTS = 1000
 
 
+def _check_timezone(tz: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(tz)
+    except (KeyError, ValueError, OSError):
+        raise ValueError(f"[node] timezone = {tz!r} is not a time zone this node knows: use "
+                         "an IANA name such as Europe/Berlin (or \"\" for the hub's)") from None
+
+
 class NodeStartError(RuntimeError):
     """The node cannot start serving: which radio or file, and what to do about it."""
 
@@ -89,6 +99,8 @@ class NodeDaemon:
         from node.ble_push import BlePush  # bleak is imported only when a node runs
 
         self.config = config
+        if config.node.timezone:
+            _check_timezone(config.node.timezone)
         base = Path(base_dir)
         self.data_dir = base / config.node.data_dir
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -156,7 +168,8 @@ class NodeDaemon:
                          reader=reader["state"], reader_reason=reader["reason"][:200],
                          time_trusted=self.best_time.trusted,
                          time_source=self.best_time.source()[:64],
-                         content_serial=min(self.store.content_serial(), MAX_SEQ))
+                         content_serial=min(self.store.content_serial(), MAX_SEQ),
+                         tz=self.config.node.timezone)
 
     # ---------------------------------------------------------------- lifecycle
 

@@ -69,3 +69,13 @@ def test_an_env_override_of_the_wrong_type_still_says_which_key() -> None:
     with pytest.raises(cfg.ConfigError, match="keepalive"):
         cfg.load(NodeConfig, data={"node": {"id": "n1"}},
                  environ={"TAPCAST_MQTT__KEEPALIVE": "soon"})
+
+
+def test_a_node_with_an_unknown_time_zone_refuses_to_start_with_what_to_use(
+        tmp_path: Path) -> None:
+    from node.daemon import NodeDaemon
+
+    conf = cfg.load(NodeConfig, data={"node": {"id": "n1", "timezone": "Europe/Atlantis",
+                                               "data_dir": str(tmp_path)}}, environ={})
+    with pytest.raises(ValueError, match="IANA name such as Europe/Berlin"):
+        NodeDaemon(conf, push=object(), credentials=object(), stream_key=bytes(32))

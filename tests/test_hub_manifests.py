@@ -274,3 +274,20 @@ def test_the_manifest_and_the_file_request_match_their_documented_vectors() -> N
 
 #: HMAC-SHA256(key 32 zero bytes, FILE_CONTEXT "n1" NUL "ab"*32 NUL "1800000000").
 FILE_SIG_VECTOR = "7d6da87d368a22257d9e0622e1fb42201af787aa8636637c5bc0fc2af6c1c1db"
+
+
+def test_a_node_that_reports_its_time_zone_gets_manifests_in_it(
+        app: Flask, lib: ContentLibrary, publisher: ManifestPublisher,
+        broker: Broker) -> None:
+    now = time.time()
+    get_db(app).write_batch([], states=[
+        ("n-ny", NodeState(node_id="n-ny", ts=now, version="1", zone="lobby", uptime=1.0,
+                           outbox_depth=0, tz="America/New_York"), now),
+        ("n-odd", NodeState(node_id="n-odd", ts=now, version="1", zone="lobby", uptime=1.0,
+                            outbox_depth=0, tz="Mars/Olympus_Mons"), now)])
+    publisher.tick()
+    tz = {topic: decode_manifest(opened(payload, topic.split("/")[3]).body).tz
+          for topic, payload in broker.sent}
+    assert tz == {manifest_topic("n-ny"): "America/New_York",
+                  manifest_topic("n-odd"): "Europe/Berlin"}  # unknown: the hub's
+    assert lib.node_timezone("n-ny", "UTC") == "America/New_York"

@@ -131,6 +131,9 @@ class NodeState(msgspec.Struct, forbid_unknown_fields=True):
     time_source: Text = ""
     # The serial of the signed content manifest the node runs; 0: none applied yet.
     content_serial: Count = 0
+    # The node's time zone (IANA, e.g. "Europe/Berlin"; "": the hub's): its content
+    # schedules run in it, and the hub signs its manifests with it.
+    tz: Annotated[str, Meta(max_length=64)] = ""
 
 
 # ------------------------------------------------------------------------- topics
