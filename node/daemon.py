@@ -186,7 +186,8 @@ class NodeDaemon:
         nfc = self.config.nfc
         self.reader = NfcReader(nfc.device, nfc.poll_interval, self._begin_tap, loop,
                                 self._on_outcome, sens_res_timeout=nfc.sens_res_timeout,
-                                hold_off=nfc.hold_off, on_status=self._on_reader_status)
+                                hold_off=nfc.hold_off, on_status=self._on_reader_status,
+                                on_sensed=self.sync.tap_started)
         try:
             # Opening a USB/serial reader can take a moment; keep the loop free meanwhile.
             await asyncio.to_thread(self.reader.start)
@@ -315,9 +316,9 @@ class NodeDaemon:
         self.uplink.notify()
 
     def _begin_tap(self) -> Any:
-        """In the reader thread, as a phone enters the field: background downloads
-        pause until the tap is served (ContentSync.tap_started), then the exchange
-        begins."""
+        """In the reader thread, as the exchange begins: background downloads pause
+        until the tap is served (ContentSync.tap_started; the reader already said so
+        when it sensed the phone, this keeps the pause going for the exchange)."""
         self.sync.tap_started()
         return self.auth.begin()
 

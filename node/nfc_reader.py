@@ -141,11 +141,15 @@ class NfcReader:
                  on_outcome: Callable[[TapOutcome], None], *,
                  sens_res_timeout: float = 0.02, hold_off: float = 0.5,
                  on_status: Callable[[ReaderStatus], None] | None = None,
+                 on_sensed: Callable[[], None] | None = None,
                  retry_min: float = RETRY_MIN, retry_max: float = RETRY_MAX,
                  open_device: Callable[[str], Any] = open_frontend) -> None:
         self.device_path = device_path
         self.poll_interval = poll_interval
         self.auth_factory = auth_factory
+        # Called in this reader's thread as soon as a phone is sensed, before the
+        # exchange: whoever must make way for a tap (background downloads) hears first.
+        self.on_sensed = on_sensed
         self.loop = loop
         self.on_outcome = on_outcome
         self.on_status = on_status
@@ -214,7 +218,10 @@ class NfcReader:
         def on_discover(target) -> bool:  # type: ignore[no-untyped-def]
             sensed["at"] = time.monotonic()
             # ISO-DEP (SEL_RES bit 6) only: phones in HCE mode, not plain tags.
-            return bool(target.sel_res and target.sel_res[0] & 0x20)
+            phone = bool(target.sel_res and target.sel_res[0] & 0x20)
+            if phone and self.on_sensed is not None:
+                self.on_sensed()  # before activation: the tap has begun
+            return phone
 
         def on_connect(tag) -> bool:  # type: ignore[no-untyped-def]
             self._tap(tag, sensed["at"])

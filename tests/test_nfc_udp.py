@@ -352,3 +352,28 @@ async def test_tap_on_a_node_whose_clock_is_days_off_authenticates_and_a_replay_
     finally:
         hall.reader.stop()
     assert (replay.reason, replay.session, stolen) == ("bad_signature", None, None)
+
+
+async def test_the_reader_says_a_phone_is_there_before_the_exchange_begins(
+        hub: HubAuthority, path: str) -> None:
+    """on_sensed runs in the reader thread before the first APDU (background work makes
+    way for the tap from then on)."""
+    order: list[str] = []
+    auth = NodeAuth(make_node_credentials(hub, "node-1", "hall-a", time.time() + 3600))
+    outcomes: asyncio.Queue[TapOutcome] = asyncio.Queue()
+
+    def begin():  # noqa: ANN202 - a NodeHandshake
+        order.append("exchange")
+        return auth.begin()
+
+    reader = NfcReader(path, 0.02, begin, asyncio.get_running_loop(), outcomes.put_nowait,
+                       hold_off=0.0, on_sensed=lambda: order.append("sensed"))
+    reader.start()
+    try:
+        loop = asyncio.get_running_loop()
+        handset = loop.run_in_executor(None, emulate_card, path, card_for(hub), 5.0)
+        outcome = await asyncio.wait_for(outcomes.get(), 5)
+        await asyncio.wait_for(handset, 5)
+    finally:
+        reader.stop()
+    assert outcome.reason == "ok" and order == ["sensed", "exchange"]
