@@ -440,8 +440,9 @@ def preview() -> ResponseReturnValue:
             raise ContentError("at: unix seconds, such as 1767225600") from None
         if not math.isfinite(at) or not 0 <= at <= time.time() + MAX_PREVIEW_SPAN:
             raise ContentError("at: unix seconds between 1970 and ten years from now")
-    tz = args.get("tz") or library().node_timezone(node_id[:64], current_app.config[
-        "TAPCAST"].hub.timezone)
+    tz = args.get("tz")
+    if tz is None:
+        tz = library().node_timezone(node_id[:64], current_app.config["TAPCAST"].hub.timezone)
     zone = args.get("zone")
     return jsonify(library().preview(node_id, at, tz, zone=zone))
 

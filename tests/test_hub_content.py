@@ -533,3 +533,13 @@ def test_the_campaign_form_creates_it_with_its_items_and_shows_an_error_for_a_ta
     assert again.status_code == 409
     assert "is in campaign &#39;spring&#39;" in again.get_data(as_text=True)
     assert [c["key"] for c in lib.list_campaigns()] == ["spring"]  # summer: not half-made
+
+
+@pytest.mark.parametrize("query", ["tz=", "zone=", "node_id=", "at=", "at=nan", "at=-1"])
+def test_a_preview_with_an_empty_or_bad_parameter_is_refused(app: Flask, config: HubConfig,
+                                                            query: str) -> None:
+    token = api_token(config, "p", user="pia", role="marketer")
+    base = "node_id=n1&" if not query.startswith("node_id") else ""
+    r = app.test_client().get(f"/api/v1/preview?{base}{query}",
+                              headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json["error"]
