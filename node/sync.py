@@ -56,6 +56,8 @@ __all__ = ["ContentSync", "FetchError", "BadFileError", "PARTIAL_DIR"]
 #: Where files being downloaded wait, under the files directory, until they verify.
 PARTIAL_DIR = ".partial"
 CHUNK = 64 * 1024
+#: Bytes of a download written between two fsyncs.
+SYNC_EVERY = 1024 * 1024
 #: Longest a download waits for one tap to be served, and how often it looks, seconds.
 TAP_YIELD_MAX = 3.0
 TAP_YIELD_STEP = 0.005
@@ -260,7 +262,10 @@ class ContentSync:
             self._changed.clear()
             try:
                 if await self._fetch(pending):
-                    self._apply(pending)
+                    while time.monotonic() < self._hold_until:  # a tap first, then the swap
+                        await asyncio.sleep(TAP_YIELD_STEP)
+                    if not self._superseded(pending):
+                        self._apply(pending)
             except BadFileError as exc:
                 if self._pending is pending:
                     self._pending = None
@@ -394,6 +399,7 @@ class ContentSync:
                     raise FetchError(f"file {file.sha256}: HTTP {response.status}")
                 with open(partial, mode) as out:
                     try:
+                        unsynced = 0
                         while have <= file.size:
                             if abort():
                                 return None
@@ -404,6 +410,13 @@ class ContentSync:
                             out.write(chunk)
                             have += len(chunk)
                             fetched[0] += len(chunk)
+                            unsynced += len(chunk)
+                            if unsynced >= SYNC_EVERY:
+                                # A little at a time: one large flush at the end would
+                                # hold up the outbox's own fsync (a tap's events) behind it.
+                                out.flush()
+                                os.fsync(out.fileno())
+                                unsynced = 0
                     finally:
                         out.flush()
                         os.fsync(out.fileno())
