@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
 import tomllib
 from collections.abc import Iterable, Iterator
@@ -35,7 +36,8 @@ from hub.accounts import Actor, audit
 from hub.dbengine import writer
 from hub.files import FileError, FileStore, StoredFile
 from hub.schema import (CONTENT_KINDS, campaign_targets, campaigns, content_files,
-                        content_items, content_targets, content_versions, node_groups, nodes)
+                        content_items, content_targets, content_versions, node_groups, nodes,
+                        settings)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,8 @@ FILE_TYPES: dict[str, dict[str, str]] = {
 }
 #: Kinds that are nothing without their file.
 FILE_REQUIRED = frozenset({"media"})
+#: The ``settings`` row every library change rewrites (hub/manifests.py watches it).
+REVISION_KEY = "content.revision"
 #: Library files' ``featured = true``: shown and pushed before the rest.
 FEATURED_PRIORITY = 10
 
@@ -214,9 +218,15 @@ class ContentLibrary:
 
     @contextmanager
     def _change(self) -> Iterator[Connection]:
+        """A write transaction that also moves the library's revision on (the manifest
+        publisher rebuilds nothing while it stays put); a unique constraint hit is a 409."""
         try:
             with self._writer.begin() as conn:
                 yield conn
+                revision = secrets.token_hex(8)
+                conn.execute(self._insert(settings).values(key=REVISION_KEY, value=revision)
+                             .on_conflict_do_update(index_elements=["key"],
+                                                    set_={"value": revision}))
         except IntegrityError as exc:
             raise ContentError(f"conflicts with what exists: "
                                f"{str(exc.orig).splitlines()[0]}", 409) from None

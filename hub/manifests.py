@@ -36,7 +36,8 @@ from tapcast.signed import sign_object
 from hub.config import HubConfig
 from hub.dbengine import writer
 from hub.schema import (campaign_targets, campaigns, content_files, content_items,
-                        content_targets, content_versions, manifests, node_groups, nodes)
+                        content_targets, content_versions, manifests, node_groups, nodes,
+                        settings)
 
 log = logging.getLogger(__name__)
 
@@ -156,23 +157,37 @@ class ManifestPublisher:
         self.tz = config.hub.timezone
         self.files_url = files_url(config)
         self.published = 0
+        self._revision: str | None = None  # the library's, when every node was last looked at
+        self._built: dict[str, tuple[str | None, str]] = {}  # node -> (zone, tz) built with
 
     def tick(self, now: float | None = None) -> int:
-        """Publish the manifests that changed or near their expiry; how many."""
+        """Publish the manifests that changed or near their expiry; how many. A node
+        whose zone and time zone are as when its manifest was last built, while the
+        library's revision has not moved, is not built again: with nothing changed a
+        check costs two queries and a look at each node's row."""
+        from hub.content import REVISION_KEY
+
         now = time.time() if now is None else now
-        snapshot = Snapshot.load(self.engine)
         with self.engine.connect() as conn:
+            revision = conn.execute(select(settings.c.value)
+                                    .where(settings.c.key == REVISION_KEY)).scalar()
             known = conn.execute(select(nodes.c.node_id, nodes.c.zone, nodes.c.state)).all()
             sent = {r.node_id: r for r in conn.execute(select(manifests)).all()}
-        count = 0
+        snapshot: Snapshot | None = None
+        records: list[dict[str, Any]] = []
         for node_id, zone, state in known:
-            manifest = Manifest(node_id, node_timezone(state, self.tz), self.files_url,
-                                snapshot.for_node(node_id, zone))
+            tz = node_timezone(state, self.tz)
+            last = sent.get(node_id)
+            fresh = last is not None and last.expires - now > self.lifetime / 2
+            if fresh and revision == self._revision and self._built.get(node_id) == (zone, tz):
+                continue
+            if snapshot is None:
+                snapshot = Snapshot.load(self.engine)
+            manifest = Manifest(node_id, tz, self.files_url, snapshot.for_node(node_id, zone))
             body = encode_manifest(manifest)
             digest = hashlib.sha256(body).hexdigest()
-            last = sent.get(node_id)
-            if last is not None and last.digest == digest \
-                    and last.expires - now > self.lifetime / 2:
+            if fresh and last is not None and last.digest == digest:
+                self._built[node_id] = (zone, tz)
                 continue
             serial = max((last.serial + 1) if last is not None else 0, int(now * 1000))
             expires = now + self.lifetime
@@ -181,25 +196,32 @@ class ManifestPublisher:
             if not self.publish(manifest_topic(node_id), signed):
                 log.warning("could not publish the manifest of %s (broker away); trying "
                             "again at the next check", node_id)
+                self._built.pop(node_id, None)  # so the next check builds it again
                 continue
-            self._record(node_id, serial, digest, expires, now, len(manifest.items),
-                         last is None)
-            count += 1
+            self._built[node_id] = (zone, tz)
+            records.append({"node_id": node_id, "serial": serial, "digest": digest,
+                            "expires": int(expires), "published_at": now,
+                            "items": len(manifest.items), "new": last is None})
             log.info("published manifest %d for %s (%d items)", serial, node_id,
                      len(manifest.items))
-        self.published += count
-        return count
+        self._record(records)
+        self._revision = revision
+        self.published += len(records)
+        return len(records)
 
-    def _record(self, node_id: str, serial: int, digest: str, expires: float, now: float,
-                items: int, new: bool) -> None:
-        values: dict[str, Any] = {"serial": serial, "digest": digest, "expires": int(expires),
-                                  "published_at": now, "items": items}
+    def _record(self, records: list[dict[str, Any]]) -> None:
+        """What was published, in one transaction (a node missed here, by a crash
+        between publishing and this, is published again with a higher serial)."""
+        if not records:
+            return
         with self._writer.begin() as conn:
-            if new:
-                conn.execute(manifests.insert().values(node_id=node_id, **values))
-            else:
-                conn.execute(manifests.update().where(manifests.c.node_id == node_id)
-                             .values(**values))
+            for r in records:
+                values = {k: v for k, v in r.items() if k not in ("node_id", "new")}
+                if r["new"]:
+                    conn.execute(manifests.insert().values(node_id=r["node_id"], **values))
+                else:
+                    conn.execute(manifests.update().where(
+                        manifests.c.node_id == r["node_id"]).values(**values))
 
     def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:
         """Check every ``interval`` seconds until ``stop``; a failed check is logged

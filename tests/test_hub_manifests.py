@@ -291,3 +291,32 @@ def test_a_node_that_reports_its_time_zone_gets_manifests_in_it(
     assert tz == {manifest_topic("n-ny"): "America/New_York",
                   manifest_topic("n-odd"): "Europe/Berlin"}  # unknown: the hub's
     assert lib.node_timezone("n-ny", "UTC") == "America/New_York"
+
+
+def test_a_check_with_nothing_changed_builds_no_manifest(
+        app: Flask, lib: ContentLibrary, publisher: ManifestPublisher,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    heard(app, "n1", "lobby")
+    coupon(lib, "welcome", targets=Targets(everywhere=True))
+    publisher.tick()
+    loads = []
+    real = Snapshot.load
+    monkeypatch.setattr(Snapshot, "load", classmethod(
+        lambda cls, engine: loads.append(1) or real(engine)))
+    assert publisher.tick() == 0 and loads == []  # nothing changed: nothing built
+    lib.set_group(CLI, "screens", ["n1"])  # any library change moves the revision on
+    assert publisher.tick() == 0 and loads == [1]  # built, same body: not published
+
+
+def test_a_changed_manifest_the_broker_did_not_take_is_published_at_the_next_check(
+        app: Flask, lib: ContentLibrary, publisher: ManifestPublisher,
+        broker: Broker) -> None:
+    heard(app, "n1", "lobby")
+    publisher.tick()
+    coupon(lib, "welcome", targets=Targets(everywhere=True))
+    broker.up = False
+    assert publisher.tick() == 0
+    broker.up = True
+    assert publisher.tick() == 1
+    assert [i.key for i in decode_manifest(opened(broker.sent[-1][1], "n1").body).items] \
+        == ["welcome"]
