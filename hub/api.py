@@ -87,7 +87,7 @@ def check_params(allowed: tuple[str, ...]) -> None:
                          "give each once")
 
 
-def _int_arg(name: str, lo: int, hi: int = MAX_INT) -> int | None:
+def int_arg(name: str, lo: int, hi: int = MAX_INT) -> int | None:
     raw = request.args.get(name)
     if raw is None:
         return None
@@ -99,7 +99,7 @@ def _int_arg(name: str, lo: int, hi: int = MAX_INT) -> int | None:
     return value
 
 
-def _float_arg(name: str, lo: float, hi: float) -> float | None:
+def float_arg(name: str, lo: float, hi: float) -> float | None:
     raw = request.args.get(name)
     if raw is None:
         return None
@@ -114,7 +114,7 @@ def _float_arg(name: str, lo: float, hi: float) -> float | None:
     return value
 
 
-def _node_id_arg(value: str | None) -> str | None:
+def node_id_arg(value: str | None) -> str | None:
     if value is not None and (len(value) > MAX_ID_LEN or not ID_RE.fullmatch(value)):
         raise BadRequest(f"node_id {_shown(value)} is not a node id: use 1..{MAX_ID_LEN} "
                          "letters, digits, '_' and '-'")
@@ -184,7 +184,7 @@ def list_nodes() -> ResponseReturnValue:
     """One page of nodes by id; filters on indexes (zone, version) or the computed
     status; ``cursor`` for the next page."""
     check_params(("zone", "version", "status", "limit", "cursor"))
-    limit = _int_arg("limit", 1, MAX_NODES_LIMIT) or DEFAULT_NODES_LIMIT
+    limit = int_arg("limit", 1, MAX_NODES_LIMIT) or DEFAULT_NODES_LIMIT
     try:
         nodes, next_cursor = _db().list_nodes(
             stale_after=_stale_after(), zone=_label_arg("zone"), version=_label_arg("version"),
@@ -200,7 +200,7 @@ def list_nodes() -> ResponseReturnValue:
 @requires("nodes:read")
 def get_node(node_id: str) -> ResponseReturnValue:
     check_params(())
-    _node_id_arg(node_id)
+    node_id_arg(node_id)
     node = _db().get_node(node_id, stale_after=_stale_after())
     if node is None:
         return jsonify({"error": f"no node {node_id!r} has reported to this hub"}), 404
@@ -212,13 +212,13 @@ def get_node(node_id: str) -> ResponseReturnValue:
 def list_events() -> ResponseReturnValue:
     allowed = ("node_id", "kind", "since_seq", "since", "until", "limit", "cursor")
     check_params(allowed)
-    node_id = _node_id_arg(request.args.get("node_id"))
+    node_id = node_id_arg(request.args.get("node_id"))
     kind = _kind_arg()
-    limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_EVENTS_LIMIT
+    limit = int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_EVENTS_LIMIT
     try:
         events, next_cursor = _db().list_events(
-            node_id=node_id, kind=kind, since_seq=_int_arg("since_seq", 0),
-            since=_float_arg("since", 0.0, MAX_TS), until=_float_arg("until", 0.0, MAX_TS),
+            node_id=node_id, kind=kind, since_seq=int_arg("since_seq", 0),
+            since=float_arg("since", 0.0, MAX_TS), until=float_arg("until", 0.0, MAX_TS),
             cursor=_cursor_arg(), limit=limit)
     except QueryError as exc:
         raise BadRequest(str(exc)) from None
@@ -232,8 +232,8 @@ def list_incidents() -> ResponseReturnValue:
     """Incidents of the event stream (lost, conflict, quarantined, new_epoch), newest
     first, paged by cursor like the events."""
     check_params(("node_id", "limit", "cursor"))
-    node_id = _node_id_arg(request.args.get("node_id"))
-    limit = _int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_INCIDENTS_LIMIT
+    node_id = node_id_arg(request.args.get("node_id"))
+    limit = int_arg("limit", 1, MAX_EVENTS_LIMIT) or DEFAULT_INCIDENTS_LIMIT
     cursor = _cursor_arg()
     before = None
     if cursor is not None:

@@ -1,6 +1,8 @@
 """The hub's configuration schema (hub.toml). Loaded with ``tapcast.config.load``."""
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 __all__ = ["HubConfig", "HubSection", "HubMqttSection"]
@@ -43,6 +45,22 @@ class HubSection(msgspec.Struct, forbid_unknown_fields=True):
     # The address nodes reach `hub web` at, for content files ("" = http://host:port
     # of [hub] above, right for one box; behind a proxy, its URL).
     public_url: str = ""
+
+
+    def __post_init__(self) -> None:
+        """A wrong time zone or files URL would reach every node in its manifest, which
+        the node would then refuse: say so at start instead."""
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(self.timezone)
+        except (KeyError, ValueError, OSError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone this "
+                             "box knows, such as Europe/Berlin or UTC") from None
+        if self.public_url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?",
+                                                self.public_url):
+            raise ValueError(f"public_url {self.public_url!r} is not an http(s):// URL "
+                             "of hub web, such as https://hub.example.internal")
 
 
 class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):

@@ -29,6 +29,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from tapcast.protocol.mqtt import MAX_TS
 from tapcast.schedule import Schedule, ScheduleError, active, decode_schedule, display_loop, \
     push_order
 
@@ -121,6 +122,8 @@ class Targets:
                 if not KEY_RE.fullmatch(v):
                     raise ContentError(f"{what} {v[:80]!r} is not a valid name: use letters, "
                                        "digits, '-' and '_' (at most 64)")
+        if self.everywhere and (self.zones or self.groups or self.nodes):
+            raise ContentError("targets: every node, or zones, groups and nodes, not both")
         if len(self.rows()) > MAX_TARGETS:
             raise ContentError(f"at most {MAX_TARGETS} targets per item: use a node group")
         return Targets(self.everywhere, *(tuple(sorted(set(v))) for v in
@@ -160,7 +163,27 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _check_text(title: str, body: str, price_cents: int) -> None:
+def checked_file_name(name: str | None) -> str:
+    """The name a file is shown and downloaded by: its last path part, without
+    control characters; ContentError when nothing is left."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    if not base or len(base) > MAX_FILE_NAME or any(ord(c) < 32 or c == "\x7f" for c in base) \
+            or base in (".", ".."):
+        raise ContentError(f"file name {str(name)[:80]!r}: give a plain name such as "
+                           "coupon.png (at most 255 characters, no control characters)")
+    return base
+
+
+def _file_name_of(item: ItemInput) -> str | None:
+    if item.file is None:
+        if item.file_name is not None:
+            raise ContentError("file_name is the name of a new file: give file_sha256 with it")
+        return None
+    return checked_file_name(item.file_name or "file")
+
+
+def check_text(title: str, body: str, price_cents: int) -> None:
+    """The text of an item (or a campaign's title), as create and revise check it."""
     if not title.strip():
         raise ContentError("title: give the item a title")
     if len(title) > MAX_TITLE:
@@ -238,8 +261,9 @@ class ContentLibrary:
         _check_key(key)
         _check_kind(kind)
         title, body, price = item.title or "", item.body or "", item.price_cents or 0
-        _check_text(title, body, price)
+        check_text(title, body, price)
         self._check_file(kind, item.file)
+        name = _file_name_of(item)
         targets = targets.checked()
         schedule = _checked_schedule(schedule or Schedule())
         now = time.time()
@@ -252,8 +276,7 @@ class ContentLibrary:
             conn.execute(insert(content_items).values(
                 key=key, kind=kind, current=1, schedule=_encode(schedule), created_at=now,
                 updated_at=now, retired_at=None))
-            self._put_version(conn, actor, key, 1, title, body, price, item.file,
-                              item.file_name, now)
+            self._put_version(conn, actor, key, 1, title, body, price, item.file, name, now)
             self._put_targets(conn, key, targets)
             after = self._get(conn, key)
             audit(conn, actor, "content.create", "content", key, None, after)
@@ -262,6 +285,7 @@ class ContentLibrary:
 
     def revise(self, actor: Actor, key: str, item: ItemInput) -> dict[str, Any]:
         """The next version of ``key`` (what is not given is kept), made current."""
+        _file_name_of(item)  # a name without a file says nothing: refused before all else
         now = time.time()
         with self._change() as conn:
             before = self._get(conn, key, lock=True)
@@ -271,10 +295,10 @@ class ContentLibrary:
             title = cur["title"] if item.title is None else item.title
             body = cur["body"] if item.body is None else item.body
             price = cur["price_cents"] if item.price_cents is None else item.price_cents
-            _check_text(title, body, price)
+            check_text(title, body, price)
             kept = cur["file"]
             if item.file is not None:
-                file, file_name = item.file, item.file_name or "file"
+                file, file_name = item.file, _file_name_of(item)
             elif item.drop_file or kept is None:
                 file, file_name = None, None
             else:
@@ -299,6 +323,8 @@ class ContentLibrary:
     def place(self, actor: Actor, key: str, *, targets: Targets | None = None,
               schedule: Schedule | None = None) -> dict[str, Any]:
         """Change where ``key`` goes and when (no new version: the content is the same)."""
+        if targets is None and schedule is None:
+            raise ContentError("nothing to change: give targets, a schedule or both")
         now = time.time()
         with self._change() as conn:
             before = self._get(conn, key, lock=True)
@@ -319,10 +345,11 @@ class ContentLibrary:
     def retire(self, actor: Actor, key: str) -> dict[str, Any]:
         """No node gets ``key`` any more; it stays in the library (reports name it)."""
         now = time.time()
+        current = self.get(key)
+        if current["retired_at"] is not None:
+            return current  # retired already: nothing written, nothing to republish
         with self._change() as conn:
             before = self._get(conn, key, lock=True)
-            if before["retired_at"] is not None:
-                return before
             conn.execute(update(content_items).where(content_items.c.key == key)
                          .values(retired_at=now, updated_at=now))
             after = self._get(conn, key)
@@ -414,13 +441,15 @@ class ContentLibrary:
         with self.engine.connect() as conn:
             state = conn.execute(select(nodes.c.state).where(nodes.c.node_id == node_id)
                                  ).scalar()
-        return node_timezone(state, default)
+        return node_timezone(state, default)[0]
 
     def preview(self, node_id: str, at: float, tz: str, *, zone: str | None = None,
                 slots: int = 12) -> dict[str, Any]:
         """What ``node_id`` would show (the display loop's next ``slots``) and push after
         a tap at time ``at`` in time zone ``tz``."""
         check_timezone(tz)
+        if not 0 <= at <= MAX_TS:
+            raise ContentError("at: a time from 1970 to 2242")
         if zone is not None:
             _check_key(zone, "zone")
         with self.engine.connect() as conn:
@@ -439,7 +468,7 @@ class ContentLibrary:
                         items: Iterable[str] = ()) -> dict[str, Any]:
         """A campaign placing ``items`` (checked first: all of it is made, or none)."""
         _check_key(key, "campaign key")
-        _check_text(title, "", 0)
+        check_text(title, "", 0)
         targets = targets.checked()
         schedule = _checked_schedule(schedule or Schedule())
         now = time.time()
@@ -467,7 +496,7 @@ class ContentLibrary:
                 raise ContentError(f"campaign {key!r} is retired; make a new one", 409)
             values: dict[str, Any] = {"updated_at": now}
             if title is not None:
-                _check_text(title, "", 0)
+                check_text(title, "", 0)
                 values["title"] = title
             if schedule is not None:
                 values["schedule"] = _encode(_checked_schedule(schedule))
@@ -487,8 +516,10 @@ class ContentLibrary:
         now = time.time()
         with self._change() as conn:
             before = self._campaign(conn, key, lock=True)
-            if before["retired_at"] is not None:
-                raise ContentError(f"campaign {key!r} is retired; make a new one", 409)
+            item_keys = sorted(set(item_keys))
+            if before["retired_at"] is not None and not set(item_keys) <= set(before["items"]):
+                raise ContentError(f"campaign {key!r} is retired: items may leave it, not "
+                                   "join it; make a new campaign", 409)
             self._assign_items(conn, key, item_keys, now)
             after = self._campaign(conn, key)
             audit(conn, actor, "campaign.items", "campaign", key, before, after)
@@ -501,7 +532,7 @@ class ContentLibrary:
             raise ContentError(f"at most {MAX_TARGETS} items in a campaign")
         for item_key in wanted:
             item = self._get(conn, _check_key(item_key), lock=True)
-            if item["retired_at"] is not None:
+            if item["retired_at"] is not None and item["campaign"] != key:
                 raise ContentError(f"item {item_key!r} is retired", 409)
             if item["campaign"] not in (None, key):
                 raise ContentError(f"item {item_key!r} is in campaign "
@@ -514,12 +545,14 @@ class ContentLibrary:
                          .values(campaign=key, updated_at=now))
 
     def retire_campaign(self, actor: Actor, key: str) -> dict[str, Any]:
-        """Its items reach no node any more (until they are taken out of it)."""
+        """Its items reach no node any more, until they are taken out of it
+        (``set_campaign_items`` with fewer items); retiring twice changes nothing."""
         now = time.time()
+        current = self.get_campaign(key)
+        if current["retired_at"] is not None:
+            return current
         with self._change() as conn:
             before = self._campaign(conn, key, lock=True)
-            if before["retired_at"] is not None:
-                return before
             conn.execute(update(campaigns).where(campaigns.c.key == key)
                          .values(retired_at=now, updated_at=now))
             self._touch_members(conn, key, now)
@@ -596,7 +629,7 @@ class ContentLibrary:
         conn.execute(insert(content_versions).values(
             key=key, version=version, title=title, body=body, price_cents=price,
             file_sha256=file and file.sha256,
-            file_name=file and (file_name or "file")[:MAX_FILE_NAME],
+            file_name=file and file_name,
             created_by=actor.name[:80], created_at=now))
 
     @staticmethod
@@ -693,7 +726,7 @@ class _LibraryItem(msgspec.Struct, forbid_unknown_fields=True):
     title: str
     kind: str
     body: str = ""
-    zones: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    zones: list[str] | None = None  # left out, with no groups or nodes: everywhere
     groups: list[str] = []
     nodes: list[str] = []
     price_cents: int = 0
@@ -703,12 +736,32 @@ class _LibraryItem(msgspec.Struct, forbid_unknown_fields=True):
     schedule: dict[str, Any] | None = None
 
 
+def _check_library_file(library: ContentLibrary, kind: str, path: Path) -> None:
+    """A library file's size and type, as an upload would find them, before anything is
+    written."""
+    from hub.files import SNIFF_BYTES, sniff
+
+    allowed = FILE_TYPES[kind]
+    if not allowed:
+        raise ContentError(f"a {kind} item carries no file; leave out 'file'")
+    size = path.stat().st_size
+    if not 0 < size <= library.max_file_size:
+        raise ContentError(f"file {path.name}: {size} bytes; a file is 1 byte to "
+                           f"{library.max_file_size} bytes")
+    with path.open("rb") as f:
+        found = sniff(f.read(SNIFF_BYTES))
+    if found not in allowed:
+        raise ContentError(f"file {path.name} is {found or 'of a type the hub does not know'}"
+                           f"; a {kind} item takes {', '.join(sorted(set(allowed.values())))}")
+
+
 def import_directory(library: ContentLibrary, directory: str | Path, actor: Actor,
                      ) -> ImportReport:
     """Bring ``directory``/library.toml into the library through the same checks as an
     upload: new keys are created, changed content becomes a new version, changed
     targeting or schedule is placed, the rest is left alone (importing twice changes
-    nothing). Every item is checked before anything is written."""
+    nothing). Every item is checked before anything is written: its fields, its file's
+    type and size, and what the library holds under its key."""
     root = Path(directory).resolve()
     path = root / LIBRARY_FILE
     try:
@@ -724,19 +777,33 @@ def import_directory(library: ContentLibrary, directory: str | Path, actor: Acto
             entry = msgspec.convert(raw, _LibraryItem)
             _check_key(entry.id)
             _check_kind(entry.kind)
-            _check_text(entry.title, entry.body, entry.price_cents)
+            check_text(entry.title, entry.body, entry.price_cents)
             schedule = parse_schedule(entry.schedule or {})
             if entry.featured:
                 schedule = msgspec.structs.replace(schedule, priority=max(
                     schedule.priority, FEATURED_PRIORITY))
-            everywhere = "*" in entry.zones
-            targets = Targets(everywhere, () if everywhere else tuple(entry.zones),
+            zones = (["*"] if entry.zones is None and not (entry.groups or entry.nodes)
+                     else entry.zones or [])
+            everywhere = "*" in zones
+            targets = Targets(everywhere, tuple(z for z in zones if z != "*"),
                               tuple(entry.groups), tuple(entry.nodes)).checked()
             file_path = None
             if entry.file is not None:
                 file_path = (root / entry.file).resolve()
                 if root not in file_path.parents or not file_path.is_file():
                     raise ContentError(f"file {entry.file!r} is not a file inside {root}")
+                _check_library_file(library, entry.kind, file_path)
+            try:  # what the library holds under this key must be able to take it
+                existing = library.get(entry.id)
+            except ContentError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                if existing["kind"] != entry.kind:
+                    raise ContentError(f"it is a {existing['kind']} in the library, not a "
+                                       f"{entry.kind}; give it another id")
+                if existing["retired_at"] is not None:
+                    raise ContentError("it is retired in the library; give it another id")
         except (msgspec.ValidationError, ContentError) as exc:
             name = raw.get("id", "?") if isinstance(raw, dict) else "?"
             raise ContentError(f"{path}: item #{n} ({str(name)[:64]}): {exc}") from None
@@ -761,9 +828,6 @@ def import_directory(library: ContentLibrary, directory: str | Path, actor: Acto
                            schedule=schedule)
             report.created.append(entry.id)
             continue
-        if existing["kind"] != entry.kind:
-            raise ContentError(f"{path}: item {entry.id}: it is a {existing['kind']} in the "
-                               f"library, not a {entry.kind}; give it another id")
         changed = False
         cur = existing["version"]
         if (cur["title"], cur["body"], cur["price_cents"],

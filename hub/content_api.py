@@ -12,7 +12,6 @@ same transaction.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -22,9 +21,9 @@ from flask.typing import ResponseReturnValue
 
 from hub import get_db
 from hub.accounts import Actor
-from hub.api import check_params
+from hub.api import check_params, float_arg, int_arg, node_id_arg
 from hub.auth import Principal, current_principal, requires
-from hub.content import (MAX_BODY, MAX_FILE_NAME, MAX_GROUP_NODES, MAX_PRICE_CENTS,
+from hub.content import (KEY_RE, MAX_BODY, MAX_FILE_NAME, MAX_GROUP_NODES, MAX_PRICE_CENTS,
                          MAX_TARGETS, MAX_TITLE, ContentError, ContentLibrary, ItemInput,
                          Targets, parse_schedule)
 from hub.db import MAX_FUNNEL_DAYS, QueryError, decode_key_cursor, encode_key_cursor
@@ -41,6 +40,8 @@ DEFAULT_CONTENT_LIMIT = 50
 MAX_CURSOR_LEN = 200
 #: How far from now a preview may look (about 10 years), in seconds.
 MAX_PREVIEW_SPAN = 3.2e8
+#: Last day a funnel reaches (days since 1970-01-01; event times end in 2242).
+MAX_DAY = int(2.0**33 // 86400)
 #: Room for a multipart form's other fields around the largest file.
 FORM_OVERHEAD = 1_000_000
 
@@ -149,10 +150,14 @@ def _body(kind: type[S]) -> S:
 
 
 
-def _key(key: str) -> str:
-    if len(key) > 64:
-        raise ContentError(f"no content item {key[:64]!r}...", 404)
+def path_key(key: str, what: str = "content item") -> str:
+    """A key from a URL path: 404 for anything that is not a key (never cut short: a
+    longer key is another one; a NUL would not even reach PostgreSQL)."""
+    if not KEY_RE.fullmatch(key):
+        raise ContentError(f"no {what} {key[:64]!r}", 404)
     return key
+
+
 
 
 @bp.errorhandler(ContentError)
@@ -175,7 +180,7 @@ def list_content() -> ResponseReturnValue:
     state = args.get("state")
     if state is not None and state not in ("live", "retired"):
         raise ContentError("state must be live or retired")
-    limit = _int_arg("limit", DEFAULT_CONTENT_LIMIT, 1, MAX_CONTENT_LIMIT)
+    limit = int_arg("limit", 1, MAX_CONTENT_LIMIT) or DEFAULT_CONTENT_LIMIT
     after = None
     cursor = args.get("cursor")
     if cursor is not None:
@@ -217,7 +222,7 @@ def create_content() -> ResponseReturnValue:
 @requires("content:read")
 def get_content(key: str) -> ResponseReturnValue:
     check_params(())
-    return jsonify(library().get(_key(key)))
+    return jsonify(library().get(path_key(key)))
 
 
 @bp.get("/content/<key>/versions")
@@ -225,7 +230,7 @@ def get_content(key: str) -> ResponseReturnValue:
 def list_versions(key: str) -> ResponseReturnValue:
     """Every version, newest first (versions never change once written)."""
     check_params(())
-    return jsonify({"versions": library().versions(_key(key))})
+    return jsonify({"versions": library().versions(path_key(key))})
 
 
 @bp.post("/content/<key>/versions")
@@ -236,7 +241,7 @@ def create_version(key: str) -> ResponseReturnValue:
     body = _body(NewVersion)
     lib = library()
     file = lib.file(body.file_sha256) if body.file_sha256 else None
-    item = lib.revise(_actor(), _key(key), ItemInput(
+    item = lib.revise(_actor(), path_key(key), ItemInput(
         body.title, body.body, body.price_cents, file, body.file_name,
         drop_file=body.drop_file))
     return jsonify(item), 201
@@ -250,7 +255,7 @@ def place_content(key: str) -> ResponseReturnValue:
     body = _body(Placement)
     schedule = parse_schedule(body.schedule) if body.schedule is not None else None
     targets = body.targets.targets() if body.targets is not None else None
-    return jsonify(library().place(_actor(), _key(key), targets=targets, schedule=schedule))
+    return jsonify(library().place(_actor(), path_key(key), targets=targets, schedule=schedule))
 
 
 @bp.post("/content/<key>/retire")
@@ -258,7 +263,7 @@ def place_content(key: str) -> ResponseReturnValue:
 def retire_content(key: str) -> ResponseReturnValue:
     """No node gets the item any more; it stays in the library, as reports name it."""
     check_params(())
-    return jsonify(library().retire(_actor(), _key(key)))
+    return jsonify(library().retire(_actor(), path_key(key)))
 
 
 def funnel_range(args: Any) -> tuple[int, int]:
@@ -279,6 +284,11 @@ def funnel_range(args: Any) -> tuple[int, int]:
                 from None
 
     today = int(time.time() // 86400)
+    for name in ("since", "until"):
+        value = day(name)
+        if value is not None and not 0 <= value <= MAX_DAY:
+            raise ContentError(f"{name}: a date from 1970-01-01 to "
+                               f"{dt.date.fromordinal(dt.date(1970, 1, 1).toordinal() + MAX_DAY)}")
     until = day("until")
     until = today if until is None else until
     since = day("since")
@@ -296,7 +306,7 @@ def content_funnel(key: str) -> ResponseReturnValue:
     the nodes that delivered it most (``since``/``until``: YYYY-MM-DD, UTC days)."""
     check_params(("since", "until"))
     lib = library()
-    lib.get(_key(key))  # 404 for an item that is not in the library
+    lib.get(path_key(key))  # 404 for an item that is not in the library
     since, until = funnel_range(request.args)
     return jsonify(get_db().funnel(key, since, until))
 
@@ -328,7 +338,7 @@ def create_campaign() -> ResponseReturnValue:
 @requires("content:read")
 def get_campaign(key: str) -> ResponseReturnValue:
     check_params(())
-    return jsonify(library().get_campaign(_key(key)))
+    return jsonify(library().get_campaign(path_key(key, "campaign")))
 
 
 @bp.put("/campaigns/<key>/placement")
@@ -338,7 +348,7 @@ def place_campaign(key: str) -> ResponseReturnValue:
     body = _body(CampaignPlacement)
     schedule = parse_schedule(body.schedule) if body.schedule is not None else None
     targets = body.targets.targets() if body.targets is not None else None
-    return jsonify(library().place_campaign(_actor(), _key(key), title=body.title,
+    return jsonify(library().place_campaign(_actor(), path_key(key, "campaign"), title=body.title,
                                             targets=targets, schedule=schedule))
 
 
@@ -348,14 +358,14 @@ def set_campaign_items(key: str) -> ResponseReturnValue:
     """The campaign places exactly these items from now on."""
     check_params(())
     body = _body(CampaignItems)
-    return jsonify(library().set_campaign_items(_actor(), _key(key), body.items))
+    return jsonify(library().set_campaign_items(_actor(), path_key(key, "campaign"), body.items))
 
 
 @bp.post("/campaigns/<key>/retire")
 @requires("content:write")
 def retire_campaign(key: str) -> ResponseReturnValue:
     check_params(())
-    return jsonify(library().retire_campaign(_actor(), _key(key)))
+    return jsonify(library().retire_campaign(_actor(), path_key(key, "campaign")))
 
 
 @bp.get("/campaigns/<key>/funnel")
@@ -364,7 +374,7 @@ def campaign_funnel(key: str) -> ResponseReturnValue:
     """The funnel of the campaign's items together (``since``/``until`` as for an
     item's)."""
     check_params(("since", "until"))
-    campaign = library().get_campaign(_key(key))
+    campaign = library().get_campaign(path_key(key, "campaign"))
     since, until = funnel_range(request.args)
     return jsonify(get_db().funnel(campaign["items"], since, until))
 
@@ -418,7 +428,7 @@ def set_group(name: str) -> ResponseReturnValue:
     """The group is exactly these nodes from now on (an empty list removes it)."""
     check_params(())
     body = _body(GroupBody)
-    return jsonify(library().set_group(_actor(), name[:80], body.nodes))
+    return jsonify(library().set_group(_actor(), path_key(name, "group"), body.nodes))
 
 
 @bp.get("/preview")
@@ -429,28 +439,13 @@ def preview() -> ResponseReturnValue:
     ``[hub] timezone``)."""
     check_params(("node_id", "at", "tz", "zone"))
     args = request.args
-    node_id = args.get("node_id")
+    node_id = node_id_arg(args.get("node_id"))
     if node_id is None:
         raise ContentError("node_id: say which node to preview")
-    at = time.time()
-    if args.get("at") is not None:
-        try:
-            at = float(args["at"])
-        except ValueError:
-            raise ContentError("at: unix seconds, such as 1767225600") from None
-        if not math.isfinite(at) or not 0 <= at <= time.time() + MAX_PREVIEW_SPAN:
-            raise ContentError("at: unix seconds between 1970 and ten years from now")
+    at = float_arg("at", 0.0, time.time() + MAX_PREVIEW_SPAN)
     tz = args.get("tz")
     if tz is None:
-        tz = library().node_timezone(node_id[:64], current_app.config["TAPCAST"].hub.timezone)
+        tz = library().node_timezone(node_id, current_app.config["TAPCAST"].hub.timezone)
     zone = args.get("zone")
-    return jsonify(library().preview(node_id, at, tz, zone=zone))
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 6 or not low <= int(raw) <= high:
-        raise ContentError(f"{name} must be between {low} and {high}, got {raw[:40]!r}")
-    return int(raw)
+    return jsonify(library().preview(node_id, time.time() if at is None else at, tz,
+                                     zone=zone))

@@ -28,9 +28,9 @@ from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
 from hub.auth import Principal, current_principal, requires
 from hub.content import (CONTENT_KINDS, FILE_TYPES, KEY_RE, MAX_BODY, MAX_PRICE_CENTS,
-                         MAX_TITLE, ContentError, ItemInput, Targets, check_timezone,
-                         parse_schedule)
-from hub.content_api import library
+                         MAX_TITLE, ContentError, ItemInput, Targets, check_text,
+                         check_timezone, checked_file_name, parse_schedule)
+from hub.content_api import library, path_key
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,9 @@ def content() -> ResponseReturnValue:
             return _library_page(error=_form_errors(preview_form), status=400,
                                  preview_form=preview_form)
         try:
+            node_id = path_key(preview_form.node_id.data.strip(), "node")
             tz = check_timezone(preview_form.tz.data or library().node_timezone(
-                preview_form.node_id.data.strip()[:64],
+                node_id,
                 current_app.config["TAPCAST"].hub.timezone))
             at = time.time()
             if preview_form.at.data:
@@ -194,7 +195,7 @@ def content() -> ResponseReturnValue:
                     raise ContentError("At: a local date and time such as "
                                        "2026-12-24T18:30") from None
                 at = local.replace(tzinfo=ZoneInfo(tz)).timestamp()
-            preview = library().preview(preview_form.node_id.data.strip(), at, tz)
+            preview = library().preview(node_id, at, tz)
         except ContentError as exc:
             return _library_page(error=str(exc), status=exc.status,
                                  preview_form=preview_form)
@@ -212,7 +213,7 @@ def create_content() -> ResponseReturnValue:
     try:
         # Everything but the file first: a form that fails keeps no file.
         if not KEY_RE.fullmatch(key):
-            raise ContentError(f"Key {key[:64]!r}: use letters, digits, '-' and '_' "
+            raise ContentError(f"Key {path_key(key)!r}: use letters, digits, '-' and '_' "
                                "(1 to 64)")
         targets, schedule = form.targets().checked(), form.schedule()
         try:
@@ -222,18 +223,24 @@ def create_content() -> ResponseReturnValue:
         except ContentError as exc:
             if exc.status != 404:
                 raise
-        upload = form.file.data
-        file = None
-        if upload is not None and upload.filename:
-            file = lib.store_file(upload.stream, kind, name=upload.filename[:255])
-        item = lib.create(_actor(), key, kind, ItemInput(
-            form.title.data, form.body.data or "", form.price_cents.data or 0, file,
-            upload.filename[:255] if file is not None else None),
-            targets=targets, schedule=schedule)
+        text = (form.title.data, form.body.data or "", form.price_cents.data or 0)
+        check_text(*text)
+        file, name = _upload(form.file.data, kind)
+        item = lib.create(_actor(), key, kind, ItemInput(*text, file, name),
+                          targets=targets, schedule=schedule)
     except ContentError as exc:
         return _library_page(form, str(exc), exc.status)
     flash(f"{item['key']} published (version 1)", "ok")
     return redirect(url_for("content_pages.item", key=key), 303)
+
+
+def _upload(upload: Any, kind: str) -> tuple[Any, str | None]:
+    """The form's file, kept (the last step of a form: every other field is checked
+    first, so a form that fails keeps no file); (None, None) when none was chosen."""
+    if upload is None or not upload.filename:
+        return None, None
+    name = checked_file_name(upload.filename)
+    return library().store_file(upload.stream, kind, name=name), name
 
 
 @bp.post("/content/groups")
@@ -285,7 +292,7 @@ def _item_page(key: str, *, version_form: VersionForm | None = None,
                placement_form: PlacementFields | None = None, error: str = "",
                status: int = 200) -> Response:
     lib = library()
-    item = lib.get(key[:64])
+    item = lib.get(path_key(key))
     if version_form is None:
         cur = item["version"]
         version_form = VersionForm(formdata=None, title=cur["title"], body=cur["body"],
@@ -328,17 +335,15 @@ def create_version(key: str) -> ResponseReturnValue:
         if not form.validate_on_submit():
             return _item_page(key, version_form=form, error=_form_errors(form), status=400)
         lib = library()
-        current = lib.get(key[:64])
+        current = lib.get(path_key(key))
         if current["retired_at"] is not None:
             raise ContentError(f"{key!r} is retired; make a new item instead", 409)
-        upload = form.file.data
-        file = None
-        if upload is not None and upload.filename:
-            file = lib.store_file(upload.stream, current["kind"], name=upload.filename[:255])
-        done = lib.revise(_actor(), key[:64], ItemInput(
-            form.title.data, form.body.data or "", form.price_cents.data
-            if form.price_cents.data is not None else None, file,
-            upload.filename[:255] if file is not None else None,
+        price = (form.price_cents.data if form.price_cents.data is not None
+                 else current["version"]["price_cents"])
+        check_text(form.title.data, form.body.data or "", price)
+        file, name = _upload(form.file.data, current["kind"])
+        done = lib.revise(_actor(), key, ItemInput(
+            form.title.data, form.body.data or "", price, file, name,
             drop_file=bool(form.drop_file.data)))
     except ContentError as exc:
         if exc.status == 404:
@@ -355,7 +360,7 @@ def place(key: str) -> ResponseReturnValue:
     try:
         if not form.validate_on_submit():
             return _item_page(key, placement_form=form, error=_form_errors(form), status=400)
-        library().place(_actor(), key[:64], targets=form.targets(), schedule=form.schedule())
+        library().place(_actor(), path_key(key), targets=form.targets(), schedule=form.schedule())
     except ContentError as exc:
         if exc.status == 404:
             return _library_page(error=str(exc), status=404)
@@ -368,7 +373,7 @@ def place(key: str) -> ResponseReturnValue:
 @requires("content:write")
 def retire(key: str) -> ResponseReturnValue:
     try:
-        library().retire(_actor(), key[:64])
+        library().retire(_actor(), path_key(key))
     except ContentError as exc:
         flash(str(exc), "error")
         return redirect(url_for("content_pages.content"), 303)
@@ -381,10 +386,10 @@ def retire(key: str) -> ResponseReturnValue:
 def funnel_csv(key: str) -> ResponseReturnValue:
     """An item's funnel as CSV (``by=day``, the default, or ``by=node``)."""
     try:
-        library().get(key[:64])
+        library().get(path_key(key))
     except ContentError as exc:
         return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
-    return _funnel_csv([key[:64]], key[:64])
+    return _funnel_csv([key], key)
 
 
 @bp.get("/campaigns/<key>/funnel.csv")
@@ -392,10 +397,10 @@ def funnel_csv(key: str) -> ResponseReturnValue:
 def campaign_funnel_csv(key: str) -> ResponseReturnValue:
     """A campaign's funnel (its items together) as CSV."""
     try:
-        campaign = library().get_campaign(key[:64])
+        campaign = library().get_campaign(path_key(key, "campaign"))
     except ContentError as exc:
         return Response(f"{exc}\n", status=exc.status, mimetype="text/plain")
-    return _funnel_csv(campaign["items"], f"campaign-{key[:64]}")
+    return _funnel_csv(campaign["items"], f"campaign-{key}")
 
 
 def _funnel_csv(keys: list[str], name: str) -> Response:
@@ -475,7 +480,7 @@ def _campaign_page(key: str, *, placement_form: PlacementFields | None = None,
     from hub.content_api import funnel_range
 
     lib = library()
-    campaign = lib.get_campaign(key[:64])
+    campaign = lib.get_campaign(path_key(key, "campaign"))
     if placement_form is None:
         placement_form = PlacementFields(formdata=None)
         placement_form.fill(campaign)
@@ -510,7 +515,7 @@ def place_campaign(key: str) -> ResponseReturnValue:
         if not form.validate_on_submit():
             return _campaign_page(key, placement_form=form, error=_form_errors(form),
                                   status=400)
-        library().place_campaign(_actor(), key[:64], targets=form.targets(),
+        library().place_campaign(_actor(), path_key(key, "campaign"), targets=form.targets(),
                                  schedule=form.schedule())
     except ContentError as exc:
         if exc.status == 404:
@@ -527,10 +532,11 @@ def set_campaign_items(key: str) -> ResponseReturnValue:
     try:
         if not form.validate_on_submit():
             return _campaign_page(key, items_form=form, error=_form_errors(form), status=400)
-        library().set_campaign_items(_actor(), key[:64], _names(form.items.data))
+    except ContentError as exc:  # no such campaign
+        return _campaigns_page(error=str(exc), status=exc.status)
+    try:
+        library().set_campaign_items(_actor(), key, _names(form.items.data))
     except ContentError as exc:
-        if exc.status == 404 and "campaign" in str(exc):
-            return _campaigns_page(error=str(exc), status=404)
         return _campaign_page(key, items_form=form, error=str(exc), status=exc.status)
     flash(f"campaign {key}: items saved", "ok")
     return redirect(url_for("content_pages.campaign", key=key), 303)
@@ -540,7 +546,7 @@ def set_campaign_items(key: str) -> ResponseReturnValue:
 @requires("content:write")
 def retire_campaign(key: str) -> ResponseReturnValue:
     try:
-        library().retire_campaign(_actor(), key[:64])
+        library().retire_campaign(_actor(), path_key(key, "campaign"))
     except ContentError as exc:
         flash(str(exc), "error")
         return redirect(url_for("content_pages.campaigns"), 303)

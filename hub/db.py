@@ -323,8 +323,8 @@ class HubDB:
         """The funnel of an item (or of several together: a campaign's) over days
         ``first_day``..``last_day`` (days since 1970-01-01, UTC): totals and each day
         from the maintained totals (a row per item, day and stage), the fleet's taps per
-        day beside them, and the ``top_nodes`` nodes that delivered them most (this part
-        reads the items' rows per node in the range)."""
+        day beside them, and the ``top_nodes`` nodes that delivered them most, with each
+        one's taps (this part reads the items' rows per node in the range)."""
         keys = [item_keys] if isinstance(item_keys, str) else sorted(set(item_keys))
         if not 0 <= last_day - first_day < MAX_FUNNEL_DAYS:
             raise QueryError(f"a funnel covers 1 to {MAX_FUNNEL_DAYS} days")
@@ -356,11 +356,11 @@ class HubDB:
                 for node_id, stage, n in conn.execute(
                         select(funnel_daily.c.node_id, funnel_daily.c.stage,
                                func.sum(funnel_daily.c.n))
-                        .where(funnel_daily.c.item_key.in_(keys),
+                        .where(funnel_daily.c.item_key.in_([*keys, "*"]),
                                funnel_daily.c.day.between(first_day, last_day),
                                funnel_daily.c.node_id.in_(top))
                         .group_by(funnel_daily.c.node_id, funnel_daily.c.stage)):
-                    if stage in by_node[node_id]:
+                    if stage in by_node[node_id]:  # "*" holds the node's taps only
                         by_node[node_id][stage] = int(n)
         totals = dict.fromkeys(FUNNEL_STAGES, 0)
         for counts in by_day.values():
@@ -1012,7 +1012,7 @@ def decode_key_cursor(cursor: str, listing: str) -> str:
     except (ValueError, UnicodeDecodeError):
         raw = ""
     kind, sep, key = raw.partition(":")
-    if not sep or kind != listing or not key or len(key) > 200:
+    if not sep or kind != listing or not _ITEM_KEY.fullmatch(key):
         raise QueryError(f"cursor {cursor[:40]!r} is not one this API returned for this "
                          "listing; pass next_cursor from a previous page unchanged")
     return key

@@ -28,10 +28,10 @@ import msgspec
 from sqlalchemy import Engine, select
 
 from tapcast.keys import HubAuthority
-from tapcast.protocol.manifest import (MANIFEST_KIND, Manifest, ManifestFile, ManifestItem,
-                                       encode_manifest, manifest_topic)
+from tapcast.protocol.manifest import (MANIFEST_KIND, MAX_ITEMS, Manifest, ManifestFile,
+                                       ManifestItem, encode_manifest, manifest_topic)
 from tapcast.schedule import decode_schedule
-from tapcast.signed import sign_object
+from tapcast.signed import MAX_BODY, sign_object
 
 from hub.config import HubConfig
 from hub.dbengine import writer
@@ -127,21 +127,21 @@ class Snapshot:
         return [self.items[k] for k in keys]
 
 
-def node_timezone(state: str | None, default: str) -> str:
-    """The time zone a node reported in its state (``[node] timezone``) when it is one
-    the hub knows too, else ``default`` (``[hub] timezone``)."""
+def node_timezone(state: str | None, default: str) -> tuple[str, str]:
+    """(the time zone to use, the one reported): what a node reported in its state
+    (``[node] timezone``) when the hub knows it too, else ``default``."""
     from zoneinfo import ZoneInfo
 
-    if not state:
-        return default
+    reported = ""
     try:
-        tz = msgspec.json.decode(state).get("tz") or ""
-        if tz:
-            ZoneInfo(tz)
-            return str(tz)
-    except (msgspec.DecodeError, AttributeError, KeyError, ValueError, OSError, TypeError):
-        log.warning("a node reported a time zone this hub does not know; using %s", default)
-    return default
+        value = msgspec.json.decode(state).get("tz") if state else ""
+        reported = value if isinstance(value, str) else ""
+        if reported:
+            ZoneInfo(reported)
+            return reported, reported
+    except (msgspec.DecodeError, AttributeError, KeyError, ValueError, OSError):
+        pass
+    return default, reported
 
 
 class ManifestPublisher:
@@ -159,6 +159,7 @@ class ManifestPublisher:
         self.published = 0
         self._revision: str | None = None  # the library's, when every node was last looked at
         self._built: dict[str, tuple[str | None, str]] = {}  # node -> (zone, tz) built with
+        self._warned: dict[str, str] = {}  # node -> unknown time zone already logged
 
     def tick(self, now: float | None = None) -> int:
         """Publish the manifests that changed or near their expiry; how many. A node
@@ -175,39 +176,69 @@ class ManifestPublisher:
             sent = {r.node_id: r for r in conn.execute(select(manifests)).all()}
         snapshot: Snapshot | None = None
         records: list[dict[str, Any]] = []
-        for node_id, zone, state in known:
-            tz = node_timezone(state, self.tz)
-            last = sent.get(node_id)
-            fresh = last is not None and last.expires - now > self.lifetime / 2
-            if fresh and revision == self._revision and self._built.get(node_id) == (zone, tz):
-                continue
-            if snapshot is None:
-                snapshot = Snapshot.load(self.engine)
-            manifest = Manifest(node_id, tz, self.files_url, snapshot.for_node(node_id, zone))
-            body = encode_manifest(manifest)
-            digest = hashlib.sha256(body).hexdigest()
-            if fresh and last is not None and last.digest == digest:
-                self._built[node_id] = (zone, tz)
-                continue
-            serial = max((last.serial + 1) if last is not None else 0, int(now * 1000))
-            expires = now + self.lifetime
-            signed = sign_object(self.authority, MANIFEST_KIND, node_id, serial, body,
-                                 expires=expires, issued=now)
-            if not self.publish(manifest_topic(node_id), signed):
-                log.warning("could not publish the manifest of %s (broker away); trying "
-                            "again at the next check", node_id)
-                self._built.pop(node_id, None)  # so the next check builds it again
-                continue
-            self._built[node_id] = (zone, tz)
-            records.append({"node_id": node_id, "serial": serial, "digest": digest,
-                            "expires": int(expires), "published_at": now,
-                            "items": len(manifest.items), "new": last is None})
-            log.info("published manifest %d for %s (%d items)", serial, node_id,
-                     len(manifest.items))
-        self._record(records)
+        try:
+            for node_id, zone, state in known:
+                tz = self._timezone(node_id, state)
+                last = sent.get(node_id)
+                fresh = last is not None and last.expires - now > self.lifetime / 2
+                if fresh and revision == self._revision \
+                        and self._built.get(node_id) == (zone, tz):
+                    continue
+                if snapshot is None:
+                    snapshot = Snapshot.load(self.engine)
+                try:
+                    record = self._publish_one(node_id, zone, tz, snapshot, last, fresh, now)
+                except ValueError as exc:  # this node's set cannot be sent: the others can
+                    self._built.pop(node_id, None)
+                    log.error("no manifest for node %s: %s", node_id, exc)
+                    continue
+                if record is not None:
+                    records.append(record)
+        finally:
+            self._record(records)  # what went out is on record, whatever stopped the rest
         self._revision = revision
         self.published += len(records)
         return len(records)
+
+    def _publish_one(self, node_id: str, zone: str | None, tz: str, snapshot: Snapshot,
+                     last: Any, fresh: bool, now: float) -> dict[str, Any] | None:
+        """Build, sign and publish one node's manifest; what to record, or None when
+        it was unchanged or the broker did not take it. ValueError: too big to send."""
+        items = snapshot.for_node(node_id, zone)
+        if len(items) > MAX_ITEMS:
+            raise ValueError(f"{len(items)} items are aimed at it, a node takes "
+                             f"{MAX_ITEMS}: aim fewer at it")
+        manifest = Manifest(node_id, tz, self.files_url, items)
+        body = encode_manifest(manifest)
+        if len(body) > MAX_BODY:
+            raise ValueError(f"its manifest is {len(body)} bytes, over {MAX_BODY}: shorten "
+                             "the texts aimed at it")
+        digest = hashlib.sha256(body).hexdigest()
+        if fresh and last is not None and last.digest == digest:
+            self._built[node_id] = (zone, tz)
+            return None
+        serial = max((last.serial + 1) if last is not None else 0, int(now * 1000))
+        expires = now + self.lifetime
+        signed = sign_object(self.authority, MANIFEST_KIND, node_id, serial, body,
+                             expires=expires, issued=now)
+        if not self.publish(manifest_topic(node_id), signed):
+            log.warning("could not publish the manifest of %s (broker away); trying "
+                        "again at the next check", node_id)
+            self._built.pop(node_id, None)  # so the next check builds it again
+            return None
+        self._built[node_id] = (zone, tz)
+        log.info("published manifest %d for %s (%d items)", serial, node_id, len(items))
+        return {"node_id": node_id, "serial": serial, "digest": digest,
+                "expires": int(expires), "published_at": now, "items": len(items),
+                "new": last is None}
+
+    def _timezone(self, node_id: str, state: str | None) -> str:
+        tz, reported = node_timezone(state, self.tz)
+        if reported and reported != tz and self._warned.get(node_id) != reported:
+            self._warned[node_id] = reported
+            log.warning("node %s reported time zone %r, which this hub does not know; its "
+                        "manifests use %s", node_id, reported[:64], tz)
+        return tz
 
     def _record(self, records: list[dict[str, Any]]) -> None:
         """What was published, in one transaction (a node missed here, by a crash
@@ -257,10 +288,3 @@ def start_publisher(config: HubConfig, engine: Engine, publish: Publish,
         thread.join(10)
 
     return stopper
-
-
-def manifest_body(signed: bytes) -> dict[str, Any]:
-    """A signed manifest's body as JSON (for logs and tests)."""
-    from tapcast.signed import peek
-
-    return msgspec.json.decode(peek(signed).body)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,16 @@ def test_a_node_with_an_unknown_time_zone_refuses_to_start_with_what_to_use(
                                                "data_dir": str(tmp_path)}}, environ={})
     with pytest.raises(ValueError, match="IANA name such as Europe/Berlin"):
         NodeDaemon(conf, push=object(), credentials=object(), stream_key=bytes(32))
+
+
+@pytest.mark.parametrize("setting,says", [
+    ({"timezone": "Mars/Olympus_Mons"}, "not an IANA time zone"),
+    ({"public_url": "hub.example:8080"}, "not an http(s):// URL"),
+])
+def test_a_hub_time_zone_or_files_url_that_nodes_would_refuse_stops_the_hub_at_load(
+        setting: dict[str, str], says: str) -> None:
+    from hub.config import HubConfig
+    from tapcast.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        cfg.load(HubConfig, data={"hub": setting}, environ={})

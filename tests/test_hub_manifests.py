@@ -178,13 +178,15 @@ def test_retired_items_leave_the_manifest(app: Flask, lib: ContentLibrary,
     heard(app, "n1", "lobby")
     coupon(lib, "old", targets=Targets(everywhere=True))
     publisher.tick()
+    assert [i.key for i in decode_manifest(opened(broker.sent[-1][1], "n1").body).items] \
+        == ["old"]
     lib.retire(CLI, "old")
     publisher.tick()
     assert decode_manifest(opened(broker.sent[-1][1], "n1").body).items == []
 
 
-def test_the_snapshot_aims_items_as_the_library_does(app: Flask,
-                                                     lib: ContentLibrary) -> None:
+def test_the_snapshot_aims_items_by_node_zone_and_group(app: Flask,
+                                                        lib: ContentLibrary) -> None:
     heard(app, "n-lobby", "lobby")
     lib.set_group(CLI, "screens", ["n-lobby"])
     coupon(lib, "by-zone", targets=Targets(zones=("lobby",)))
@@ -193,7 +195,20 @@ def test_the_snapshot_aims_items_as_the_library_does(app: Flask,
     coupon(lib, "elsewhere", targets=Targets(zones=("platform",)))
     snapshot = Snapshot.load(get_db(app).engine)
     assert [i.key for i in snapshot.for_node("n-lobby", "lobby")] == \
-        [i["key"] for i in lib.for_node("n-lobby")] == ["by-group", "by-node", "by-zone"]
+        ["by-group", "by-node", "by-zone"]
+    assert [i.key for i in snapshot.for_node("n-other", "platform")] == ["elsewhere"]
+
+
+def test_a_node_whose_set_cannot_be_sent_does_not_stop_the_others(
+        app: Flask, lib: ContentLibrary, publisher: ManifestPublisher,
+        broker: Broker) -> None:
+    heard(app, "n-lobby", "lobby")
+    heard(app, "n-other", "platform")
+    for i in range(40):  # 40 x 20,000 characters that JSON escapes 6-fold: over 4 MiB
+        lib.create(CLI, f"long-{i}", "article", ItemInput("Long", "\x01" * 20_000),
+                   targets=Targets(zones=("lobby",)))
+    assert publisher.tick() == 1
+    assert [t for t, _ in broker.sent] == [manifest_topic("n-other")]
 
 
 # ------------------------------------------------------------------ node file requests

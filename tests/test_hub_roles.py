@@ -38,9 +38,13 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()
 #: The hub's stream secret: node n1's file requests are signed with the key it derives.
 STREAM_SECRET = bytes(range(32))
-NOW = int(time.time())
-NODE_FILE_QUERY = (f"node=n1&ts={NOW}&sig="
-                   f"{file_request_sig(stream_key(STREAM_SECRET, 'n1'), 'n1', PNG_SHA256, NOW)}")
+
+
+def node_file_query() -> str:
+    """Node n1's request for the PNG, signed now (a request is good for ten minutes)."""
+    now = int(time.time())
+    sig = file_request_sig(stream_key(STREAM_SECRET, "n1"), "n1", PNG_SHA256, now)
+    return f"node=n1&ts={now}&sig={sig}"
 
 #: What each endpoint needs: "public", "signed in", or its permissions.
 EXPECTED: dict[str, str | frozenset[str]] = {
@@ -176,7 +180,7 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                             {"form": {"zones": "z2", "share": "1", "priority": "0",
                                       "cap_per": "day"}}),
     "content_pages.retire": ("POST", "/content/gone/retire", {"form": {}}),
-    "node_files.node_file": ("GET", f"/node/v1/files/{PNG_SHA256}?{NODE_FILE_QUERY}", None),
+    "node_files.node_file": ("GET", f"/node/v1/files/{PNG_SHA256}?{{node_file_query}}", None),
     "content_api.content_funnel": ("GET", "/api/v1/content/target/funnel", None),
     "content_pages.funnel_csv": ("GET", "/content/target/funnel.csv", None),
     "content_api.list_campaigns": ("GET", "/api/v1/campaigns", None),
@@ -341,6 +345,7 @@ def test_each_role_gets_what_the_table_says(app: Flask, endpoint: str, who: str)
         else:
             fields = {k: unique if v == "unique" else v for k, v in payload["form"].items()}
         kwargs["data"] = {**fields, "csrf_token": csrf}
+    url = url.replace("{node_file_query}", node_file_query())
     response = client.open(url, method=method, **kwargs)
     assert outcome(response) == expected(endpoint, who), \
         f"{who} {method} {url}: {response.status_code} {response.get_data(as_text=True)[:300]}"
