@@ -202,7 +202,7 @@ def content_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
                         query("at", {"type": "number", "minimum": 0},
                               "unix seconds (default: now)"),
                         query("tz", {"type": "string", "minLength": 1, "maxLength": 64},
-                              "IANA time zone (default: [hub] timezone)"),
+                              "IANA time zone (default: the one the node reported, else [hub] timezone)"),
                         query("zone", _KEY, "the node's zone, when the hub has not heard "
                                             "it yet")],
                     "responses": {"200": ok("Preview"), **guarded}}},
