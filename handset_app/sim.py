@@ -8,6 +8,7 @@ only the customer is scripted.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import random
 import time
@@ -48,15 +49,21 @@ class TapReport:
 WLAN_TIMEOUT = 10.0
 
 
-def fetch_wlan(url: str, timeout: float = WLAN_TIMEOUT) -> bytes:
+def fetch_wlan(url: str, timeout: float = WLAN_TIMEOUT, *, size: int | None = None) -> bytes:
     """A large item's file from the node's WLAN link (what a phone on the hall's Wi-Fi
-    does)."""
+    does). With ``size`` (the message's), reads at most one byte more than it (and
+    than MAX_WLAN_FILE) and raises ValueError unless exactly ``size`` bytes came."""
     import urllib.request
 
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"not an http(s) link: {url[:80]!r}")
+    limit = ble.MAX_WLAN_FILE if size is None else min(size, ble.MAX_WLAN_FILE)
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - checked above
-        return response.read(ble.MAX_WLAN_FILE + 1)
+        data = response.read(limit + 1)
+    if size is not None and len(data) != size:
+        raise ValueError(f"the link gave {len(data)}{'+' if len(data) > limit else ''} "
+                         f"bytes, the item says {size}")
+    return data
 
 
 class SimulatedHandset:
@@ -84,8 +91,9 @@ class SimulatedHandset:
             data, path = message.data, "ble"
         elif message.media_url is not None and message.size:
             try:
-                data = await asyncio.to_thread(fetch_wlan, message.media_url)
-            except (OSError, ValueError) as exc:
+                data = await asyncio.to_thread(fetch_wlan, message.media_url,
+                                               size=message.size)
+            except (OSError, ValueError, http.client.HTTPException) as exc:
                 report.error = f"item {message.id}: its file did not come over WLAN: {exc}"
                 return
             path = "wlan"

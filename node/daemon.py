@@ -8,6 +8,8 @@ node without its uplink still serves taps and loses nothing.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Container
@@ -81,6 +83,76 @@ def item_message(item: Item) -> ble.ContentItem:
                            version=item.version)
 
 
+#: Put at the end of a body cut to fit one BLE message.
+TRUNCATED_MARKER = "\u2026 [shortened: the full text is too long for one message]"
+
+
+def fit_message(message: ble.ContentItem) -> ble.ContentItem:
+    """``message`` with its body cut (by UTF-8 bytes, on a character boundary, with
+    TRUNCATED_MARKER) so that it seals under ble.MAX_MESSAGE_SIZE; as is when it fits.
+    A body's sha256 (an item without a file) is of the body sent. Raises ValueError
+    when even an empty body does not fit (a file inside: the caller sends no file)."""
+    if ble.message_fits(message):
+        return message
+    rest = len(ble.encode_message(msgspec.structs.replace(message, body="")))
+    marker = TRUNCATED_MARKER.encode()
+    room = ble.MAX_PLAIN_SIZE - rest - 5 - len(marker)  # 5: the largest msgpack str header
+    if room < 0:
+        raise ValueError(f"item {message.id}: does not fit one message even without its body")
+    body = message.body.encode()[:room].decode("utf-8", "ignore") + TRUNCATED_MARKER
+    sha = message.sha256
+    if sha == hashlib.sha256(message.body.encode()).hexdigest():
+        sha = hashlib.sha256(body.encode()).hexdigest()
+    fitted = msgspec.structs.replace(message, body=body, sha256=sha)
+    assert ble.message_fits(fitted)
+    return fitted
+
+
+def item_message_for(item: Item, files_dir: Path,
+                     wlan_url: Callable[[str], str] | None) -> ble.ContentItem:
+    """The item as it goes over BLE, sealing under ble.MAX_MESSAGE_SIZE: its file inside
+    when the whole encoded message fits (ble.INLINE_FILE_MAX at most), else a link from
+    ``wlan_url(sha256)`` (None: no usable WLAN server, text only); a body too long for
+    one message is shortened (fit_message). Reads the file: call it in a thread."""
+    message = fit_message(item_message(item))
+    if item.file_sha256 is None:
+        return message
+    path = files_dir / item.file_sha256
+    try:
+        size = path.stat().st_size
+    except OSError:  # the set names it, so sync fetched it; a damaged disk does this
+        log.error("file %s of item %s is missing; sending its text only",
+                  item.file_sha256, item.id)
+        return message
+    common = {"sha256": item.file_sha256, "media_type": item.media_type, "size": size}
+    if size <= ble.INLINE_FILE_MAX:
+        inline = msgspec.structs.replace(message, data=path.read_bytes(), **common)
+        if ble.message_fits(inline):
+            return inline
+    if wlan_url is None:
+        log.warning("item %s: its %d-byte file needs the WLAN server ([display] enabled "
+                    "and reachable by phones: public_url); sending its text only",
+                    item.id, size)
+        return message
+    return fit_message(msgspec.structs.replace(message, media_url=wlan_url(item.file_sha256),
+                                               **common))
+
+
+def wlan_reachable(host: str, public_url: str) -> bool:
+    """Whether phones can reach the display's WLAN server: a public_url is set, or it
+    listens on an address other than loopback or "any" (a link to 127.0.0.1 or 0.0.0.0
+    would name the phone itself)."""
+    if public_url:
+        return True
+    if host in ("", "localhost"):
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return True  # a host name: phones resolve it
+    return not (address.is_loopback or address.is_unspecified)
+
+
 def catalogue_message(items: list[Item]) -> ble.Catalogue:
     return ble.Catalogue(items=[ble.CatalogueEntry(id=i.id, title=i.title, kind=i.kind,
                                                    price_cents=i.price_cents) for i in items])
@@ -146,6 +218,9 @@ class NodeDaemon:
                 loop=self._loop_items, online=lambda: self.uplink.connected,
                 on_impression=self._on_impression, files_dir=self.data_dir / "files",
                 host=d.host, port=d.port, slot_seconds=d.slot_seconds, public_url=d.public_url)
+        # Links to a loopback (or "any") address would point each phone at itself.
+        self.wlan_links = (self.display is not None
+                           and wlan_reachable(config.display.host, config.display.public_url))
         self.on_tap = on_tap
         self.reader: NfcReader | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -205,6 +280,12 @@ class NodeDaemon:
                     f"{self.config.display.port} ({exc}): free the port or change "
                     "[display] port (or set [display] enabled = false)") from None
             self._status_task = loop.create_task(self._watch_link())
+        if self.display is not None and not self.wlan_links:
+            log.warning("the display listens on %s and [display] public_url is empty: "
+                        "phones cannot reach it, so large files (over %d bytes) are not "
+                        "sent, only their text; set [display] public_url to the node's "
+                        "address on the hall's WLAN", self.config.display.host,
+                        ble.INLINE_FILE_MAX)
         log.info("node %s serving taps on %s", self.node_id, nfc.device)
         self.uplink.publish_state()  # the hub sees the reader up now, not at the heartbeat
         self._time_task = loop.create_task(self._persist_time())
@@ -278,10 +359,12 @@ class NodeDaemon:
             await asyncio.sleep(LINK_WATCH_INTERVAL)
 
     def _loop_items(self, now: float) -> list[DisplayItem]:
+        """The display's loop, at the store's clock (the node's best time), not ``now``
+        (the display's wall clock, which may be days off on a Pi without an RTC)."""
         from node.display import DisplayItem
 
         return [DisplayItem(i.id, i.title, i.kind, i.body, i.price_cents, i.file_sha256,
-                            i.media_type) for i in self.store.loop(LOOP_SLOTS, at=now)]
+                            i.media_type) for i in self.store.loop(LOOP_SLOTS)]
 
     def _on_impression(self, item_id: str) -> None:
         self._record(("impression", {"item_id": item_id}))
@@ -411,8 +494,21 @@ class NodeDaemon:
                      len(record.delivered), (time.perf_counter() - t0) * 1e3)
 
     async def _deliver(self, push: Any, handset_id: str, item: Item, record: TapRecord) -> None:
-        message = await asyncio.to_thread(self._item_message, item)
-        await push.send(message)
+        """Send one item. A failure of this item alone (its file unreadable, the message
+        refused by the handset or too big) is recorded as delivery_failed for it and the
+        tap goes on; a lost link (ConnectionError, TimeoutError, PushError) ends it."""
+        try:
+            message = await asyncio.to_thread(self._item_message, item)
+            await push.send(message)
+        except (asyncio.CancelledError, ConnectionError, TimeoutError):
+            raise
+        except (ValueError, OSError) as exc:  # FrameError is a ValueError
+            reason = f"{type(exc).__name__}: {exc}"
+            self.counters.failures += 1
+            self._record(("delivery_failed", {"handset_id": handset_id, "item_id": item.id,
+                                              "reason": reason}))
+            log.warning("item %s to %s failed: %s; going on", item.id, handset_id, reason)
+            return
         self.counters.deliveries += 1
         record.delivered.append(item.id)
         self.store.delivered(handset_id, item.id)
@@ -422,27 +518,9 @@ class NodeDaemon:
                                    "via": "wlan" if message.media_url else "ble"}))
 
     def _item_message(self, item: Item) -> ble.ContentItem:
-        """The item as it goes over BLE: its file inside when small, else a short-lived
-        link on the display's WLAN server (the file is read from disk: in a thread)."""
-        message = item_message(item)
-        if item.file_sha256 is None:
-            return message
-        path = self.data_dir / "files" / item.file_sha256
-        try:
-            size = path.stat().st_size
-        except OSError:  # the set names it, so sync fetched it; a damaged disk does this
-            log.error("file %s of item %s is missing; sending its text only",
-                      item.file_sha256, item.id)
-            return message
-        common = {"sha256": item.file_sha256, "media_type": item.media_type, "size": size}
-        if size <= ble.INLINE_FILE_MAX:
-            return msgspec.structs.replace(message, data=path.read_bytes(), **common)
-        if self.display is None:
-            log.warning("item %s: its %d-byte file needs the WLAN server ([display] "
-                        "enabled); sending its text only", item.id, size)
-            return message
-        return msgspec.structs.replace(message, media_url=self.display.wlan_url(
-            item.file_sha256), **common)
+        """The item as it goes over BLE (item_message_for; in a thread)."""
+        wlan = self.display.wlan_url if self.display is not None and self.wlan_links else None
+        return item_message_for(item, self.data_dir / "files", wlan)
 
 
 async def run_until_signalled(daemon: NodeDaemon, announce: Callable[[str], None]) -> None:

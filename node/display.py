@@ -21,6 +21,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +38,13 @@ __all__ = ["Display", "DisplayItem", "WLAN_CONTEXT"]
 
 WLAN_CONTEXT = b"tapcast/v1 wlan file\x00"
 _SHA = frozenset("0123456789abcdef")
-#: Pages (kiosk browsers) one node serves at once; more are refused with 503.
+_EXP = re.compile(r"[0-9]{1,12}")
+_SIG = re.compile(r"[0-9a-f]{64}")
+#: The kiosk browser runs on the node itself: only it is served /files and it is
+#: always admitted to /events (phones get files from signed /wlan links).
+LOOPBACK = ("127.0.0.1", "::1")
+#: Pages (kiosk browsers) one node serves at once; more are refused with 503 (a page
+#: from the node itself, the kiosk, is always admitted).
 MAX_CLIENTS = 16
 #: How long the page keeps a tap's feedback on screen, in seconds.
 FEEDBACK_SECONDS = 5.0
@@ -79,6 +86,7 @@ class Display:
         self._wake = asyncio.Event()
         self.shown: DisplayItem | None = None
         self.impressions = 0
+        self._last_impression: float | None = None  # time.monotonic() of the last one
         self.url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,7 +115,7 @@ class Display:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for queue in list(self._clients):
-            queue.put_nowait("")  # ends each stream
+            _end(queue)  # ends each stream
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -140,28 +148,43 @@ class Display:
     # ------------------------------------------------------------------ the loop
 
     async def _run_loop(self) -> None:
-        """One slot after another while a page is open: show, record the impression."""
+        """One slot after another while a page is open: show, record the impression.
+        A failing iteration is logged and the loop goes on (it never dies silently)."""
         position = 0
         while True:
-            if not self._clients:
-                await self._wait(None)
-                continue
-            items = list(self._loop_items(time.time()))
-            if not items:
-                self.shown = None
-                self._send("show", None)
-                await self._wait(self.slot_seconds)
-                continue
-            item = items[position % len(items)]
-            position += 1
-            self.shown = item
-            self._send("show", self._public(item))
+            try:
+                position = await self._slot(position)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the page goes on; the log says why
+                log.exception("display loop: a slot failed; going on")
+                await asyncio.sleep(self.slot_seconds)
+
+    async def _slot(self, position: int) -> int:
+        if not self._clients:
+            await self._wait(None)
+            return position
+        items = list(self._loop_items(time.time()))
+        if not items:
+            self.shown = None
+            self._send("show", None)
+            await self._wait(self.slot_seconds)
+            return position
+        item = items[position % len(items)]
+        self.shown = item
+        self._send("show", self._public(item))
+        # At most one impression per slot_seconds, however often the loop is woken
+        # (a new content set shows at once, but is not counted twice in one slot).
+        now = time.monotonic()
+        if self._last_impression is None or now - self._last_impression >= self.slot_seconds:
+            self._last_impression = now
             self.impressions += 1
             try:
                 self._on_impression(item.key)
             except Exception:  # noqa: BLE001 - the page goes on even if recording fails
                 log.exception("could not record the impression of %s", item.key)
-            await self._wait(self.slot_seconds)
+        await self._wait(self.slot_seconds)
+        return position + 1
 
     async def _wait(self, seconds: float | None) -> None:
         self._wake.clear()
@@ -178,18 +201,22 @@ class Display:
                             headers={"Cache-Control": "no-store"})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
-        if len(self._clients) >= MAX_CLIENTS:
+        if len(self._clients) >= MAX_CLIENTS and request.remote not in LOOPBACK:
             return web.json_response({"error": "too many display pages open"}, status=503)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-store"})
-        await response.prepare(request)
         queue: asyncio.Queue[str] = asyncio.Queue(maxsize=100)
         queue.put_nowait(_frame("status", {"online": self._online()}))
         if self.shown is not None:
             queue.put_nowait(_frame("show", self._public(self.shown)))
+        # Counted before the first await, so concurrent requests cannot pass MAX_CLIENTS.
+        first = not self._clients
         self._clients.add(queue)
-        self._wake.set()  # the loop starts showing now that someone looks
+        if first:
+            self._wake.set()  # the loop starts showing now that someone looks
+        # (a further page joins the current slot: it does not end it early)
         try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                   "Cache-Control": "no-store"})
+            await response.prepare(request)
             while True:
                 frame = await queue.get()
                 if not frame:
@@ -202,13 +229,17 @@ class Display:
         return response
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
-        """A file of the node's content set, for the page (images, video in the loop)."""
+        """A file of the node's content set, for the page (images, video in the loop).
+        Only for the kiosk browser on the node itself; phones use signed /wlan links."""
+        if request.remote not in LOOPBACK:
+            return web.json_response({"error": "files are served to the local display "
+                                      "only"}, status=403)
         return self._serve(request.match_info["sha256"])
 
     async def _wlan(self, request: web.Request) -> web.StreamResponse:
         sha = request.match_info["sha256"]
         exp_text, sig = request.query.get("exp", ""), request.query.get("sig", "")
-        if not exp_text.isdigit() or len(exp_text) > 12 or len(sig) != 64:
+        if not _EXP.fullmatch(exp_text) or not _SIG.fullmatch(sig):
             return web.json_response({"error": "exp and sig are required"}, status=403)
         exp = int(exp_text)
         if exp < time.time():
@@ -242,9 +273,15 @@ class Display:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:  # a page that stopped reading: end its stream
                 self._clients.discard(queue)
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait("")
+                _end(queue)
+
+
+def _end(queue: asyncio.Queue[str]) -> None:
+    """End one page's stream: drop what it has not read, then the end marker (so the
+    put cannot find the queue full)."""
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait("")
 
 
 def _frame(event: str, data: Any) -> str:

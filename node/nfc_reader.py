@@ -220,7 +220,10 @@ class NfcReader:
             # ISO-DEP (SEL_RES bit 6) only: phones in HCE mode, not plain tags.
             phone = bool(target.sel_res and target.sel_res[0] & 0x20)
             if phone and self.on_sensed is not None:
-                self.on_sensed()  # before activation: the tap has begun
+                try:
+                    self.on_sensed()  # before activation: the tap has begun
+                except Exception:  # noqa: BLE001 - the callback's fault, not the device's
+                    log.exception("nfc reader: on_sensed failed; serving the tap anyway")
             return phone
 
         def on_connect(tag) -> bool:  # type: ignore[no-untyped-def]

@@ -13,8 +13,12 @@ kind, subject, expiry, serial, body) and records a refusal as a ``manifest_refus
 event; a newer manifest becomes the pending one and a background task fetches its
 missing files (urllib, in a thread), each request signed with the node's stream key.
 Bytes go to ``files/.partial/<sha256>`` and a retry asks for the rest only; a file
-whose size or sha256 is wrong refuses the manifest (``bad_file``); a network error is
-retried with bounded backoff while the manifest stays pending. A newer manifest
+whose size or sha256 is wrong refuses the manifest (``bad_file``), except after a
+resumed download: then the partial is deleted and the file fetched again from byte 0,
+and only a fresh download that does not match refuses it. A network error is retried
+with bounded backoff while the manifest stays pending; a disk without room for the
+missing files (plus NO_SPACE_RESERVE) refuses the manifest (``no_space``) rather than
+retrying forever. A newer manifest
 arriving meanwhile replaces the pending one (files fetched so far are kept). Once every
 file is in place the store swaps in one transaction and files that neither the new set
 nor the previous one names are deleted.
@@ -23,12 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import hashlib
 import http.client
 import logging
 import os
 import random
 import re
+import shutil
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -51,16 +58,28 @@ from node.store import ContentStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ContentSync", "FetchError", "BadFileError", "PARTIAL_DIR"]
+__all__ = ["ContentSync", "FetchError", "BadFileError", "NoSpaceError", "PARTIAL_DIR"]
 
 #: Where files being downloaded wait, under the files directory, until they verify.
 PARTIAL_DIR = ".partial"
 CHUNK = 64 * 1024
 #: Bytes of a download written between two fsyncs.
 SYNC_EVERY = 1024 * 1024
-#: Longest a download waits for one tap to be served, and how often it looks, seconds.
+#: Longest downloads (and a finished set's swap) pause for taps in one go, and how often
+#: they look, seconds. Taps in a row (a phone left on the reader, re-sensed at every
+#: poll) count as one pause: once it has lasted TAP_YIELD_MAX overall, downloads go on
+#: for at least TAP_YIELD_GAP before a new tap pauses them again.
 TAP_YIELD_MAX = 3.0
+TAP_YIELD_GAP = 1.0
 TAP_YIELD_STEP = 0.005
+#: Free disk space kept beyond the missing files' bytes before a download starts.
+NO_SPACE_RESERVE = 64 * 1024 * 1024
+#: Each refusal reason is recorded as an event at most once in this many seconds; the
+#: next one recorded says how many were skipped meanwhile (``skipped``).
+REFUSAL_EVENT_INTERVAL = 60.0
+#: Reasons found before the signature was verified: the serial such a payload claims
+#: is anyone's to choose, so it does not make a refusal a new one.
+UNAUTHENTICATED = frozenset({"malformed", "too_large", "unknown_key", "bad_signature"})
 #: Longest ``detail`` of a manifest_refused event (the hub stores it as given).
 MAX_DETAIL = 200
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -74,6 +93,11 @@ class FetchError(Exception):
 class BadFileError(Exception):
     """A file's bytes are not what the manifest says (size or sha256): the manifest is
     refused, as the hub serves something other than what it signed."""
+
+
+class NoSpaceError(Exception):
+    """The node's disk has no room for the manifest's files: the manifest is refused
+    (``no_space``) instead of being retried forever."""
 
 
 @dataclass
@@ -122,16 +146,26 @@ class ContentSync:
         self.applied = 0
         self.fetch_errors = 0
         self.bytes_fetched = 0  # over all manifests, for operators
-        # Taps come first: while one is served, downloads and hashing wait between
-        # chunks (until tap_ended, or TAP_YIELD_MAX at most, so a tap that never ends
-        # cannot stall a sync). A float, written on the loop and read in the thread.
-        self._hold_until = 0.0
+        # Taps come first: while one is served, downloads, hashing and the swap wait
+        # (until tap_ended, or TAP_YIELD_MAX at most, so a tap that never ends cannot
+        # stall a sync). tap_started runs in the NFC reader's thread, tap_ended on the
+        # loop, _held in the download thread and on the loop: all under _hold_lock.
+        self._hold_lock = threading.Lock()
+        self._hold_since = 0.0  # time.monotonic() when the current pause began
+        self._hold_until = 0.0  # it ends then (tap_ended ends it sooner)
+        self._free_until = 0.0  # after a pause that reached the cap: no new one before
+        #: Set when a download (or hashing) actually paused for a tap, and when a
+        #: finished set waited for a tap before its swap (tests, operators).
+        self.paused_for_tap = threading.Event()
+        self.swap_waited_for_tap = threading.Event()
         self._pending: _Pending | None = None
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()  # a newer pending manifest, or close()
         self._progress = asyncio.Event()  # replaced at each step: wait_for wakes on it
         self._closed = False
         self._last_refusal: tuple[str, int | None] | None = None
+        self._refusal_recorded: dict[str, float] = {}  # reason -> time.monotonic()
+        self._refusal_skipped: collections.Counter[str] = collections.Counter()
         self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ public API
@@ -227,17 +261,32 @@ class ContentSync:
         return _Pending(obj.serial, obj.expires, manifest)
 
     def _refuse(self, reason: str, detail: str, serial: int | None) -> None:
-        """Count and log (rate-limited) a refusal, and record it for the hub, once per
-        reason and serial in a row: a retained bad manifest delivered at every
-        reconnection, or sent over and over, is one event, not a flood."""
+        """Count and log (rate-limited) a refusal, and record it for the hub: not again
+        for the same reason and serial in a row (a retained bad manifest delivered at
+        every reconnection is one event), and at most one event per reason in
+        REFUSAL_EVENT_INTERVAL (payloads sent over and over are not a flood); the next
+        event of that reason carries ``skipped``, how many were not recorded. For a
+        reason found before the signature is checked the claimed serial is not part of
+        "the same" (anyone can vary it); the event still reports it."""
         self.refused[reason] += 1
         self._ratelog.warn(reason, "content sync %s: refused manifest (serial %s): %s; "
                            "serving what runs (serial %d)", self.node_id, serial, detail,
                            self.store.content_serial())
-        if self._last_refusal != (reason, serial):
-            self._last_refusal = (reason, serial)
-            self._record("manifest_refused", {"reason": reason, "detail": detail[:MAX_DETAIL],
-                                              "serial": serial})
+        key = (reason, None if reason in UNAUTHENTICATED else serial)
+        now = time.monotonic()
+        last = self._refusal_recorded.get(reason)
+        if self._last_refusal == key or (last is not None
+                                         and now - last < REFUSAL_EVENT_INTERVAL):
+            self._refusal_skipped[reason] += 1
+        else:
+            self._last_refusal = key
+            self._refusal_recorded[reason] = now
+            data: dict[str, Any] = {"reason": reason, "detail": detail[:MAX_DETAIL],
+                                    "serial": serial}
+            skipped = self._refusal_skipped.pop(reason, 0)
+            if skipped:
+                data["skipped"] = skipped
+            self._record("manifest_refused", data)
         self._step()
 
     def _record(self, kind: str, data: dict[str, Any]) -> None:
@@ -262,7 +311,8 @@ class ContentSync:
             self._changed.clear()
             try:
                 if await self._fetch(pending):
-                    while time.monotonic() < self._hold_until:  # a tap first, then the swap
+                    while self._held():  # a tap first, then the swap (same capped rule)
+                        self.swap_waited_for_tap.set()
                         await asyncio.sleep(TAP_YIELD_STEP)
                     if not self._superseded(pending):
                         self._apply(pending)
@@ -270,6 +320,10 @@ class ContentSync:
                 if self._pending is pending:
                     self._pending = None
                 self._refuse("bad_file", str(exc), pending.serial)
+            except NoSpaceError as exc:
+                if self._pending is pending:
+                    self._pending = None
+                self._refuse("no_space", str(exc), pending.serial)
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bug: drop this manifest (its retained copy comes again)
@@ -283,9 +337,11 @@ class ContentSync:
 
     async def _fetch(self, pending: _Pending) -> bool:
         """Put every file of ``pending`` in place; False when it was superseded first.
-        Raises BadFileError."""
+        Raises BadFileError, NoSpaceError."""
         wanted = {item.file.sha256: item.file for item in pending.manifest.items
                   if item.file is not None}
+        await asyncio.to_thread(self._check_space, [f for f in wanted.values()
+                                                    if not self._have(f)])
         failures = 0
         for file in wanted.values():
             while not self._have(file):
@@ -314,6 +370,25 @@ class ContentSync:
                     self.bytes_fetched += fetched[0]
         return not self._superseded(pending)
 
+    def _check_space(self, missing: list[ManifestFile]) -> None:
+        """Raise NoSpaceError unless the disk holds the missing files' remaining bytes
+        plus NO_SPACE_RESERVE (a full disk would fail every retry the same way)."""
+        if not missing:
+            return
+        need = 0
+        for file in missing:
+            try:
+                have = (self.partial_dir / file.sha256).stat().st_size
+            except OSError:
+                have = 0
+            need += max(0, file.size - have)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.files_dir).free
+        if free < need + NO_SPACE_RESERVE:
+            raise NoSpaceError(f"{len(missing)} missing file(s) need {need} bytes plus a "
+                               f"{NO_SPACE_RESERVE}-byte reserve; {free} bytes are free "
+                               f"under {self.files_dir}")
+
     def _have(self, file: ManifestFile) -> bool:
         """Whether the file is in place; one of the wrong size (a damaged disk) is
         deleted so it is fetched again. Files are renamed in only once verified."""
@@ -330,36 +405,70 @@ class ContentSync:
         return False
 
     def tap_started(self) -> None:
-        """A tap began: the sync's downloads pause between chunks while it is served
-        (a Pi has few cores; the customer at the display should not wait for a
-        background download)."""
-        self._hold_until = time.monotonic() + TAP_YIELD_MAX
+        """A tap began (called in the NFC reader's thread, when it senses a phone and
+        as the exchange begins): downloads pause between chunks, and a finished set's
+        swap waits, while it is served (a Pi has few cores; the customer at the display
+        should not wait for a background download). The pause is capped: see
+        TAP_YIELD_MAX and TAP_YIELD_GAP."""
+        now = time.monotonic()
+        with self._hold_lock:
+            if now < self._free_until:
+                return  # a pause just reached its cap: downloads' turn
+            # Within TAP_YIELD_GAP of the last hold (and not after a capped one) this
+            # tap continues the same pause; otherwise it starts a new one.
+            chained = (now < self._hold_until + TAP_YIELD_GAP
+                       and self._hold_since >= self._free_until)
+            if not chained:
+                self._hold_since = now
+            cap = self._hold_since + TAP_YIELD_MAX
+            if now >= cap:  # this pause has had its share: downloads go on for a while
+                self._hold_until = now
+                self._free_until = now + TAP_YIELD_GAP
+            else:
+                self._hold_until = cap
 
     def tap_ended(self) -> None:
-        self._hold_until = 0.0
+        """The tap was served (on the loop): its pause ends now."""
+        with self._hold_lock:
+            self._hold_until = min(self._hold_until, time.monotonic())
+
+    def _held(self) -> bool:
+        """Whether a tap is being served now (within the capped pause)."""
+        with self._hold_lock:
+            return time.monotonic() < self._hold_until
 
     def _yield_to_taps(self) -> None:
         """In the download thread: wait while a tap is being served."""
-        while time.monotonic() < self._hold_until:
+        while self._held():
+            self.paused_for_tap.set()
             time.sleep(TAP_YIELD_STEP)
 
     def _download(self, files_url: str, file: ManifestFile, abort: Callable[[], bool],
                   fetched: list[int]) -> None:
         """In a thread: fetch the rest of ``file`` into its partial file, then verify it
         and rename it into place. Returns early (partial kept) when ``abort()``. Raises
-        FetchError (try again) or BadFileError (partial deleted)."""
+        FetchError (try again), BadFileError (partial deleted) or NoSpaceError.
+        Bytes that do not match after a resumed download may be the old part's fault
+        (a crash, a file changed on the hub since): the partial is deleted and the next
+        try starts from byte 0; only a fresh download that does not match is bad."""
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         partial = self.partial_dir / file.sha256
         have = partial.stat().st_size if partial.exists() else 0
         if have > file.size:
             partial.unlink()
             have = 0
+        resumed = have > 0
         if have < file.size:
-            have = self._request(files_url, file, partial, have, abort, fetched)
-            if have is None:
+            result = self._request(files_url, file, partial, have, abort, fetched)
+            if result is None:
                 return
+            have, restarted = result
+            resumed = resumed and not restarted
         if have != file.size:
             partial.unlink(missing_ok=True)
+            if resumed:
+                raise FetchError(f"file {file.sha256}: a resumed download came to more "
+                                 f"than {file.size} bytes; fetching it again from byte 0")
             raise BadFileError(f"file {file.sha256}: the hub sent more than the "
                                f"{file.size} bytes the manifest names")
         digest = hashlib.sha256()
@@ -369,15 +478,20 @@ class ContentSync:
                 digest.update(chunk)
         if digest.hexdigest() != file.sha256:
             partial.unlink(missing_ok=True)
+            if resumed:
+                raise FetchError(f"file {file.sha256}: a resumed download hashes to "
+                                 f"{digest.hexdigest()}; fetching it again from byte 0")
             raise BadFileError(f"file {file.sha256}: the bytes the hub sent hash to "
                                f"{digest.hexdigest()}")
         os.replace(partial, self.files_dir / file.sha256)
         fsync_dir(self.files_dir)
 
     def _request(self, files_url: str, file: ManifestFile, partial: Path, have: int,
-                 abort: Callable[[], bool], fetched: list[int]) -> int | None:
+                 abort: Callable[[], bool], fetched: list[int]) -> tuple[int, bool] | None:
         """One GET for the bytes from ``have`` on; what the partial file holds after
-        it (at most one byte over ``file.size``), or None when aborted."""
+        it (at most one byte over ``file.size``) and whether the hub sent the whole
+        file instead (the partial restarted from byte 0), or None when aborted."""
+        restarted = False
         ts = int(self.clock())
         query = urllib.parse.urlencode({"node": self.node_id, "ts": ts, "sig": file_request_sig(
             self._stream_key, self.node_id, file.sha256, ts)})
@@ -394,7 +508,7 @@ class ContentSync:
                                          f"range ({response.headers.get('Content-Range')})")
                     mode = "ab"
                 elif response.status == 200:  # the whole file (no Range support): restart
-                    mode, have = "wb", 0
+                    mode, have, restarted = "wb", 0, True
                 else:
                     raise FetchError(f"file {file.sha256}: HTTP {response.status}")
                 with open(partial, mode) as out:
@@ -429,11 +543,14 @@ class ContentSync:
                 why = ""
             raise FetchError(f"file {file.sha256}: HTTP {exc.code} {why}") from None
         except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError, timeouts
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                partial.unlink(missing_ok=True)  # give the room back
+                raise NoSpaceError(f"file {file.sha256}: the disk is full ({exc})") from None
             raise FetchError(f"file {file.sha256}: {type(exc).__name__}: {exc} "
                              f"(from {files_url})") from None
         if have < file.size:
             raise FetchError(f"file {file.sha256}: cut off at {have} of {file.size} bytes")
-        return have
+        return have, restarted
 
     # ------------------------------------------------------------------- applying
 

@@ -1,9 +1,11 @@
 """Content end to end: a marketer's item goes from the hub's library, through a signed
 manifest over a real Mosquitto and the node's sync, to a phone that taps (real nfcpy
 and bumble), with its file inside the BLE message when small and over the node's WLAN
-link when large; the display page follows; the funnel counts what happened."""
+link when large; the funnel counts what happened. Also the node's sizing of a BLE
+message (node.daemon.item_message_for), without a hall."""
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import AsyncIterator
@@ -18,6 +20,8 @@ from hub import get_db
 from hub.accounts import Actor
 from hub.content import ItemInput, Targets
 from hub.content_api import library
+from node.daemon import TRUNCATED_MARKER, fit_message, item_message_for, wlan_reachable
+from node.store import Item
 from tapcast.protocol import ble
 from tapcast.schedule import Schedule
 
@@ -45,6 +49,11 @@ async def started_hall(hub: HubServer, mosquitto: Mosquitto, tmp_path: Path,
                        hold_off=0.0, processes=False, stream_secret=hub.stream_secret,
                        authority=hub.authority)
     await hall.start()
+    for node in hall.nodes:
+        # The virtual hall's phones run on this machine: its loopback links reach them
+        # (a real node with a loopback display and no public_url sends no links).
+        assert node.daemon is not None and not node.daemon.wlan_links
+        node.daemon.wlan_links = True
     return hall
 
 
@@ -65,15 +74,19 @@ async def test_a_coupon_for_one_zone_reaches_a_tap_there_with_its_image_and_not_
     lib.create(CLI, "lobby-coffee", "coupon",
                ItemInput("Coffee: second cup free", "At Bean & Leaf", 0, png, "coffee.png"),
                targets=Targets(zones=("lobby",)), schedule=Schedule(priority=50))
+    # Aimed there too, lower priority and sorting first: it must come after the coupon.
+    lib.create(CLI, "a-lobby-hours", "article", ItemInput("Opening hours", "9 to 5", 0),
+               targets=Targets(zones=("lobby",)), schedule=Schedule(priority=1))
     hall = await started_hall(hub, mosquitto, tmp_path)
     try:
         lobby, food_court = hall.nodes  # zones lobby and food-court (hall.virtual.ZONES)
         assert (lobby.zone, food_court.zone) == ("lobby", "food-court")
-        await synced(hall, {"lobby-coffee"})
+        await synced(hall, {"lobby-coffee", "a-lobby-hours"})
         phone = hall.handsets[0]
-        there = await hall.tap(phone, lobby, extra_requests=0)
+        there = await hall.tap(phone, lobby, extra_requests=0, ask_for=["a-lobby-hours"])
         assert there.ok, there.error
-        assert there.items[0] == "lobby-coffee"  # the featured item: pushed first
+        # the featured (highest-priority) item is pushed first, the other on request
+        assert there.items == ["lobby-coffee", "a-lobby-hours"]
         assert there.files["lobby-coffee"] == PNG and there.file_paths["lobby-coffee"] == "ble"
         elsewhere = await hall.tap(phone, food_court, extra_requests=0)
         assert "lobby-coffee" not in elsewhere.items + elsewhere.catalogue
@@ -122,3 +135,42 @@ async def test_a_new_version_published_while_the_hall_runs_reaches_the_next_tap(
         assert report.ok and report.items == ["news"]
     finally:
         await hall.stop()
+
+
+# ------------------------------------------------------------------ message sizing
+
+
+def test_every_item_message_fits_one_ble_message(tmp_path: Path) -> None:
+    """A 20,000-character body of multi-byte characters with a 32 KiB file: the file
+    goes over WLAN (the whole message would pass 64 KiB), and without a WLAN link the
+    text alone is sent; a body too long even alone is cut with a marker."""
+    blob = bytes(ble.INLINE_FILE_MAX)
+    sha = hashlib.sha256(blob).hexdigest()
+    (tmp_path / sha).write_bytes(blob)
+    body = "\u20ac" * 20_000  # 60,000 bytes of UTF-8
+    item = Item("menu", "Menu", "media", body, file_sha256=sha, media_type="image/png")
+    sealed = lambda m: len(ble.encode_message(m)) + ble.SEAL_OVERHEAD  # noqa: E731
+    over_wlan = item_message_for(item, tmp_path, lambda s: f"http://10.0.0.5:8080/wlan/{s}")
+    assert over_wlan.data is None and over_wlan.media_url is not None
+    assert over_wlan.size == len(blob) and over_wlan.sha256 == sha
+    assert over_wlan.body == body and sealed(over_wlan) <= ble.MAX_MESSAGE_SIZE
+    text_only = item_message_for(item, tmp_path, None)
+    assert text_only.data is None and text_only.media_url is None and text_only.body == body
+    small = Item("menu", "Menu", "media", "short", file_sha256=sha, media_type="image/png")
+    assert item_message_for(small, tmp_path, None).data == blob  # fits: inside
+    huge = Item("essay", "Essay", "article", "\u20ac" * 30_000)
+    cut = item_message_for(huge, tmp_path, None)
+    assert cut.body.endswith(TRUNCATED_MARKER) and huge.body.startswith(
+        cut.body[:-len(TRUNCATED_MARKER)])
+    assert sealed(cut) <= ble.MAX_MESSAGE_SIZE
+    assert cut.sha256 == hashlib.sha256(cut.body.encode()).hexdigest()  # of what is sent
+    assert fit_message(cut) == cut
+
+
+@pytest.mark.parametrize(("host", "public_url", "reachable"), [
+    ("127.0.0.1", "", False), ("0.0.0.0", "", False), ("::1", "", False), ("::", "", False),
+    ("localhost", "", False), ("192.168.1.20", "", True), ("node-1.hall", "", True),
+    ("0.0.0.0", "http://192.168.1.20:8080", True)])
+def test_wlan_links_never_point_at_loopback(host: str, public_url: str,
+                                            reachable: bool) -> None:
+    assert wlan_reachable(host, public_url) is reachable

@@ -9,9 +9,11 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from unittest import mock
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
 from node.display import Display, DisplayItem
 
@@ -111,7 +113,8 @@ async def test_a_wlan_link_serves_the_file_with_ranges_until_it_expires(
             assert r.status == 403 and "expired" in (await r.json())["error"]
 
 
-@pytest.mark.parametrize("tamper", ["sig", "exp", "sha", "missing"])
+@pytest.mark.parametrize("tamper", ["sig", "exp", "sha", "missing", "unicode-exp",
+                                    "upper-sig"])
 async def test_a_forged_wlan_link_is_refused(hall: tuple[Display, Hall], tamper: str) -> None:
     display, _ = hall
     url = display.wlan_url(SHA, ttl=60)
@@ -120,9 +123,56 @@ async def test_a_forged_wlan_link_is_refused(hall: tuple[Display, Hall], tamper:
     forged = {"sig": f"{base}?exp={exp}&sig={'0' * 64}",
               "exp": f"{base}?exp={int(exp) + 1000}&sig={sig}",
               "sha": f"{base.rsplit('/', 1)[0]}/{'a' * 64}?exp={exp}&sig={sig}",
-              "missing": base}[tamper]
+              "missing": base,
+              "unicode-exp": f"{base}?exp=%D9%A3&sig={sig}",  # an Arabic-Indic digit
+              "upper-sig": f"{base}?exp={exp}&sig={sig.upper()}"}[tamper]
+    error = {"sig": "not a link this node made", "exp": "not a link this node made",
+             "sha": "not a link this node made"}.get(tamper, "exp and sig are required")
     async with aiohttp.ClientSession() as http, http.get(forged) as r:
         assert r.status == 403
+        assert (await r.json())["error"] == error
+
+
+async def test_files_are_served_to_the_local_display_only(
+        hall: tuple[Display, Hall]) -> None:
+    display, _ = hall
+    async with aiohttp.ClientSession() as http, http.get(f"{display.url}/files/{SHA}") as r:
+        assert r.status == 200 and await r.read() == BLOB  # the kiosk, on the node
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: (
+        ("192.168.1.30", 50000) if name == "peername" else default)
+    phone = make_mocked_request("GET", f"/files/{SHA}", match_info={"sha256": SHA},
+                                transport=transport)
+    refused = await display._file(phone)
+    assert refused.status == 403 and b"local display only" in refused.body
+
+
+async def test_stop_ends_a_stream_whose_queue_is_full(hall: tuple[Display, Hall]) -> None:
+    display, _ = hall
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=2)
+    queue.put_nowait("a")
+    queue.put_nowait("b")
+    display._clients.add(queue)
+    await display.stop()  # no QueueFull
+    assert queue.get_nowait() == ""
+
+
+async def test_a_second_page_does_not_end_the_slot_early(tmp_path: Path) -> None:
+    state = Hall()
+    display = Display(loop=lambda now: state.items, online=lambda: True,
+                      on_impression=state.impressions.append, files_dir=tmp_path,
+                      slot_seconds=0.5)
+    await display.start()
+    try:
+        async with aiohttp.ClientSession() as http, \
+                http.get(display.url + "/events") as first:
+            await next_event(frames(first), "show")
+            for _ in range(3):  # more pages open within the slot
+                async with http.get(display.url + "/events") as more:
+                    await next_event(frames(more), "status")
+            assert state.impressions == ["welcome"]
+    finally:
+        await display.stop()
 
 
 async def test_an_empty_loop_shows_the_name_and_counts_nothing(

@@ -5,8 +5,10 @@ take the result. A manifest is applied whole or not at all; a bad one is refused
 its reason reported to the hub, while the old set keeps serving."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from hub.schema import nodes
 from node.config import MqttSection, NodeConfig
 from node.outbox import Outbox
 from node.store import ContentStore
+import node.sync as sync_module
 from node.sync import PARTIAL_DIR, ContentSync
 from node.uplink import Uplink
 from tapcast.config import load
@@ -133,14 +136,16 @@ async def node(hub: Hub, tmp_path: Path) -> AsyncIterator[Node]:
 
 async def test_a_new_manifest_is_applied_with_its_files_its_serial_and_an_event(
         hub: Hub, node: Node) -> None:
-    hub.add("coffee", schedule=Schedule(priority=5))
-    hub.add("hours", "article", file=None, title="Opening hours")
+    hub.add("coffee")
+    hub.add("hours", "article", file=None, title="Opening hours",
+            schedule=Schedule(priority=5))
     signed = hub.publish()
     await node.sync.sync(signed)
     serial = peek(signed).serial
-    assert node.served() == ["coffee", "hours"]  # priority first
+    assert node.served() == ["hours", "coffee"]  # priority first, though it sorts second
     coffee = node.store.get("coffee")
-    assert coffee is not None and coffee.featured and coffee.file_sha256 == PNG_SHA
+    assert node.store.get("hours").featured and not coffee.featured
+    assert coffee is not None and coffee.file_sha256 == PNG_SHA
     assert coffee.media_type == "image/png" and coffee.version == 1
     assert (node.files / PNG_SHA).read_bytes() == PNG
     assert node.store.content_serial() == serial and node.store.tz() == "UTC"
@@ -279,12 +284,26 @@ async def test_a_file_whose_bytes_on_the_hub_are_wrong_refuses_the_manifest(
     assert not (node.files / PARTIAL_DIR / PNG_SHA).exists()  # not resumed from bad bytes
 
 
-@pytest.mark.parametrize("payload", [b"", b"TCSO", b"\xff" * 1000, bytes(MAX_SIZE + 1)],
-                         ids=["empty", "truncated", "garbage", "too-large"])
-async def test_no_payload_crashes_the_sync(hub: Hub, node: Node, payload: bytes) -> None:
+@pytest.mark.parametrize(("payload", "refused"), [
+    (b"", []), (b"TCSO", ["malformed"]), (b"\xff" * 1000, ["malformed"]),
+    (bytes(MAX_SIZE + 1), ["too_large"])], ids=["empty", "truncated", "garbage", "too-large"])
+async def test_no_payload_crashes_the_sync(hub: Hub, node: Node, payload: bytes,
+                                           refused: list[str]) -> None:
     await node.sync.sync(payload)
     assert node.served() == [] and node.store.content_serial() == 0
-    assert all(e["reason"] in ("malformed", "too_large") for e in node.events("manifest_refused"))
+    assert [e["reason"] for e in node.events("manifest_refused")] == refused
+
+
+async def test_refusals_sent_over_and_over_are_few_events_that_say_how_many(
+        hub: Hub, node: Node) -> None:
+    for _ in range(5):
+        await node.sync.sync(b"\xff" * 1000)  # anyone on the broker can do this
+    assert node.sync.refused["malformed"] == 5
+    assert [e["reason"] for e in node.events("manifest_refused")] == ["malformed"]
+    node.sync._refusal_recorded["malformed"] -= 61  # a minute on
+    node.sync._last_refusal = None
+    await node.sync.sync(b"\xfe" * 1000)
+    assert node.events("manifest_refused")[-1]["skipped"] == 4
 
 
 # ------------------------------------------------------------------- serving
@@ -385,8 +404,67 @@ async def test_downloads_wait_while_a_tap_is_served_and_go_on_after_it(
     hub.add("coffee")
     node.sync.tap_started()  # a phone entered the field
     node.sync.offer(hub.publish())
-    with pytest.raises(TimeoutError):  # the download does not start while the tap runs
-        await node.sync.wait_for(lambda: node.sync.bytes_fetched > 0, 0.3)
+    # the download really pauses (not merely: nothing happened yet)
+    assert await asyncio.to_thread(node.sync.paused_for_tap.wait, 5)
+    assert node.sync.bytes_fetched == 0 and node.store.content_serial() == 0
     node.sync.tap_ended()
     await node.sync.wait_for(lambda: node.store.content_serial() > 0, 10)
     assert node.served() == ["coffee"] and node.sync.bytes_fetched == len(PNG)
+
+
+async def test_a_finished_set_waits_for_a_held_tap_before_its_swap(
+        hub: Hub, node: Node) -> None:
+    hub.add("hours", "article", file=None, title="Opening hours")  # nothing to fetch
+    node.sync.tap_started()
+    node.sync.offer(hub.publish())
+    assert await asyncio.to_thread(node.sync.swap_waited_for_tap.wait, 5)
+    assert node.store.content_serial() == 0 and node.served() == []
+    node.sync.tap_ended()
+    await node.sync.wait_for(lambda: node.store.content_serial() > 0, 10)
+    assert node.served() == ["hours"] and not node.sync.paused_for_tap.is_set()
+
+
+def test_a_phone_left_on_the_reader_pauses_downloads_for_a_capped_time(
+        hub: Hub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = make_node(hub, tmp_path / "capped")
+    now = [1000.0]
+    monkeypatch.setattr(sync_module.time, "monotonic", lambda: now[0])
+    try:
+        made.sync.tap_started()
+        assert made.sync._held()
+        for _ in range(int(sync_module.TAP_YIELD_MAX / 0.25)):  # re-sensed every poll
+            now[0] += 0.25
+            made.sync.tap_started()
+        assert not made.sync._held()  # the cap: downloads go on
+        now[0] += sync_module.TAP_YIELD_GAP / 2
+        made.sync.tap_started()
+        assert not made.sync._held()  # for at least TAP_YIELD_GAP
+        now[0] += sync_module.TAP_YIELD_GAP
+        made.sync.tap_started()
+        assert made.sync._held()  # then a tap pauses them again
+    finally:
+        made.outbox.close()
+        made.store.close()
+
+
+async def test_a_resumed_download_that_does_not_match_is_fetched_again_from_byte_0(
+        hub: Hub, node: Node) -> None:
+    hub.add("coffee")
+    (node.files / PARTIAL_DIR).mkdir(parents=True)
+    half = len(PNG) // 2
+    (node.files / PARTIAL_DIR / PNG_SHA).write_bytes(bytes(half))  # stale bytes
+    await node.sync.sync(hub.publish())
+    assert (node.files / PNG_SHA).read_bytes() == PNG
+    assert node.events("manifest_refused") == [] and node.sync.fetch_errors == 1
+
+
+async def test_a_disk_without_room_refuses_the_manifest(
+        hub: Hub, node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    hub.add("coffee")
+    monkeypatch.setattr(sync_module.shutil, "disk_usage",
+                        lambda path: shutil._ntuple_diskusage(10**9, 10**9, 1000))
+    signed = hub.publish()
+    await node.sync.sync(signed)
+    refusal, = node.events("manifest_refused")
+    assert refusal["reason"] == "no_space" and refusal["serial"] == peek(signed).serial
+    assert "free" in refusal["detail"] and node.sync.bytes_fetched == 0

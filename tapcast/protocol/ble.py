@@ -48,8 +48,13 @@ PROTOCOL_VERSION = 2
 #: Largest sealed message (ciphertext + 16-byte tag) either side accepts. Large media
 #: travels as a short-lived URL on the node's WLAN server instead (ContentItem.media_url).
 MAX_MESSAGE_SIZE = 64 * 1024
-#: Largest file sent inside a ContentItem (msgpack bin: as is), leaving the message room
-#: for its text under MAX_MESSAGE_SIZE. Bigger files go over WLAN.
+#: What sealing adds to the encoded message (the ChaCha20-Poly1305 tag).
+SEAL_OVERHEAD = 16
+#: Largest encoded (msgpack) message that still seals under MAX_MESSAGE_SIZE.
+MAX_PLAIN_SIZE = MAX_MESSAGE_SIZE - SEAL_OVERHEAD
+#: Largest file a node considers sending inside a ContentItem (msgpack bin: as is).
+#: The whole encoded message must still fit MAX_PLAIN_SIZE (a long text can leave less
+#: room than this): the node decides by the encoded size, and bigger goes over WLAN.
 INLINE_FILE_MAX = 32 * 1024
 #: Largest file a handset fetches from a node's WLAN link.
 MAX_WLAN_FILE = 200 * 1024 * 1024
@@ -180,6 +185,11 @@ _msg_decoder = msgspec.msgpack.Decoder(Message)
 def encode_message(message: Message) -> bytes:
     """msgpack map with the tag in key ``"t"`` (see docs/protocol.md, BLE part)."""
     return _msg_encoder.encode(message)
+
+
+def message_fits(message: Message) -> bool:
+    """Whether ``message`` seals to at most MAX_MESSAGE_SIZE bytes."""
+    return len(encode_message(message)) <= MAX_PLAIN_SIZE
 
 
 def decode_message(data: bytes) -> Message:
