@@ -147,14 +147,18 @@ class VirtualHall:
         return self.workdir / "hub-authority" / STREAM_SECRET_FILE
 
     def node_config(self, node_id: str, zone: str, nfc_device: str, ble_adapter: str) -> NodeConfig:
+        from hall.testing.mosquitto import free_port
+
+        display_port = free_port()
         return cfg.load(NodeConfig, data={
             "node": {"id": node_id, "zone": zone, "data_dir": "data",
                      "library": str(self.library)},
             "nfc": {"device": nfc_device, "hold_off": self.hold_off},
             "ble": {"adapter": ble_adapter},
             "mqtt": {"brokers": [self.broker_url]},
-            # every node of the hall on this machine: each display on a port of its own
-            "display": {"port": 0},
+            # every node of the hall on this machine: each display on a port of its own,
+            # and its WLAN links on loopback, where the hall's simulated phones are
+            "display": {"port": display_port, "public_url": f"http://127.0.0.1:{display_port}"},
         }, environ={})
 
     # ---------------------------------------------------------------- lifecycle
