@@ -428,7 +428,7 @@ def set_group(name: str) -> ResponseReturnValue:
     """The group is exactly these nodes from now on (an empty list removes it)."""
     check_params(())
     body = _body(GroupBody)
-    return jsonify(library().set_group(_actor(), path_key(name, "group"), body.nodes))
+    return jsonify(library().set_group(_actor(), name, body.nodes))  # a bad name: 400
 
 
 @bp.get("/preview")
