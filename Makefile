@@ -10,7 +10,7 @@ STAMP   = $(VENV)/.installed-dev
 SUDO    = $(if $(filter 0,$(shell id -u)),,sudo)
 APT     = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: demo test bench fuzz system-deps postgres-deps demo-deps bench-deps clean
+.PHONY: demo test bench fuzz system-deps ui-deps postgres-deps demo-deps bench-deps clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { $(APT) update -q && $(APT) install -y -q python3.11 python3.11-venv; }
@@ -27,6 +27,21 @@ system-deps:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
+	  $(APT) update -q && $(APT) install -y -q $$missing; \
+	fi
+
+# The handset app's window tests (tests/test_handset_ui.py, marked `ui`) run Kivy in a
+# real X window on Xvfb. Kivy's wheel carries SDL2 but loads the X11 client libraries,
+# Mesa's GL (llvmpipe renders under Xvfb) and libmtdev at run time: each Debian package
+# missing is installed.
+UI_PACKAGES = xvfb xauth libmtdev1 libgl1 libgl1-mesa-dri libegl1 libx11-6 libxext6 \
+	libxcursor1 libxi6 libxrandr2 libxrender1 libxss1
+ui-deps:
+	@missing=""; \
+	for package in $(UI_PACKAGES); do \
+	  dpkg -s $$package >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the app's window tests:$$missing"; \
 	  $(APT) update -q && $(APT) install -y -q $$missing; \
 	fi
 
@@ -53,7 +68,7 @@ demo-deps:
 demo: $(STAMP) demo-deps
 	$(BIN)/tapcast demo $(ARGS)
 
-test: $(STAMP) system-deps postgres-deps
+test: $(STAMP) system-deps ui-deps postgres-deps
 	$(BIN)/pytest -q
 
 # The ingest floor is fed by C publishers (mosquitto_pub from mosquitto-clients).
