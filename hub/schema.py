@@ -26,7 +26,8 @@ from sqlalchemy import (BigInteger, Boolean, CheckConstraint, Column, Float, For
 __all__ = ["metadata", "nodes", "streams", "events", "event_counts", "kind_totals",
            "KIND_TOTAL_SHARDS", "incidents", "quarantine", "BigId", "Time", "content_files",
            "content_items", "content_versions", "content_targets", "campaigns",
-           "campaign_targets", "node_groups", "manifests", "funnel_daily", "funnel_totals", "FUNNEL_STAGES"]
+           "campaign_targets", "node_groups", "manifests", "funnel_daily", "funnel_totals", "FUNNEL_STAGES",
+           "handset_opens"]
 
 # Stable constraint and index names, so migrations can name what they alter.
 metadata = MetaData(naming_convention={
@@ -279,6 +280,8 @@ content_versions = Table(
     Column("price_cents", Integer, nullable=False),  # 0: free
     Column("file_sha256", String(64), ForeignKey("content_files.sha256"), index=True),
     Column("file_name", String(255)),  # as uploaded (shown, and the download's name)
+    # who offers it ("" none): phones refuse items of merchants their customer blocked
+    Column("merchant", String(64), nullable=False, server_default=""),
     Column("created_by", String(USERNAME_LEN + 16), nullable=False),
     Column("created_at", Time, nullable=False),
 )
@@ -316,7 +319,9 @@ manifests = Table(
 #: ``event_counts``), so a report reads a few rows per day instead of scanning events:
 #: per item, day (UTC, of the event's own time) and node, how many of each stage.
 #: ``item_key`` "*" holds what belongs to no item (taps).
-FUNNEL_STAGES = ("impression", "tap", "delivery", "request", "open")
+#: ``refused``: a handset's consent refused the item (docs/handset.md); ``open``: counted
+#: once per (handset, counter) of its signed open record (``handset_opens``).
+FUNNEL_STAGES = ("impression", "tap", "delivery", "request", "open", "refused")
 funnel_daily = Table(
     "funnel_daily", metadata,
     Column("item_key", String(CONTENT_KEY_LEN), primary_key=True),
@@ -334,4 +339,18 @@ funnel_totals = Table(
     Column("day", Integer, primary_key=True, autoincrement=False),
     Column("stage", String(16), primary_key=True),
     Column("n", BigInteger, nullable=False),
+)
+
+# ------------------------------------------------- handset opens (issue 9, revision 0004)
+
+#: Opens handsets reported (a handset-signed record, docs/handset.md): one row per
+#: (handset, the phone's own counter), so a record delivered twice (its ack was lost, or
+#: it went through two nodes) is counted in the funnel once.
+handset_opens = Table(
+    "handset_opens", metadata,
+    Column("handset_id", String(NODE_ID_LEN), primary_key=True),
+    Column("counter", BigInteger, primary_key=True, autoincrement=False),
+    Column("item_key", String(CONTENT_KEY_LEN), nullable=False),
+    Column("node_id", String(NODE_ID_LEN), nullable=False),
+    Column("received", Time, nullable=False),
 )
