@@ -30,8 +30,9 @@ writes are shaped as they are:
   touches (``_Statements``: built once, run over all streams at once); only rare paths
   (a hole, a quarantined batch, seqs stored out of order) cost a statement per stream.
 * Events are listed newest first by ``pos`` (storage order), per node through the
-  index on (node_id, pos), per kind through (kind, pos); time filters go through the
-  index on ``received``. Nodes are listed a page at a time by id, filtered on indexes.
+  index on (node_id, pos), per kind through (kind, pos); time filters become ``pos``
+  bounds by a binary search over the primary key (no index on ``received``: it cost
+  the writer a tenth of its rate). Nodes are listed a page at a time by id, filtered on indexes.
 * SQLite commits with ``synchronous=FULL`` and PostgreSQL with its default
   ``synchronous_commit``: a commit is durable before the ingest acks it; a batch of
   messages per transaction amortises the flush.
@@ -399,8 +400,9 @@ class HubDB:
 
         Cost: one page on an index whatever the table's size. ``node_id`` and ``kind``
         each have an index ordered by ``pos``; the time bounds are turned into ``pos``
-        bounds through the index on ``received`` first (storage order follows the
-        hub's clock, to within one write transaction of concurrent ingest workers)."""
+        bounds first by a binary search over ``pos`` (``_pos_bound``: storage order
+        follows the hub's clock, to within one write transaction of concurrent ingest
+        workers), then checked on each row."""
         if not 1 <= limit <= MAX_EVENTS_LIMIT:
             raise QueryError(f"limit must be between 1 and {MAX_EVENTS_LIMIT}, got {limit}")
         if since_seq is not None and node_id is None:
@@ -418,14 +420,12 @@ class HubDB:
                             else column <= value if op == "le" else column < value)
         with self.engine.connect() as conn:
             if since is not None:  # nothing before the first event stored after `since`
-                low = conn.execute(select(events.c.pos).where(events.c.received > since)
-                                   .order_by(events.c.received).limit(1)).scalar()
+                low = _pos_bound(conn, since, after=True)
                 if low is None:
                     return [], None
                 q = q.where(events.c.pos >= low)
             if until is not None:  # nothing after the last event stored by `until`
-                high = conn.execute(select(events.c.pos).where(events.c.received <= until)
-                                    .order_by(events.c.received.desc()).limit(1)).scalar()
+                high = _pos_bound(conn, until, after=False)
                 if high is None:
                     return [], None
                 q = q.where(events.c.pos <= high)
@@ -447,6 +447,8 @@ class _Statements:
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
+        #: funnel item keys seen, valid or not (a regex per event cost the writer 2%)
+        self.item_keys = _BoundedCache(10_000)
         self.insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.create_streams_pg = text(
             "INSERT INTO streams (node_id, epoch, first_seen) "
@@ -781,18 +783,20 @@ class _Writer:
             by_stream[(n, ep)][seq] = i
         received = self.received
         rows, counts, funnel = self.rows, self.counts, self.funnel
+        append = rows.append
+        item_ok = self.sql.item_keys
+        # The loop below runs once per event and was the writer's largest share of
+        # Python time: per event only what must be per event; sets and counts per stream.
         for node_id, epoch in keys:
-            stored = by_stream[(node_id, epoch)]
-            # stored already or now: the contiguous walk goes through them
-            fresh = self.fresh.setdefault((node_id, epoch), set())
-            fresh.update(stored)
+            stored = by_stream[(node_id, epoch)]  # stored already or now: seq -> id
             clashes: list[int] = []
+            kinds: dict[str, int] = {}
+            auth_ok = 0
             for batch in grouped[(node_id, epoch)]:
                 for e in batch.events:
                     seq = e.seq
-                    known = stored.get(seq)
-                    if known is not None:
-                        if known != e.id:
+                    if seq in stored:
+                        if stored[seq] != e.id:
                             clashes.append(seq)
                         continue
                     try:
@@ -802,18 +806,32 @@ class _Writer:
                     if len(data) > MAX_EVENT_DATA:  # bounded like the rest; keep the event
                         data = _encode({"_truncated": len(data)})
                     stored[seq] = e.id
-                    fresh.add(seq)
                     kind = e.kind
-                    rows.append((node_id, epoch, seq, e.id, kind, e.ts, data.decode(),
-                                 received))
-                    ok = 1 if kind == "auth" and e.data.get("ok") is True else 0
-                    n, k = counts.get((node_id, kind), (0, 0))
-                    counts[(node_id, kind)] = (n + 1, k + ok)
-                    if kind in _FUNNEL:
-                        item = "*" if kind == "tap" else e.data.get("item_id")
-                        if kind == "tap" or type(item) is str and _ITEM_KEY.fullmatch(item):
-                            at = (item, int(e.ts // 86400), node_id, kind)
-                            funnel[at] = funnel.get(at, 0) + 1
+                    append((node_id, epoch, seq, e.id, kind, e.ts, data.decode(), received))
+                    kinds[kind] = kinds.get(kind, 0) + 1
+                    if kind == "auth":
+                        if e.data.get("ok") is True:
+                            auth_ok += 1
+                    elif kind in _FUNNEL:
+                        if kind == "tap":
+                            item = "*"
+                        else:
+                            item = e.data.get("item_id")
+                            if type(item) is not str:
+                                continue
+                            valid = item_ok.get(item)
+                            if valid is None:
+                                valid = item_ok.remember(
+                                    item, _ITEM_KEY.fullmatch(item) is not None)
+                            if not valid:
+                                continue
+                        at = (item, int(e.ts // 86400), node_id, kind)
+                        funnel[at] = funnel.get(at, 0) + 1
+            # the contiguous walk (advance) goes through everything stored
+            self.fresh.setdefault((node_id, epoch), set()).update(stored)
+            for kind, n in kinds.items():
+                before, ok = counts.get((node_id, kind), (0, 0))
+                counts[(node_id, kind)] = (before + n, ok + (auth_ok if kind == "auth" else 0))
             if clashes:
                 self.conflicts += len(clashes)
                 shown = ", ".join(map(str, clashes[:self.MAX_DETAIL_SEQS]))
@@ -955,6 +973,62 @@ class _Writer:
         else:
             self.sql.many(self.conn, "upsert_nodes", rows)
         self.sql.many(self.conn, "mirror", extra)  # rows this transaction has locked
+
+
+class _BoundedCache(dict):  # type: ignore[type-arg]
+    """A dict that forgets everything when it holds ``size`` entries: item keys come
+    from nodes, so their number is not ours to bound."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def remember(self, key: str, value: bool) -> bool:
+        if len(self) >= self.size:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _pos_bound(conn: Connection, t: float, *, after: bool) -> int | None:
+    """The first ``pos`` stored after hub time ``t`` (``after``), or the last stored by
+    it; None when there is none. A binary search over the primary key (about 25
+    seeks at 10 million events), not an index on ``received``: that index cost the
+    writer about a tenth of its rate (docs/performance.md), and ``received`` grows
+    with ``pos`` (one writer stamps a transaction's rows with one time, in storage
+    order; concurrent PostgreSQL workers interleave only within their transactions,
+    which the caller's per-row check of ``received`` then trims)."""
+    lo, hi = conn.execute(select(func.min(events.c.pos), func.max(events.c.pos))).one()
+    if lo is None:
+        return None
+    pos, received = events.c.pos, events.c.received
+
+    def probe(first: int, last: int, newest: bool) -> tuple[int, float] | None:
+        """The stored row nearest ``first`` (``newest``: nearest ``last``) in the range."""
+        q = select(pos, received).where(pos >= first, pos <= last)
+        row = conn.execute(q.order_by(pos.desc() if newest else pos).limit(1)).first()
+        return None if row is None else (int(row[0]), float(row[1]))
+
+    found: int | None = None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if after:  # the first row with received > t: search left of each hit
+            row = probe(mid, hi, newest=False)
+            if row is None:
+                hi = mid - 1
+            elif row[1] > t:
+                found, hi = row[0], mid - 1
+            else:
+                lo = row[0] + 1
+        else:  # the last row with received <= t: search right of each hit
+            row = probe(lo, mid, newest=True)
+            if row is None:
+                lo = mid + 1
+            elif row[1] <= t:
+                found, lo = row[0], mid + 1
+            else:
+                hi = row[0] - 1
+    return found
 
 
 def _sqlite(conn: Connection) -> Any:
