@@ -1,0 +1,26 @@
+"""The app's screens: Python classes here, their layout in tapcast.kv."""
+from __future__ import annotations
+
+from pathlib import Path
+
+KV_FILE = Path(__file__).with_name("tapcast.kv")
+
+
+def load_kv() -> None:
+    """Register the screens' classes and load their layout (once per process)."""
+    from kivy.factory import Factory
+    from kivy.lang import Builder
+
+    from handset_app.screens.account import SignInScreen
+    from handset_app.screens.catalogue import CatalogueRow, CatalogueScreen
+    from handset_app.screens.inbox import InboxRow, InboxScreen, ItemScreen
+    from handset_app.screens.places import PlacesScreen
+    from handset_app.screens.settings import SettingsScreen
+    from handset_app.screens.tap import TapScreen
+
+    for cls in (SignInScreen, CatalogueRow, CatalogueScreen, InboxRow, InboxScreen,
+                ItemScreen, PlacesScreen, SettingsScreen, TapScreen):
+        if cls.__name__ not in Factory.classes:
+            Factory.register(cls.__name__, cls=cls)
+    if str(KV_FILE) not in Builder.files:
+        Builder.load_file(str(KV_FILE))
