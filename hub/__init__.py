@@ -49,7 +49,7 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.json.sort_keys = False  # keep documented field order in API answers
 
     from hub import (accounts_api, accounts_pages, api, auth, content_api, content_pages,
-                     node_files, pages)
+                     handsets_api, node_files, pages)
 
     init_db(app)
     auth.init_app(app)  # accounts, session key, sign-in, CSRF, the access gate
@@ -62,6 +62,7 @@ def create_app(config: HubConfig | None = None) -> Flask:
     app.register_blueprint(content_api.bp)
     app.register_blueprint(content_pages.bp)
     app.register_blueprint(node_files.bp)
+    handsets_api.init_app(app)  # the handset app's accounts and codes, rate limited
     api.register_error_handlers(app)
     return app
 

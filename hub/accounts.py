@@ -58,6 +58,8 @@ PERMISSIONS: dict[str, str] = {
     "tokens:own": "create, list and revoke one's own API tokens",
     "content:read": "see the content library, node groups and what a node would show",
     "content:write": "upload, edit, target, schedule and retire content; set node groups",
+    "presence:use": "present a display's code from one's handset app (the code path "
+                    "without NFC)",
 }
 _READ_FLEET = frozenset({"nodes:read", "events:read", "incidents:read", "stats:read"})
 #: What each role may do: the one table page checks, API checks and token scopes use.
@@ -66,8 +68,9 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "operator": _READ_FLEET | {"tokens:own", "content:read"},
     "marketer": frozenset({"stats:read", "tokens:own", "content:read", "content:write"}),
     "auditor": _READ_FLEET | {"audit:read", "tokens:own", "content:read"},
-    # Customers are registered by the handset app; what they may do there comes with it.
-    "customer": frozenset(),
+    # Customers are registered by the handset app (hub/handsets.py), whose token has
+    # only this: present a display's code. Nothing of the staff API.
+    "customer": frozenset({"presence:use"}),
 }
 ROLES: tuple[str, ...] = tuple(ROLE_PERMISSIONS)
 

@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["init_app", "requires", "public", "signed_in", "rule_of", "Rule", "PUBLIC",
            "SIGNED_IN", "PUBLIC_ENDPOINTS", "Principal", "current_principal", "accounts",
-           "auth_counts", "SignOutForm", "sign_in_page", "bp", "HOW_TO_GET_ONE", "REALM"]
+           "auth_counts", "SignOutForm", "sign_in_page", "bp", "HOW_TO_GET_ONE", "REALM",
+           "csrf_exempt", "refused", "limiter"]
 
 REALM = "tapcast-hub"
 SESSION_LIFETIME = timedelta(hours=12)
@@ -117,6 +118,17 @@ def requires(*permissions: str) -> Callable[[V], V]:
         raise ValueError(f"requires{permissions}: permissions are {', '.join(PERMISSIONS)}")
     rule = Rule(" + ".join(permissions), frozenset(permissions))
     return lambda view: _mark(view, rule)
+
+
+_NO_CSRF_ATTR = "_tapcast_no_csrf"
+
+
+def csrf_exempt(view: V) -> V:
+    """A public JSON endpoint the handset app calls with no session and no page: signing
+    up or in from the app (hub/handsets_api.py). Its answer carries the credential and
+    sets no cookie, so a foreign page that made a browser send it would gain nothing."""
+    setattr(view, _NO_CSRF_ATTR, True)
+    return view
 
 
 def rule_of(app: Flask, endpoint: str) -> Rule | None:
@@ -182,6 +194,11 @@ def current_principal() -> Principal | Anonymous:
 
 def accounts(app: Flask | None = None) -> Accounts:
     return (app or current_app).extensions[_ACCOUNTS]
+
+
+def limiter(app: Flask | None = None) -> Limiter:
+    """The app's Flask-Limiter (its storage is ``[hub] ratelimit_storage``)."""
+    return (app or current_app).extensions[_LIMITER]
 
 
 # ------------------------------------------------------------------ refusals
@@ -307,7 +324,8 @@ def check_access() -> ResponseReturnValue | None:
     principal = current_principal()
     if rule is not PUBLIC and not principal.is_authenticated:
         return _unauthenticated()
-    if request.method not in SAFE_METHODS and principal.token is None:
+    if request.method not in SAFE_METHODS and principal.token is None and not getattr(
+            current_app.view_functions.get(endpoint), _NO_CSRF_ATTR, False):
         current_app.extensions[_CSRF].protect()  # a CSRFError is a 400
     if rule.permissions and not rule.permissions <= principal.permissions:
         assert isinstance(principal, Principal)

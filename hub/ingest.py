@@ -53,9 +53,11 @@ from paho.mqtt.properties import Properties
 from hub.config import HubConfig
 from hub.db import HubDB
 from hub.ingest_writer import Outcome, Raw, WriterCore, start_writer_process
+from hub.presence import PresenceRelay
 from tapcast.mqttclient import TlsFiles, configure_tls, make_client, parse_broker_url
-from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, MAX_PAYLOAD, PayloadError,
-                                   parse_node_topic)
+from tapcast.protocol.mqtt import (HUB_SUBSCRIPTIONS, MAX_PAYLOAD, PRESENCE_OFFER,
+                                   PRESENCE_RESULT, PayloadError, parse_node_topic)
+from tapcast.streamkeys import load_stream_secret
 from tapcast.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,9 @@ class Ingest:
         # Raises StreamKeyError (a ValueError: one line at start-up) when the stream
         # secret is missing; the status lane's core (the event writer's, in a thread).
         self._node_core = WriterCore(config, db)
+        #: The code path without NFC: offers and verdicts from nodes, answers to them.
+        self.presence = PresenceRelay(db.engine, load_stream_secret(config.hub.stream_secret),
+                                      self._publish_qos1)
         self._event_core = None if self.writer_process else WriterCore(config, db)
         self._ratelog = RateLimitedLog(log)
         self._cond = threading.Condition()
@@ -214,6 +219,7 @@ class Ingest:
                                              name="hub-ingest-nodes", daemon=True)
         self._writer.start()
         self._node_writer.start()
+        self.presence.start()
         log.info("hub ingest connecting to %s as %r (MQTT %s)", self._broker, self.client_id,
                  "5" if self._v5 else "3.1.1")
         if self._v5:
@@ -244,6 +250,9 @@ class Ingest:
         info = self._client.publish(topic, payload, qos=1, retain=True)
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
+    def _publish_qos1(self, topic: str, payload: bytes) -> None:
+        self._client.publish(topic, payload, qos=1)
+
     def on_stop(self, callback: Callable[[], None] | None) -> None:
         """Call ``callback`` first thing in ``stop`` (a manifest publisher that
         publishes through this ingest's connection); None: nothing."""
@@ -257,6 +266,7 @@ class Ingest:
         self._on_stop.clear()
         self._stopping.set()
         self._room.set()
+        self.presence.stop()
         self._client.disconnect()
         self._client.loop_stop()
         self._ready.clear()
@@ -355,6 +365,8 @@ class Ingest:
                 self._events.put(Raw(leaf, node_id, topic, msg.payload, heard))
             elif leaf in ("state", "status"):  # the status lane: never behind events
                 self._nodes_queue.put(Raw(leaf, node_id, topic, msg.payload, heard))
+            elif leaf in (PRESENCE_OFFER, PRESENCE_RESULT):  # codes: hub/presence.py
+                self.presence.submit(leaf, node_id, msg.payload)
             else:
                 raise PayloadError(f"the hub does not handle topic leaf {leaf!r}")
         except PayloadError as exc:

@@ -17,6 +17,7 @@ from hub.api import (DEFAULT_EVENTS_LIMIT, DEFAULT_INCIDENTS_LIMIT, DEFAULT_NODE
 from hub.db import MAX_EVENTS_LIMIT, MAX_NODES_LIMIT, NODE_STATUSES
 from hub.accounts_openapi import account_paths, account_schemas
 from hub.content_openapi import content_paths, content_schemas
+from hub.handsets_openapi import handset_paths, handset_schemas
 from hub.auth import HOW_TO_GET_ONE
 
 
@@ -170,6 +171,7 @@ def openapi_document() -> dict[str, Any]:
                                       "content": {"application/json": {}}}}}},
             **account_paths(_GUARDED, _error, _ok, _query),
             **content_paths(_GUARDED, _error, _ok, _query),
+            **handset_paths(_GUARDED, _error, _ok, _query),
         },
         "security": [{"bearerToken": []}, {"operatorSession": []}],
         "components": {"securitySchemes": {
@@ -257,5 +259,6 @@ def openapi_document() -> dict[str, Any]:
                                        "since hub web started (all its workers)"}}}}},
             **account_schemas(),
             **content_schemas(),
+            **handset_schemas(),
         }},
     }

@@ -354,3 +354,54 @@ handset_opens = Table(
     Column("node_id", String(NODE_ID_LEN), nullable=False),
     Column("received", Time, nullable=False),
 )
+
+# ------------------------------ handsets and presence codes (issue 9, revision 0005)
+#
+# * ``handsets``: every handset certificate the hub issued to a customer account (hub/
+#   handsets.py). The account's current one has ``replaced_at`` NULL and is named by
+#   ``users.handset_id``; signing in again (a new phone, "reset identity") issues a new
+#   pseudonymous id and marks the old row replaced, so the old id is no longer the
+#   account's (and can be listed for revocation). ``token_id`` is the bearer token the
+#   app got with it (revoked when the handset is replaced).
+# * ``presence_offers``: the codes nodes show, as they offered them (hub/presence.py,
+#   docs/protocol.md "Without NFC"), and what became of each: found by ``code_hash``,
+#   claimed by one account, its answer relayed to the node by the ingest (``state``
+#   "answered" is what the ingest polls), the node's verdict. Rows are deleted an hour
+#   after they expire.
+
+PRESENCE_STATES = ("open", "claimed", "answered", "relayed", "confirmed", "refused")
+
+handsets = Table(
+    "handsets", metadata,
+    Column("handset_id", String(NODE_ID_LEN), primary_key=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), nullable=False, index=True),
+    Column("public_key", String(64), nullable=False),  # raw Ed25519, hex
+    Column("issued_at", Time, nullable=False),
+    Column("expires_at", Time, nullable=False),
+    Column("replaced_at", Time),  # NULL: the account's current handset
+    Column("token_id", String(32)),  # api_tokens.id issued with it
+)
+
+presence_offers = Table(
+    "presence_offers", metadata,
+    Column("offer_id", String(32), primary_key=True),  # the node's, random hex
+    Column("node_id", String(NODE_ID_LEN), nullable=False),
+    Column("code_hash", String(64), nullable=False),  # tapcast.protocol.presence.code_hash
+    Column("hello", Text, nullable=False),  # the node HELLO, hex
+    Column("received", Time, nullable=False),
+    Column("expires", Time, nullable=False),  # received + the offer's ttl (hub clock)
+    Column("state", String(16), nullable=False),
+    Column("user_id", BigInteger),  # who claimed it
+    Column("handset_id", String(NODE_ID_LEN)),  # their handset when they claimed it
+    Column("claimed_at", Time),
+    Column("answer", Text),  # the handset's answer, hex (kept until relayed)
+    Column("answered_at", Time),
+    Column("reason", String(32)),  # the node's verdict
+    Column("confirm", String(64)),  # the CONFIRM MAC, hex, when confirmed
+    Column("done_at", Time),
+    Index(None, "code_hash"),
+    Index(None, "state"),
+    Index(None, "expires"),
+    CheckConstraint("state IN ('open', 'claimed', 'answered', 'relayed', 'confirmed', "
+                    "'refused')", name="state"),
+)

@@ -83,6 +83,10 @@ class DisplaySection(msgspec.Struct, forbid_unknown_fields=True):
     slot_seconds: float = 8.0
     # The address phones fetch large items from ("" = http://host:port).
     public_url: str = ""
+    # Handsets without NFC: the page shows a code (digits and QR) the signed-in app
+    # presents through the hub, new every this many seconds and after each use; 0: no
+    # codes (docs/protocol.md, "Without NFC").
+    code_seconds: float = 60.0
 
 
 class NodeConfig(msgspec.Struct, forbid_unknown_fields=True):

@@ -34,6 +34,7 @@ from node.sync import ContentSync
 
 if TYPE_CHECKING:
     from node.display import Display, DisplayItem
+    from node.presence import CodePresence, CodeVerdict
 from node.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -218,6 +219,17 @@ class NodeDaemon:
                 loop=self._loop_items, online=lambda: self.uplink.connected,
                 on_impression=self._on_impression, files_dir=self.data_dir / "files",
                 host=d.host, port=d.port, slot_seconds=d.slot_seconds, public_url=d.public_url)
+        #: Codes for handsets without NFC, while a page shows them (node.presence).
+        self.codes: CodePresence | None = None
+        if self.display is not None and config.display.code_seconds > 0:
+            from node.presence import CodePresence
+
+            display = self.display
+            self.codes = CodePresence(config.node.id, self.auth, self.uplink, stream_key,
+                                      show=display.show_code, watched=lambda: display.watched,
+                                      on_verdict=self._on_code_verdict,
+                                      period=config.display.code_seconds)
+            display.on_watch = self.codes.wake
         # Links to a loopback (or "any") address would point each phone at itself.
         self.wlan_links = (self.display is not None
                            and wlan_reachable(config.display.host, config.display.public_url))
@@ -280,6 +292,8 @@ class NodeDaemon:
                     f"{self.config.display.port} ({exc}): free the port or change "
                     "[display] port (or set [display] enabled = false)") from None
             self._status_task = loop.create_task(self._watch_link())
+            if self.codes is not None:
+                self.codes.start()
         if self.display is not None and not self.wlan_links:
             log.warning("the display listens on %s and [display] public_url is empty: "
                         "phones cannot reach it, so large files (over %d bytes) are not "
@@ -313,6 +327,8 @@ class NodeDaemon:
             self._status_task.cancel()
             await asyncio.gather(self._status_task, return_exceptions=True)
             self._status_task = None
+        if self.codes is not None:
+            await self.codes.stop()
         if self.display is not None:
             await self.display.stop()
         for task in list(self._tasks):
@@ -355,6 +371,8 @@ class NodeDaemon:
             now = self.uplink.connected
             if now != shown:
                 self.display.status_changed()
+                if self.codes is not None:
+                    self.codes.wake()  # codes only while the hub can hear of them
                 shown = now
             await asyncio.sleep(LINK_WATCH_INTERVAL)
 
@@ -405,13 +423,22 @@ class NodeDaemon:
         self.sync.tap_started()
         return self.auth.begin()
 
-    def _on_outcome(self, outcome: TapOutcome) -> None:
+    def _on_outcome(self, outcome: TapOutcome, channel: str = "nfc") -> None:
         """Runs on the loop (the reader thread scheduled it)."""
-        task = asyncio.get_running_loop().create_task(self._serve_tap(outcome))
+        task = asyncio.get_running_loop().create_task(self._serve_tap(outcome, channel))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve_tap(self, outcome: TapOutcome) -> None:
+    def _on_code_verdict(self, verdict: CodeVerdict) -> None:
+        """A handset answered a code through the hub (node.presence, on the loop):
+        served as a tap, recorded as channel "code"."""
+        now = time.monotonic()
+        self._on_outcome(TapOutcome(started=verdict.started, finished=now,
+                                    reason=verdict.reason, session=verdict.session,
+                                    error=verdict.detail,
+                                    authenticated=now if verdict.ok else None), "code")
+
+    async def _serve_tap(self, outcome: TapOutcome, channel: str = "nfc") -> None:
         record = TapRecord(outcome)
         session = outcome.session
         self.counters.taps += 1
@@ -421,7 +448,10 @@ class NodeDaemon:
             auth["detail"] = outcome.error
         if session is not None:
             auth["handset_id"] = session.handset_id
-        self._record(("tap", {"zone": self.config.node.zone}), ("auth", auth))
+        tap: dict[str, Any] = {"zone": self.config.node.zone}
+        if channel != "nfc":  # an NFC tap's events stay as they were
+            tap["channel"] = auth["channel"] = channel
+        self._record(("tap", tap), ("auth", auth))
         if session is None:
             self.counters.rejected += 1
             log.info("tap rejected: %s %s", outcome.reason, outcome.error)

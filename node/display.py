@@ -86,6 +86,11 @@ class Display:
         self._wake = asyncio.Event()
         self.shown: DisplayItem | None = None
         self.impressions = 0
+        #: The code on screen for handsets without NFC (node.presence), or None.
+        self.code: dict[str, Any] | None = None
+        #: Called when the first page opens or the last one closes (node.presence
+        #: shows codes only while someone looks).
+        self.on_watch: Callable[[], None] | None = None
         self._last_impression: float | None = None  # time.monotonic() of the last one
         self.url = ""
 
@@ -138,6 +143,17 @@ class Display:
     def content_changed(self) -> None:
         """A new content set: show from it at once."""
         self._wake.set()
+
+    def show_code(self, code: dict[str, Any] | None) -> None:
+        """Show a code for handsets without NFC (``code``, ``uri``, ``qr`` as a data URI
+        of its SVG, ``seconds``), or none."""
+        self.code = code
+        self._send("code", code)
+
+    @property
+    def watched(self) -> bool:
+        """Whether a page is open (someone can see a code)."""
+        return bool(self._clients)
 
     def wlan_url(self, sha256: str, ttl: float = 300.0) -> str:
         """A URL the phone fetches the file from over the hall's WLAN, good for ``ttl``
@@ -207,11 +223,14 @@ class Display:
         queue.put_nowait(_frame("status", {"online": self._online()}))
         if self.shown is not None:
             queue.put_nowait(_frame("show", self._public(self.shown)))
+        if self.code is not None:
+            queue.put_nowait(_frame("code", self.code))
         # Counted before the first await, so concurrent requests cannot pass MAX_CLIENTS.
         first = not self._clients
         self._clients.add(queue)
         if first:
             self._wake.set()  # the loop starts showing now that someone looks
+            self._watch_changed()
         # (a further page joins the current slot: it does not end it early)
         try:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -226,7 +245,16 @@ class Display:
             pass
         finally:
             self._clients.discard(queue)
+            if not self._clients:
+                self._watch_changed()
         return response
+
+    def _watch_changed(self) -> None:
+        if self.on_watch is not None:
+            try:
+                self.on_watch()
+            except Exception:  # noqa: BLE001 - the page goes on
+                log.exception("display: on_watch failed")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         """A file of the node's content set, for the page (images, video in the loop).

@@ -129,6 +129,9 @@ class Uplink:
         self.forged_acks = 0  # acks whose tag did not verify: ignored
         self.refused_acks = 0  # authentic but malformed, of another epoch, or beyond our seqs
         self.refused_manifests = 0  # manifest payloads over MAX_SIGNED_SIZE: not passed on
+        #: Further topics the node reads (node.presence's answers), subscribed on every
+        #: connect: topic -> handler, called on the loop with the payload.
+        self._extra: dict[str, Callable[[bytes], None]] = {}
         self._ratelog = RateLimitedLog(log)
 
     # ------------------------------------------------------------------ public API
@@ -188,6 +191,20 @@ class Uplink:
     def _drained(self, upto: int | None) -> bool:
         first = self.outbox.pending(1)
         return not first or (upto is not None and first[0].seq > upto)
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Read ``topic`` (QoS 1) from now on, on this and every later connection;
+        ``handler(payload)`` runs on the loop and must check what it gets."""
+        self._extra[topic] = handler
+        if self._client is not None and self._connected:
+            self._client.subscribe(topic, qos=1)
+
+    def publish(self, topic: str, payload: bytes) -> bool:
+        """Publish ``payload`` at QoS 1 now; False (nothing queued) while disconnected:
+        for messages that are worthless later (node.presence's offers)."""
+        if self._client is None or not self._connected:
+            return False
+        return self._client.publish(topic, payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
 
     def publish_state(self) -> None:
         """Publish the state heartbeat now (something an operator should see changed);
@@ -311,6 +328,8 @@ class Uplink:
         client.subscribe(self._topic_ack, qos=1)
         if self.on_manifest is not None:  # retained: the latest comes at once
             client.subscribe(self._topic_manifest, qos=1)
+        for topic in self._extra:
+            client.subscribe(topic, qos=1)
         client.publish(self._topic_status, ONLINE, qos=1, retain=True)
         self._publish_state()
         # Re-send everything not acked: acks for the previous connection may be lost;
@@ -536,6 +555,8 @@ class Uplink:
                     self._handle_ack(msg.payload)
                 elif msg.topic == self._topic_manifest:
                     self._handle_manifest(msg.payload)
+                elif msg.topic in self._extra:
+                    self._extra[msg.topic](bytes(msg.payload))
             except Exception:  # never let one message break paho's read loop
                 log.exception("uplink %s: error while handling a message on %s",
                               self.node_id, msg.topic)

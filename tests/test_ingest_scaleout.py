@@ -63,7 +63,8 @@ def test_shared_group_subscribes_events_shared_and_status_and_state_plainly(
         shared_config: HubConfig) -> None:
     assert subscriptions(shared_config) == [
         "tapcast/v1/node/+/status", "tapcast/v1/node/+/state",
-        "$share/hub/tapcast/v1/node/+/events"]
+        "$share/hub/tapcast/v1/node/+/events", "tapcast/v1/node/+/presence/offer",
+        "tapcast/v1/node/+/presence/result"]
     assert [client_id_for(shared_config, k) for k in (1, 2)] == ["tapcast-hub-1",
                                                                  "tapcast-hub-2"]
     shared_config.mqtt.shared_group = ""

@@ -167,11 +167,28 @@ def events_ack_topic(node_id: str) -> str:
 
 REVOCATIONS_TOPIC = f"{PREFIX}/revocations"
 
+#: The code path (no NFC; tapcast.protocol.presence, docs/protocol.md "Without NFC"):
+#: the node offers each code it shows, the hub relays a handset's answer, the node
+#: says how it went. Each payload is sealed with the node's stream key.
+PRESENCE_OFFER = "presence/offer"
+PRESENCE_ANSWER = "presence/answer"
+PRESENCE_RESULT = "presence/result"
+
+
+def presence_topic(node_id: str, leaf: str) -> str:
+    """``tapcast/v1/node/{id}/presence/{offer|answer|result}``."""
+    if leaf not in (PRESENCE_OFFER, PRESENCE_ANSWER, PRESENCE_RESULT):
+        raise ValueError(f"not a presence topic leaf: {leaf!r}")
+    return node_topic(node_id, leaf)
+
+
 # Subscriptions the hub needs (single-level wildcard on the node id).
 HUB_SUBSCRIPTIONS = (
     f"{PREFIX}/node/+/status",
     f"{PREFIX}/node/+/state",
     f"{PREFIX}/node/+/events",
+    f"{PREFIX}/node/+/{PRESENCE_OFFER}",
+    f"{PREFIX}/node/+/{PRESENCE_RESULT}",
 )
 
 

@@ -471,6 +471,9 @@ class NodeHandshake:
     hello: bytes = b""
     began: float = 0.0  # auth.monotonic() when the HELLO was built
     _confirm_mac: bytes | None = field(default=None, repr=False)
+    #: Seconds (monotonic) after the HELLO within which an answer is taken: ANSWER_DEADLINE
+    #: at a tap; a code's lifetime on the code path (its HELLO is made when it is shown).
+    deadline: float = ANSWER_DEADLINE
 
     def __post_init__(self) -> None:
         creds = self.auth.credentials
@@ -504,8 +507,21 @@ class NodeHandshake:
             return NodeVerdict("rejected_by_handset", detail="handset refused this node")
         if sw != SW.OK:
             return NodeVerdict("protocol_error", detail=f"HELLO answered {sw:04X}")
+        return self._check_answer_data(data, now)
+
+    def check_answer_data(self, data: bytes, now: float | None = None) -> NodeVerdict:
+        """Verify an answer that came without a status word (the code path, relayed by
+        the hub): the same checks as ``check_answer`` from the deadline on."""
+        try:
+            return self._check_answer_data(data, self.auth.now() if now is None else now)
+        except ProtocolError as exc:
+            return NodeVerdict(exc.reason, detail=str(exc))
+        except CertificateError as exc:
+            return NodeVerdict(exc.reason, detail=str(exc))
+
+    def _check_answer_data(self, data: bytes, now: float) -> NodeVerdict:
         elapsed = self.auth.monotonic() - self.began
-        if elapsed > ANSWER_DEADLINE:
+        if elapsed > self.deadline:
             return NodeVerdict("stale", detail=f"answer {elapsed:.1f} s after hello")
         r = _Reader(data, "answer")
         version = r.u8("version")
@@ -546,10 +562,15 @@ class NodeHandshake:
             started=float(self.time),
         ))
 
-    def confirm_apdu(self) -> bytes:
+    def confirmation(self) -> bytes:
+        """The 32-byte CONFIRM MAC for the accepted answer (sent in CONFIRM at a tap, in
+        the result message on the code path)."""
         if self._confirm_mac is None:
-            raise RuntimeError("confirm_apdu() before an accepted answer")
-        return confirm_apdu(self._confirm_mac)
+            raise RuntimeError("confirmation before an accepted answer")
+        return self._confirm_mac
+
+    def confirm_apdu(self) -> bytes:
+        return confirm_apdu(self.confirmation())
 
     def check_confirm(self, response: bytes) -> NodeVerdict | None:
         """None if the handset accepted the confirm, else a verdict."""
@@ -568,6 +589,77 @@ def _expect_ok(response: bytes, command: str) -> NodeVerdict | None:
 
 
 # ------------------------------------------------------------------ handset side
+
+
+class HelloRejected(ValueError):
+    """The node failed the handset's checks (certificate, signature, key): the handset
+    answers nothing identifying. ``reason`` is for the handset's own log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"node rejected: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PendingAnswer:
+    """The handset's answer to one node HELLO (``answer``: the response data, without a
+    status word) and what it needs to accept the node's CONFIRM MAC."""
+
+    answer: bytes
+    session: HandsetSession
+    confirm_mac: bytes = field(repr=False)
+
+    def confirm(self, mac: bytes) -> HandsetSession | None:
+        """The session when ``mac`` is the node's CONFIRM MAC (constant time), else None."""
+        if len(mac) != MAC_LEN or not hmac.compare_digest(mac, self.confirm_mac):
+            return None
+        return self.session
+
+
+def answer_hello(credentials: HandsetCredentials, hello_bytes: bytes, *,
+                 ble_address: bytes, ble_address_type: int, consent: int, now: float,
+                 rng: Callable[[int], bytes] = os.urandom,
+                 ephemeral_factory: Callable[[], X25519PrivateKey] = X25519PrivateKey.generate
+                 ) -> PendingAnswer:
+    """Check a node's HELLO as a handset checks a reader and build the answer: used by
+    the card application (NFC) and by the code path (docs/protocol.md, "Without NFC"),
+    so both run the same checks and the same key schedule. Raises ProtocolError
+    ("malformed") when the HELLO or its certificate does not parse, HelloRejected when
+    the node fails a check (certificate, HELLO signature, ephemeral key)."""
+    try:
+        hello = Hello.decode(hello_bytes)
+        cert = Certificate.decode(hello.cert)
+    except CertificateError as exc:
+        raise ProtocolError("malformed", str(exc)) from None
+    try:
+        cert.verify(credentials.hub_keyring, now, KIND_NODE, early=HANDSET_CLOCK_TOLERANCE,
+                    late=HANDSET_CLOCK_TOLERANCE)
+    except CertificateError as exc:
+        raise HelloRejected(exc.reason) from None
+    try:
+        Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
+            hello.signature, CTX_HELLO + hello.encoded[:-SIG_LEN])
+    except InvalidSignature:
+        raise HelloRejected("bad_signature") from None
+    eph = ephemeral_factory()
+    try:
+        shared = _x25519(eph, hello.ephemeral)
+    except ProtocolError:
+        raise HelloRejected("bad ephemeral key") from None
+    nonce = rng(NONCE_LEN)
+    eph_pub = _raw_x25519_public(eph)
+    th1 = transcript_hash_1(hello.encoded, nonce, eph_pub)
+    payload = AnswerPayload(credentials.cert, ble_address, ble_address_type, consent)
+    th2 = transcript_hash_2(th1, payload.signed_part())
+    payload = AnswerPayload(payload.cert, payload.ble_address, payload.ble_address_type,
+                            payload.consent, credentials.private_key.sign(CTX_ANSWER + th2))
+    sealed = ChaCha20Poly1305(answer_key(shared, th1)).encrypt(
+        AEAD_NONCE, payload.encode(), th1)
+    session_key, confirm_key = session_keys(shared, th2)
+    assert cert.zone is not None
+    return PendingAnswer(bytes([PROTOCOL_VERSION]) + nonce + eph_pub + sealed,
+                         HandsetSession(cert.subject_id, cert.zone, session_key),
+                         confirm_mac(confirm_key, th2))
 
 
 class _State(Enum):
@@ -603,7 +695,7 @@ class HandsetCard:
         self._rng = rng
         self._ephemeral_factory = ephemeral_factory
         self._state = _State.IDLE
-        self._pending: tuple[HandsetSession, bytes] | None = None
+        self._pending: PendingAnswer | None = None
         self.session: HandsetSession | None = None
         self.last_rejection: str | None = None  # why the last node was refused (local log)
 
@@ -663,43 +755,17 @@ class HandsetCard:
             raise ApduError(SW.OUT_OF_SEQUENCE, "HELLO before SELECT")
         self._state, self._pending = _State.SELECTED, None
         try:
-            hello = Hello.decode(cmd.data)
-            cert = Certificate.decode(hello.cert)
-        except (ProtocolError, CertificateError) as exc:
+            pending = answer_hello(self.credentials, cmd.data, ble_address=self.ble_address,
+                                   ble_address_type=self.ble_address_type,
+                                   consent=self.consent, now=self._clock(), rng=self._rng,
+                                   ephemeral_factory=self._ephemeral_factory)
+        except ProtocolError as exc:
             raise ApduError(SW.MALFORMED, str(exc)) from None
-        now = self._clock()
-        creds = self.credentials
-        try:
-            cert.verify(self.hub_keyring, now, KIND_NODE, early=HANDSET_CLOCK_TOLERANCE,
-                        late=HANDSET_CLOCK_TOLERANCE)
-        except CertificateError as exc:
+        except HelloRejected as exc:
             return self._reject(exc.reason)
-        try:
-            Ed25519PublicKey.from_public_bytes(cert.public_key).verify(
-                hello.signature, CTX_HELLO + hello.encoded[:-SIG_LEN])
-        except InvalidSignature:
-            return self._reject("bad_signature")
-        eph = self._ephemeral_factory()
-        try:
-            shared = _x25519(eph, hello.ephemeral)
-        except ProtocolError:
-            return self._reject("bad ephemeral key")
-        nonce = self._rng(NONCE_LEN)
-        eph_pub = _raw_x25519_public(eph)
-        th1 = transcript_hash_1(hello.encoded, nonce, eph_pub)
-        payload = AnswerPayload(creds.cert, self.ble_address, self.ble_address_type,
-                                self.consent)
-        th2 = transcript_hash_2(th1, payload.signed_part())
-        payload = AnswerPayload(payload.cert, payload.ble_address, payload.ble_address_type,
-                                payload.consent, creds.private_key.sign(CTX_ANSWER + th2))
-        sealed = ChaCha20Poly1305(answer_key(shared, th1)).encrypt(
-            AEAD_NONCE, payload.encode(), th1)
-        session_key, confirm_key = session_keys(shared, th2)
-        assert cert.zone is not None
-        self._pending = (HandsetSession(cert.subject_id, cert.zone, session_key),
-                         confirm_mac(confirm_key, th2))
+        self._pending = pending
         self._state = _State.ANSWERED
-        return bytes([PROTOCOL_VERSION]) + nonce + eph_pub + sealed, SW.OK
+        return pending.answer, SW.OK
 
     def _confirm(self, cmd: CommandApdu) -> tuple[bytes, SW]:
         if self._state is not _State.ANSWERED or self._pending is None:
@@ -707,8 +773,8 @@ class HandsetCard:
         if len(cmd.data) != MAC_LEN:
             raise ApduError(SW.WRONG_LENGTH, f"CONFIRM data of {len(cmd.data)} bytes, "
                             f"expected {MAC_LEN}")
-        session, expected = self._pending
-        if not hmac.compare_digest(cmd.data, expected):
+        session = self._pending.confirm(cmd.data)
+        if session is None:
             self._state, self._pending = _State.SELECTED, None
             return self._reject("confirm MAC does not verify")
         self.session = session
