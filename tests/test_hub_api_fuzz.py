@@ -22,6 +22,7 @@ from hub import create_app, get_db
 from hub.config import HubConfig
 from hub.migrate import upgrade
 from tapcast.config import load
+from tapcast.keys import HubAuthority
 from tapcast.protocol.mqtt import Event, NodeState
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
@@ -29,8 +30,11 @@ MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[Flask]:
+    HubAuthority.generate().save(tmp_path)  # issues the customers' certificates
     config = load(HubConfig, data={"hub": {"database": str(tmp_path / "hub.db"),
-                                           "files": str(tmp_path / "files")}}, environ={})
+                                           "files": str(tmp_path / "files"),
+                                           "signing_key": str(tmp_path / "hub.key")}},
+                  environ={})
     upgrade(config.hub.database, echo=print)
     app = create_app(config)
     now = time.time()
@@ -83,7 +87,10 @@ OPERATIONS = [("/api/v1/nodes", "GET"), ("/api/v1/nodes/{node_id}", "GET"),
               ("/api/v1/campaigns/{key}/placement", "PUT"),
               ("/api/v1/campaigns/{key}/items", "PUT"),
               ("/api/v1/campaigns/{key}/retire", "POST"),
-              ("/api/v1/campaigns/{key}/funnel", "GET")]
+              ("/api/v1/campaigns/{key}/funnel", "GET"),
+              ("/api/v1/handsets", "POST"), ("/api/v1/handsets/signin", "POST"),
+              ("/api/v1/presence", "POST"), ("/api/v1/presence/{offer_id}/answer", "POST"),
+              ("/api/v1/presence/{offer_id}", "GET")]
 
 
 def test_every_operation_of_the_document_is_fuzzed(app: Flask) -> None:

@@ -30,6 +30,7 @@ from tapcast.protocol.manifest import file_request_sig
 from tapcast.protocol.mqtt import stream_key
 from tapcast.streamkeys import write_stream_secret
 from tapcast.config import load
+from tapcast.keys import HubAuthority
 
 PASSWORD = "correct horse battery staple"
 #: A 1x1 PNG, as the content endpoints take for a coupon.
@@ -38,6 +39,9 @@ PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452000000010000000108060000001
 PNG_SHA256 = hashlib.sha256(PNG).hexdigest()
 #: The hub's stream secret: node n1's file requests are signed with the key it derives.
 STREAM_SECRET = bytes(range(32))
+#: A handset's public key (the customer endpoints), and a code session's id.
+HANDSET_KEY = "11" * 32
+OFFER_ID = "0" * 32
 
 
 def node_file_query() -> str:
@@ -111,6 +115,11 @@ EXPECTED: dict[str, str | frozenset[str]] = {
     "content_pages.set_campaign_items": frozenset({"content:write"}),
     "content_pages.retire_campaign": frozenset({"content:write"}),
     "content_pages.campaign_funnel_csv": frozenset({"content:read"}),
+    "handsets_api.register": "public",
+    "handsets_api.sign_in": "public",
+    "handsets_api.present_code": frozenset({"presence:use"}),
+    "handsets_api.answer": frozenset({"presence:use"}),
+    "handsets_api.get_presence": frozenset({"presence:use"}),
 }
 
 #: One request per endpoint: method, URL, and a JSON body or form fields. Changes are
@@ -206,6 +215,16 @@ REQUESTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                                          {"form": {"items": "target"}}),
     "content_pages.retire_campaign": ("POST", "/campaigns/autumn/retire", {"form": {}}),
     "content_pages.campaign_funnel_csv": ("GET", "/campaigns/spring/funnel.csv", None),
+    "handsets_api.register": ("POST", "/api/v1/handsets",
+                              {"json": {"username": "unique", "password": PASSWORD,
+                                        "public_key": HANDSET_KEY}}),
+    "handsets_api.sign_in": ("POST", "/api/v1/handsets/signin",
+                             {"json": {"username": "customer", "password": PASSWORD,
+                                       "public_key": HANDSET_KEY}}),
+    "handsets_api.present_code": ("POST", "/api/v1/presence", {"json": {"code": "12345678"}}),
+    "handsets_api.answer": ("POST", f"/api/v1/presence/{OFFER_ID}/answer",
+                            {"json": {"answer": "00"}}),
+    "handsets_api.get_presence": ("GET", f"/api/v1/presence/{OFFER_ID}", None),
 }
 
 WHO = ("anonymous", *ROLES)
@@ -221,8 +240,10 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
         mp.setattr(hub.accounts, "HASHER", cheap_password_hashing())
         path = tmp_path_factory.mktemp("roles") / "hub.db"
         write_stream_secret(path.parent, STREAM_SECRET)
+        HubAuthority.generate().save(path.parent)  # issues the customers' certificates
         config = load(HubConfig, data={"hub": {"database": str(path),
                                                "files": str(path.parent / "files"),
+                                               "signing_key": str(path.parent / "hub.key"),
                                                "stream_secret": str(path.parent /
                                                                     "stream.secret")}},
                       environ={})
