@@ -219,8 +219,13 @@ class HubClient:
         creds = phone.credentials
         if creds is None:
             raise HubError(401, "this phone is not signed in: register or sign in first")
-        address = getattr(phone, "ble_address", None) or UNKNOWN_ADDRESS
+        peripheral = getattr(phone, "peripheral", None)
+        address = getattr(peripheral, "address", None) or UNKNOWN_ADDRESS
+        address_type = getattr(peripheral, "address_type", ADDRESS_RANDOM)
+        consent = phone.consent().flags if hasattr(phone, "consent") else 0
         session = await asyncio.to_thread(self.present_code, code, creds,
-                                          ble_address=address, timeout=timeout)
+                                          ble_address=address,
+                                          ble_address_type=address_type, consent=consent,
+                                          timeout=timeout)
         return await phone.attach(session.node_id, session.zone, session.session_key,
                                   channel="code", listener=listener)

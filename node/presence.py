@@ -6,7 +6,8 @@ While a display page is open and the hub is reachable, the node shows a code (8 
 and a QR of ``tapcast:code/<digits>``), new every ``period`` seconds and as soon as one
 is used. For each code it makes a fresh NFC HELLO (NodeAuth.begin: new nonce, new
 ephemeral key) and offers it to the hub, sealed with its stream key. A code may be
-presented for ``period + grace`` seconds (the display moved on while someone typed);
+presented for ``period + grace`` seconds (grace: half the period by default; the
+display moved on while someone typed);
 its HELLO takes an answer until then plus ANSWER_GRACE, by the monotonic clock.
 
 An answer the hub relays is checked exactly as an NFC answer (NodeHandshake.
@@ -86,8 +87,9 @@ class CodePresence:
                  show: Callable[[dict[str, Any] | None], None],
                  watched: Callable[[], bool],
                  on_verdict: Callable[[CodeVerdict], None],
-                 period: float = 60.0, grace: float = 30.0,
+                 period: float = 60.0, grace: float | None = None,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
+        grace = period / 2 if grace is None else grace
         if period <= 0 or grace < 0:
             raise ValueError("a code's period must be > 0 s and its grace >= 0 s")
         self.node_id = node_id
