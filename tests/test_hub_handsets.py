@@ -194,3 +194,23 @@ def test_registering_needs_the_hubs_signing_key(hub_database: str, tmp_path: Pat
         assert r.status_code == 503 and "signing key" in r.json["error"]
     finally:
         get_db(app).close()
+
+
+def test_wrong_codes_are_404s_counted_and_rate_limited_per_account(app: Flask) -> None:
+    client = app.test_client()
+    alice, bob = register(client, "alice"), register(client, "bob")
+    before = auth_counts()["auth_failures"]
+
+    def present(who: dict, code: str) -> int:
+        return client.post("/api/v1/presence", json={"code": code}, headers={
+            "Authorization": f"Bearer {who['token']}"}).status_code
+
+    assert [present(alice, f"{n:08d}") for n in range(12)] == [404] * 10 + [429, 429]
+    assert auth_counts()["auth_failures"] >= before + 10
+    assert present(bob, "00000001") == 404  # per account: bob is not held back
+    r = client.post("/api/v1/presence", json={"code": "12"}, headers={
+        "Authorization": f"Bearer {bob['token']}"})
+    assert r.status_code == 400 and "8 digits" in r.json["error"]
+    r = client.get("/api/v1/presence/" + "0" * 32, headers={
+        "Authorization": f"Bearer {bob['token']}"})
+    assert r.status_code == 404

@@ -404,12 +404,21 @@ async def test_a_code_on_the_display_gets_a_signed_in_phone_its_items_over_ble(
         with pytest.raises(CodeRefused) as reused:
             await asyncio.to_thread(client.present_code, shown["code"], creds)
         assert reused.value.status == 409 and "used" in str(reused.value)
-        assert (await next_code(stream))["code"] != shown["code"]
+        fresh = await next_code(stream)
+        assert fresh["code"] != shown["code"]
+        # bob, signed in, answers with alice's certificate: the node refuses it
+        bob = HubClient(running_hub.url)
+        await asyncio.to_thread(bob.register, "bob", "another long walk home")
+        with pytest.raises(CodeRefused) as forged:
+            await asyncio.to_thread(bob.present_code, fresh["code"], creds)
+        assert forged.value.reason == "wrong_handset"
     assert [p.channel for p in phone.places()] == ["code"]
     await daemon.wait_idle()
     await daemon.uplink.wait_drained(10)
     events, _ = get_db(running_hub.app).list_events(kind="auth")
-    assert [(e["data"]["channel"], e["data"]["ok"], e["data"]["handset_id"])
-            for e in events] == [("code", True, creds.handset_id)]
-    assert get_ingest(running_hub.app).presence.counters.results == 1
+    assert [(e["data"]["channel"], e["data"]["ok"], e["data"]["reason"])
+            for e in reversed(events)] == [("code", True, "ok"),
+                                           ("code", False, "wrong_handset")]
+    assert events[-1]["data"]["handset_id"] == creds.handset_id
+    assert get_ingest(running_hub.app).presence.counters.results == 2
     await phone.close()
