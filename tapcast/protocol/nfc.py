@@ -494,12 +494,7 @@ class NodeHandshake:
     def check_answer(self, response: bytes, now: float | None = None) -> NodeVerdict:
         """Verify the handset's response to HELLO (status word included). ``now``
         overrides the best time used for certificate validity (tests)."""
-        try:
-            return self._check_answer(response, self.auth.now() if now is None else now)
-        except ProtocolError as exc:
-            return NodeVerdict(exc.reason, detail=str(exc))
-        except CertificateError as exc:
-            return NodeVerdict(exc.reason, detail=str(exc))
+        return self._verdict(self._check_answer, response, now)
 
     def _check_answer(self, response: bytes, now: float) -> NodeVerdict:
         data, sw = split_response(response)
@@ -512,11 +507,14 @@ class NodeHandshake:
     def check_answer_data(self, data: bytes, now: float | None = None) -> NodeVerdict:
         """Verify an answer that came without a status word (the code path, relayed by
         the hub): the same checks as ``check_answer`` from the deadline on."""
+        return self._verdict(self._check_answer_data, data, now)
+
+    def _verdict(self, check: Callable[[bytes, float], NodeVerdict], data: bytes,
+                 now: float | None) -> NodeVerdict:
+        """``check(data, now)``, its ProtocolError or CertificateError as a verdict."""
         try:
-            return self._check_answer_data(data, self.auth.now() if now is None else now)
-        except ProtocolError as exc:
-            return NodeVerdict(exc.reason, detail=str(exc))
-        except CertificateError as exc:
+            return check(data, self.auth.now() if now is None else now)
+        except (ProtocolError, CertificateError) as exc:
             return NodeVerdict(exc.reason, detail=str(exc))
 
     def _check_answer_data(self, data: bytes, now: float) -> NodeVerdict:

@@ -23,7 +23,7 @@ import hmac
 import os
 import re
 import secrets
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -155,48 +155,58 @@ def open_code(stream_key: bytes, offer_id: str, sealed_hex: str) -> str:
 
 # ------------------------------------------------------------------ messages
 
+M = TypeVar("M", Offer, RelayedAnswer, Result)
 _encoder = msgspec.json.Encoder()
 _offer = msgspec.json.Decoder(Offer)
 _answer = msgspec.json.Decoder(RelayedAnswer)
 _result = msgspec.json.Decoder(Result)
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes, what: str) -> object:
+#: Per message: its context and topic leaf (one kind never opens as another).
+_KINDS: dict[type, tuple[bytes, str, msgspec.json.Decoder]] = {
+    Offer: (OFFER_CONTEXT, PRESENCE_OFFER, _offer),
+    RelayedAnswer: (ANSWER_CONTEXT, PRESENCE_ANSWER, _answer),
+    Result: (RESULT_CONTEXT, PRESENCE_RESULT, _result),
+}
+
+
+def seal_message(stream_key: bytes, node_id: str,
+                 message: Offer | RelayedAnswer | Result) -> bytes:
+    """``t1.<tag>.<json>`` under the node's stream key, for the message's own topic."""
+    context, leaf, _ = _KINDS[type(message)]
+    return seal(stream_key, context, presence_topic(node_id, leaf), _encoder.encode(message))
+
+
+def open_message(kind: type[M], stream_key: bytes, node_id: str, payload: bytes) -> M:
+    """The ``kind`` message of a sealed payload: ForgedError when not sealed by the
+    node's key holder for this kind and topic, PayloadError when malformed."""
+    context, leaf, decoder = _KINDS[kind]
+    body = open_sealed(stream_key, context, presence_topic(node_id, leaf), payload)
     try:
-        return decoder.decode(body)
+        return decoder.decode(body)  # type: ignore[no-any-return]
     except msgspec.DecodeError as exc:
-        raise PayloadError(f"{what}: {exc}") from None
+        raise PayloadError(f"presence {leaf}: {exc}") from None
 
 
 def seal_offer(stream_key: bytes, node_id: str, offer: Offer) -> bytes:
-    return seal(stream_key, OFFER_CONTEXT, presence_topic(node_id, PRESENCE_OFFER),
-                _encoder.encode(offer))
+    return seal_message(stream_key, node_id, offer)
 
 
 def open_offer(stream_key: bytes, node_id: str, payload: bytes) -> Offer:
-    """ForgedError when not sealed by the node's key holder, PayloadError if malformed."""
-    body = open_sealed(stream_key, OFFER_CONTEXT, presence_topic(node_id, PRESENCE_OFFER),
-                       payload)
-    return _decode(_offer, body, "presence offer")  # type: ignore[return-value]
+    return open_message(Offer, stream_key, node_id, payload)
 
 
 def seal_answer(stream_key: bytes, node_id: str, answer: RelayedAnswer) -> bytes:
-    return seal(stream_key, ANSWER_CONTEXT, presence_topic(node_id, PRESENCE_ANSWER),
-                _encoder.encode(answer))
+    return seal_message(stream_key, node_id, answer)
 
 
 def open_answer(stream_key: bytes, node_id: str, payload: bytes) -> RelayedAnswer:
-    body = open_sealed(stream_key, ANSWER_CONTEXT, presence_topic(node_id, PRESENCE_ANSWER),
-                       payload)
-    return _decode(_answer, body, "presence answer")  # type: ignore[return-value]
+    return open_message(RelayedAnswer, stream_key, node_id, payload)
 
 
 def seal_result(stream_key: bytes, node_id: str, result: Result) -> bytes:
-    return seal(stream_key, RESULT_CONTEXT, presence_topic(node_id, PRESENCE_RESULT),
-                _encoder.encode(result))
+    return seal_message(stream_key, node_id, result)
 
 
 def open_result(stream_key: bytes, node_id: str, payload: bytes) -> Result:
-    body = open_sealed(stream_key, RESULT_CONTEXT, presence_topic(node_id, PRESENCE_RESULT),
-                       payload)
-    return _decode(_result, body, "presence result")  # type: ignore[return-value]
+    return open_message(Result, stream_key, node_id, payload)
