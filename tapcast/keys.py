@@ -448,12 +448,18 @@ def write_handset_credentials(directory: str | Path, authority: HubAuthority,
                               also_trust: Iterable[bytes] = ()) -> HandsetCredentials:
     """Like write_node_credentials, for a handset: handset.key, handset.cert, hub.pub."""
     creds = make_handset_credentials(authority, handset_id, expires, also_trust=also_trust)
+    save_handset_credentials(directory, creds)
+    return creds
+
+
+def save_handset_credentials(directory: str | Path, creds: HandsetCredentials) -> None:
+    """Write credentials a handset was given (its key, the hub's certificate for it, the
+    hub keys it trusts) as write_handset_credentials does, for load_handset_credentials."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     _write_private(d / HANDSET_KEY_FILE, creds.private_key)
     (d / HANDSET_CERT_FILE).write_bytes(creds.cert)
     write_hub_public_keys(d / HUB_PUBLIC_FILE, creds.hub_keyring.keys)
-    return creds
 
 
 def load_handset_credentials(directory: str | Path) -> HandsetCredentials:

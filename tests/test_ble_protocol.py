@@ -7,6 +7,7 @@ import hmac
 import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
 from tapcast.protocol.ble import (
@@ -396,3 +397,89 @@ def test_receiver_refuses_a_message_growing_over_64_kib() -> None:
     with pytest.raises(FrameError, match="message 1 exceeds 65536 bytes"):
         for index in range(300):
             handset.handle(node.wrap(DataFrame(1, index, 0xFFFF, piece)))
+
+
+# ------------------------------------------- consent, refusals, open records (issue 9)
+
+#: Ed25519 seed 02 x 32 (the NFC vectors' handset key), handset "h-42", item "coffee"
+#: version 2 received at "node-1", opened at 1 700 000 001, counter 1.
+VECTOR_OPEN_RECORD = (
+    "54434f5201" "04682d3432" "06636f66666565" "00000002" "066e6f64652d31"
+    "000000006553f101" "0000000000000001"
+    "2e27d9fa97a71ac96c4e8cd6fb6c596d6c49cac32b55747eca8ea56f4df4e2ec"
+    "8903c489c9315c8011c50f0f42142cf4659999b2830612d8962580e511856607")
+VECTOR_REFUSED = ("84a174a772656675736564a76974656d5f6964a6636f66666565a776657273696f6e02"
+                  "a6726561736f6ea46b696e64")
+VECTOR_OPENED_ACK = ("83a174aa6f70656e65645f61636ba8636f756e74657273920102a7726566757365648103"
+                     "ad6261645f7369676e6174757265")
+
+
+def handset_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32)
+
+
+def test_the_open_record_matches_its_vector_and_verifies_under_the_handset_key() -> None:
+    from tapcast.keys import public_key_bytes
+    from tapcast.protocol.openrecord import CONTEXT, OpenRecord, verify
+
+    record = OpenRecord("h-42", "coffee", 2, "node-1", 1_700_000_001, 1)
+    data = record.sign(handset_key())
+    assert data.hex() == VECTOR_OPEN_RECORD
+    # the signature is Ed25519 over the context and every byte before it
+    handset_key().public_key().verify(data[-64:], CONTEXT + data[:-64])
+    assert verify(data, "h-42", public_key_bytes(handset_key())) == record
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    (lambda d: d[:-1] + bytes([d[-1] ^ 1]), "bad_signature"),  # altered signature
+    (lambda d: d[:20] + bytes([d[20] ^ 1]) + d[21:], "bad_signature"),  # altered field
+    (lambda d: d[:-65], "malformed"), (lambda d: b"TCOX" + d[4:], "malformed"),
+    (lambda d: d + b"\x00", "malformed")])
+def test_an_altered_open_record_is_refused_with_the_reason(change: object, reason: str) -> None:
+    from tapcast.keys import public_key_bytes
+    from tapcast.protocol.openrecord import OpenRecordError, verify
+
+    data = change(bytes.fromhex(VECTOR_OPEN_RECORD))  # type: ignore[operator]
+    with pytest.raises(OpenRecordError) as caught:
+        verify(data, "h-42", public_key_bytes(handset_key()))
+    assert caught.value.reason == reason
+
+
+def test_an_open_record_of_another_handset_is_refused() -> None:
+    from tapcast.keys import public_key_bytes
+    from tapcast.protocol.openrecord import OpenRecordError, verify
+
+    with pytest.raises(OpenRecordError) as caught:
+        verify(bytes.fromhex(VECTOR_OPEN_RECORD), "h-43", public_key_bytes(handset_key()))
+    assert caught.value.reason == "other_handset"
+
+
+def test_refused_opened_and_their_ack_match_their_vectors() -> None:
+    from tapcast.protocol.ble import Opened, OpenedAck, Refused
+
+    assert encode_message(Refused("coffee", 2, "kind")).hex() == VECTOR_REFUSED
+    ack = OpenedAck([1, 2], {3: "bad_signature"})
+    assert encode_message(ack).hex() == VECTOR_OPENED_ACK
+    assert decode_message(bytes.fromhex(VECTOR_OPENED_ACK)) == ack
+    record = bytes.fromhex(VECTOR_OPEN_RECORD)
+    opened = encode_message(Opened([record]))
+    assert opened.hex() == "82a174a66f70656e6564a77265636f72647391c46c" + VECTOR_OPEN_RECORD
+    assert decode_message(opened) == Opened([record])
+
+
+def test_catalogue_entries_and_items_without_a_merchant_still_decode() -> None:
+    """What a node of issue 8 sends (no merchant field) reads as merchant ""."""
+    old = ("82a174a9636174616c6f677565a56974656d739184a26964a163a57469746c65a143a46b696e64"
+           "a6636f75706f6eab70726963655f63656e747300")
+    [entry] = decode_message(bytes.fromhex(old)).items  # type: ignore[union-attr]
+    assert (entry.id, entry.kind, entry.merchant) == ("c", "coupon", "")
+
+
+def test_consent_flags_vector() -> None:
+    from tapcast.protocol.ble import consent_allows_kind, consent_flags
+
+    assert consent_flags({"coupon": False, "goods": False}) == 0x800D
+    assert consent_flags({}) == 0x801F
+    assert [k for k in ("article", "coupon", "media", "ticket", "goods")
+            if consent_allows_kind(0x800D, k)] == ["article", "media", "ticket"]
+    assert consent_allows_kind(0x0000, "coupon")  # kinds not declared: the node pushes

@@ -104,6 +104,7 @@ class CatalogueEntry(msgspec.Struct, forbid_unknown_fields=True):
     title: str
     kind: str
     price_cents: int = 0
+    merchant: str = ""  # who offers it ("": none named); phones may block merchants
 
 
 class Catalogue(msgspec.Struct, tag="catalogue", tag_field="t", forbid_unknown_fields=True):
@@ -128,6 +129,7 @@ class ContentItem(msgspec.Struct, tag="item", tag_field="t", forbid_unknown_fiel
     media_type: str | None = None  # of the file, when there is one
     size: int = 0  # of the file, in bytes (what a progress bar counts to)
     data: bytes | None = None  # the file itself, small ones only (msgpack bin)
+    merchant: str = ""  # who offers it ("": none named); phones may block merchants
 
 
 class Offer(msgspec.Struct, tag="offer", tag_field="t", forbid_unknown_fields=True):
@@ -176,7 +178,73 @@ class Bye(msgspec.Struct, tag="bye", tag_field="t", forbid_unknown_fields=True):
     reason: str = ""
 
 
-Message = Union[Catalogue, ContentItem, Offer, OfferResponse, Receipt, Ack, Request, Bye]
+#: Why a handset refused an item (docs/handset.md, "Consent").
+REFUSAL_REASONS = ("kind", "merchant", "quiet_hours", "cap")
+
+
+class Refused(msgspec.Struct, tag="refused", tag_field="t", forbid_unknown_fields=True):
+    """Handset to node: the customer's consent refused this item, so the phone did not
+    keep it. ``reason`` is one of REFUSAL_REASONS. The node records a ``refused`` event."""
+
+    item_id: str
+    version: int
+    reason: str
+
+
+#: Most open records one Opened message carries (each is about 150 bytes).
+MAX_OPEN_RECORDS = 100
+
+
+class Opened(msgspec.Struct, tag="opened", tag_field="t", forbid_unknown_fields=True):
+    """Handset to node, after the session is up: open records the phone queued
+    (tapcast.protocol.openrecord, each signed by the handset key), delivered on its next
+    contact with any node. The node answers OpenedAck."""
+
+    records: list[bytes]
+
+
+class OpenedAck(msgspec.Struct, tag="opened_ack", tag_field="t", forbid_unknown_fields=True):
+    """Node to handset: the counters of the records of one Opened message the node has
+    dealt with, recorded (``open`` events, durable in its outbox) or refused (``refused``:
+    counter -> reason, e.g. a record not signed by this session's handset). The phone
+    drops exactly these; what is not named it sends again on a later contact."""
+
+    counters: list[int]
+    refused: dict[int, str] = {}
+
+
+Message = Union[Catalogue, ContentItem, Offer, OfferResponse, Receipt, Ack, Request, Bye,
+                Refused, Opened, OpenedAck]
+
+# ----------------------------------------------------------------- consent flags
+#
+# The uint16 consent flags of the handset's NFC answer (docs/protocol.md, "Consent
+# flags"): which kinds of content the customer takes unrequested. The node skips pushing
+# a kind the flags exclude (air time); the phone enforces its consent in any case.
+
+#: Bit per kind of content (bit set: the customer takes that kind unrequested).
+CONSENT_KIND_BITS = {"article": 0x0001, "coupon": 0x0002, "media": 0x0004,
+                     "ticket": 0x0008, "goods": 0x0010}
+#: Set when the kind bits mean something; a phone that leaves it clear (older handsets,
+#: which sent 0 or arbitrary flags) takes every kind as far as the node is concerned.
+CONSENT_KINDS_DECLARED = 0x8000
+
+
+def consent_flags(kinds: dict[str, bool]) -> int:
+    """The consent flags for per-kind consent ``kinds`` (kind -> allowed; unnamed: allowed)."""
+    flags = CONSENT_KINDS_DECLARED
+    for kind, bit in CONSENT_KIND_BITS.items():
+        if kinds.get(kind, True):
+            flags |= bit
+    return flags
+
+
+def consent_allows_kind(flags: int, kind: str) -> bool:
+    """Whether a node may push ``kind`` unrequested to a handset that sent ``flags``."""
+    if not flags & CONSENT_KINDS_DECLARED:
+        return True
+    bit = CONSENT_KIND_BITS.get(kind)
+    return bit is None or bool(flags & bit)
 
 _msg_encoder = msgspec.msgpack.Encoder()
 _msg_decoder = msgspec.msgpack.Decoder(Message)

@@ -48,6 +48,9 @@ EventKind = Literal[
     "manifest_refused",  # a manifest was refused: data.reason, .detail, .serial (or null)
     "impression",  # the display page showed an item for one slot: data.item_id
     "capped",  # an item was held back by its frequency cap: data.item_id, .handset_id
+    "refused",  # the handset's consent refused an item: data.item_id, .version, .reason, .handset_id
+    "open",  # a handset-signed open record: data.item_id, .version, .handset_id, .counter, ...
+    "open_refused",  # an open record that did not verify: data.handset_id, .counter, .reason
 ]
 KIND_PATTERN = "^[a-z][a-z0-9_]{0,31}$"
 ID_PATTERN = "^[a-zA-Z0-9_-]{1,64}$"

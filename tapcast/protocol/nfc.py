@@ -393,6 +393,9 @@ class NodeSession:
     session_key: bytes
     node_id: str
     started: float  # the node's best time (unix s) at the hello: a label, not a check
+    #: The handset certificate's Ed25519 key: what the node checks the handset's signed
+    #: records (its open records, tapcast.protocol.openrecord) against.
+    handset_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -558,6 +561,7 @@ class NodeHandshake:
             session_key=session_key,
             node_id=creds.node_id,
             started=float(self.time),
+            handset_key=cert.public_key,
         ))
 
     def confirmation(self) -> bytes:
