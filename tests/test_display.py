@@ -182,3 +182,39 @@ async def test_an_empty_loop_shows_the_name_and_counts_nothing(
     async with aiohttp.ClientSession() as http, http.get(display.url + "/events") as r:
         assert await next_event(frames(r), "show") is None
     assert state.impressions == []
+
+
+async def test_a_code_reaches_open_pages_and_pages_opened_later(
+        hall: tuple[Display, Hall]) -> None:
+    """The code path's code (node/presence.py): shown only while someone looks, so the
+    display says when the first page opens and the last one closes."""
+    from node.presence import qr_svg
+
+    display, _ = hall
+    watched: list[bool] = []
+    nobody = asyncio.Event()
+
+    def on_watch() -> None:
+        watched.append(display.watched)
+        if not display.watched:
+            nobody.set()
+
+    display.on_watch = on_watch
+    code = {"code": "12345678", "uri": "tapcast:code/12345678",
+            "qr": qr_svg("tapcast:code/12345678"), "seconds": 60.0}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(display.url + "/events") as r:
+            stream = frames(r)
+            await next_event(stream, "status")
+            assert watched == [True]
+            display.show_code(code)
+            assert await next_event(stream, "code") == code
+            async with http.get(display.url + "/events") as later:
+                assert await next_event(frames(later), "code") == code
+            display.show_code(None)
+            assert await next_event(stream, "code") is None
+        page = await (await http.get(display.url + "/")).text()
+    await asyncio.wait_for(nobody.wait(), 5)  # the last page closed
+    assert watched == [True, False]
+    assert 'data-testid="code-digits"' in page and 'data-testid="code-qr"' in page
+    assert code["qr"].startswith("data:image/svg+xml")
