@@ -48,6 +48,7 @@ __all__ = ["ContentLibrary", "ContentError", "ItemInput", "Targets", "FILE_TYPES
 KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 MAX_TITLE = 200
 MAX_BODY = 20_000
+MAX_MERCHANT = 64  # hub.schema content_versions.merchant
 #: Dearest single item, in cents: micro-payments, not a shop.
 MAX_PRICE_CENTS = 100_000
 MAX_TARGETS = 500
@@ -140,6 +141,7 @@ class ItemInput:
     file: StoredFile | None = None
     file_name: str | None = None
     drop_file: bool = False  # a new version without the current one's file
+    merchant: str | None = None  # who offers it ("": none named); phones may block one
 
 
 @dataclass
@@ -180,6 +182,15 @@ def _file_name_of(item: ItemInput) -> str | None:
             raise ContentError("file_name is the name of a new file: give file_sha256 with it")
         return None
     return checked_file_name(item.file_name or "file")
+
+
+def check_merchant(merchant: str) -> str:
+    """A merchant's name as items carry it: short printable text ("" for none)."""
+    if not isinstance(merchant, str) or len(merchant) > MAX_MERCHANT:
+        raise ContentError(f"merchant: text of at most {MAX_MERCHANT} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in merchant) or merchant != merchant.strip():
+        raise ContentError("merchant: no control characters, no spaces around it")
+    return merchant
 
 
 def check_text(title: str, body: str, price_cents: int) -> None:
@@ -262,6 +273,7 @@ class ContentLibrary:
         _check_kind(kind)
         title, body, price = item.title or "", item.body or "", item.price_cents or 0
         check_text(title, body, price)
+        merchant = check_merchant(item.merchant or "")
         self._check_file(kind, item.file)
         name = _file_name_of(item)
         targets = targets.checked()
@@ -276,7 +288,8 @@ class ContentLibrary:
             conn.execute(insert(content_items).values(
                 key=key, kind=kind, current=1, schedule=_encode(schedule), created_at=now,
                 updated_at=now, retired_at=None))
-            self._put_version(conn, actor, key, 1, title, body, price, item.file, name, now)
+            self._put_version(conn, actor, key, 1, title, body, price, item.file, name, now,
+                              merchant)
             self._put_targets(conn, key, targets)
             after = self._get(conn, key)
             audit(conn, actor, "content.create", "content", key, None, after)
@@ -296,6 +309,8 @@ class ContentLibrary:
             body = cur["body"] if item.body is None else item.body
             price = cur["price_cents"] if item.price_cents is None else item.price_cents
             check_text(title, body, price)
+            merchant = check_merchant(cur["merchant"] if item.merchant is None
+                                      else item.merchant)
             kept = cur["file"]
             if item.file is not None:
                 file, file_name = item.file, _file_name_of(item)
@@ -305,15 +320,15 @@ class ContentLibrary:
                 file = StoredFile(kept["sha256"], kept["size"], kept["media_type"])
                 file_name = kept["name"]
             self._check_file(before["kind"], file)
-            if (title, body, price, file and file.sha256, file_name) == (
+            if (title, body, price, file and file.sha256, file_name, merchant) == (
                     cur["title"], cur["body"], cur["price_cents"],
-                    kept and kept["sha256"], kept and kept["name"]):
+                    kept and kept["sha256"], kept and kept["name"], cur["merchant"]):
                 raise ContentError("nothing changed: a new version needs a new title, text, "
-                                   "price or file")
+                                   "price, merchant or file")
             version = before["current"] + 1
             self._put_file_row(conn, file, now)
             self._put_version(conn, actor, key, version, title, body, price, file, file_name,
-                              now)
+                              now, merchant)
             conn.execute(update(content_items).where(content_items.c.key == key)
                          .values(current=version, updated_at=now))
             after = self._get(conn, key)
@@ -625,9 +640,10 @@ class ContentLibrary:
     @staticmethod
     def _put_version(conn: Connection, actor: Actor, key: str, version: int, title: str,
                      body: str, price: int, file: StoredFile | None, file_name: str | None,
-                     now: float) -> None:
+                     now: float, merchant: str = "") -> None:
         conn.execute(insert(content_versions).values(
             key=key, version=version, title=title, body=body, price_cents=price,
+            merchant=merchant,
             file_sha256=file and file.sha256,
             file_name=file and file_name,
             created_by=actor.name[:80], created_at=now))
@@ -679,7 +695,8 @@ def _version(m: Any) -> dict[str, Any]:
         file = {"sha256": m["file_sha256"], "size": m["size"], "media_type": m["media_type"],
                 "name": m["file_name"]}
     return {"version": m["version"], "title": m["title"], "body": m["body"],
-            "price_cents": m["price_cents"], "file": file, "created_by": m["created_by"],
+            "price_cents": m["price_cents"], "merchant": m["merchant"], "file": file,
+            "created_by": m["created_by"],
             "created_at": m["created_at"]}
 
 
@@ -730,6 +747,7 @@ class _LibraryItem(msgspec.Struct, forbid_unknown_fields=True):
     groups: list[str] = []
     nodes: list[str] = []
     price_cents: int = 0
+    merchant: str = ""
     featured: bool = False
     file: str | None = None  # relative to the library's directory
     media_url: str | None = None  # nodes' own seed format; the hub ignores it
@@ -778,6 +796,7 @@ def import_directory(library: ContentLibrary, directory: str | Path, actor: Acto
             _check_key(entry.id)
             _check_kind(entry.kind)
             check_text(entry.title, entry.body, entry.price_cents)
+            check_merchant(entry.merchant)
             schedule = parse_schedule(entry.schedule or {})
             if entry.featured:
                 schedule = msgspec.structs.replace(schedule, priority=max(
@@ -818,7 +837,8 @@ def import_directory(library: ContentLibrary, directory: str | Path, actor: Acto
                 except ContentError as exc:
                     raise ContentError(f"{path}: item {entry.id}: {exc}") from None
         given = ItemInput(entry.title, entry.body, entry.price_cents, file,
-                          file_path.name if file_path else None, drop_file=file is None)
+                          file_path.name if file_path else None, drop_file=file is None,
+                          merchant=entry.merchant)
         try:
             existing = library.get(entry.id)
         except ContentError as exc:
@@ -831,8 +851,9 @@ def import_directory(library: ContentLibrary, directory: str | Path, actor: Acto
         changed = False
         cur = existing["version"]
         if (cur["title"], cur["body"], cur["price_cents"],
-                cur["file"] and cur["file"]["sha256"]) != (
-                entry.title, entry.body, entry.price_cents, file and file.sha256):
+                cur["file"] and cur["file"]["sha256"], cur["merchant"]) != (
+                entry.title, entry.body, entry.price_cents, file and file.sha256,
+                entry.merchant):
             library.revise(actor, entry.id, given)
             report.revised.append(entry.id)
             changed = True

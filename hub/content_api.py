@@ -23,7 +23,8 @@ from hub import get_db
 from hub.accounts import Actor
 from hub.api import check_params, float_arg, int_arg, node_id_arg
 from hub.auth import Principal, current_principal, requires
-from hub.content import (KEY_RE, MAX_BODY, MAX_FILE_NAME, MAX_GROUP_NODES, MAX_PRICE_CENTS,
+from hub.content import (KEY_RE, MAX_BODY, MAX_FILE_NAME, MAX_GROUP_NODES, MAX_MERCHANT,
+                         MAX_PRICE_CENTS,
                          MAX_TARGETS, MAX_TITLE, ContentError, ContentLibrary, ItemInput,
                          Targets, parse_schedule)
 from hub.db import MAX_FUNNEL_DAYS, QueryError, decode_key_cursor, encode_key_cursor
@@ -52,6 +53,7 @@ Kind = Literal["article", "coupon", "media", "ticket", "goods"]
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TITLE)]
 Body = Annotated[str, msgspec.Meta(max_length=MAX_BODY)]
 Price = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRICE_CENTS)]
+Merchant = Annotated[str, msgspec.Meta(max_length=MAX_MERCHANT)]
 Sha256 = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 FileName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_FILE_NAME)]
 
@@ -77,6 +79,7 @@ class NewItem(msgspec.Struct, forbid_unknown_fields=True):
     price_cents: Price = 0
     file_sha256: Sha256 | None = None
     file_name: FileName | None = None
+    merchant: Merchant = ""
     targets: TargetsBody = msgspec.field(default_factory=TargetsBody)
     schedule: dict[str, Any] | None = None
 
@@ -90,6 +93,7 @@ class NewVersion(msgspec.Struct, forbid_unknown_fields=True):
     file_sha256: Sha256 | None = None
     file_name: FileName | None = None
     drop_file: bool = False
+    merchant: Merchant | None = None
 
 
 class Placement(msgspec.Struct, forbid_unknown_fields=True):
@@ -213,7 +217,7 @@ def create_content() -> ResponseReturnValue:
     schedule = parse_schedule(body.schedule) if body.schedule is not None else None
     item = lib.create(_actor(), body.key, body.kind,
                       ItemInput(body.title, body.body, body.price_cents, file,
-                                body.file_name),
+                                body.file_name, merchant=body.merchant),
                       targets=body.targets.targets(), schedule=schedule)
     return jsonify(item), 201
 
@@ -243,7 +247,7 @@ def create_version(key: str) -> ResponseReturnValue:
     file = lib.file(body.file_sha256) if body.file_sha256 else None
     item = lib.revise(_actor(), path_key(key), ItemInput(
         body.title, body.body, body.price_cents, file, body.file_name,
-        drop_file=body.drop_file))
+        drop_file=body.drop_file, merchant=body.merchant))
     return jsonify(item), 201
 
 

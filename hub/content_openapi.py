@@ -220,11 +220,14 @@ def content_schemas() -> dict[str, Any]:
             "properties": {"sha256": _SHA, "size": {"type": "integer"},
                            "media_type": {"type": "string"}, "name": {"type": "string"}}}
     version = {"type": "object",
-               "required": ["version", "title", "body", "price_cents", "file",
+               "required": ["version", "title", "body", "price_cents", "merchant", "file",
                             "created_by", "created_at"],
                "properties": {"version": {"type": "integer", "minimum": 1},
                               "title": {"type": "string"}, "body": {"type": "string"},
                               "price_cents": {"type": "integer"}, "file": file,
+                              "merchant": {"type": "string", "maxLength": 64,
+                                           "description": "who offers it (\"\": none); "
+                                                          "phones may block a merchant"},
                               "created_by": {"type": "string"},
                               "created_at": {"type": "number"}}}
     targets = {"type": "object", "required": ["everywhere", "zones", "groups", "nodes"],

@@ -27,7 +27,8 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import InputRequired, Length, NumberRange, Optional
 
 from hub.auth import Principal, current_principal, requires
-from hub.content import (CONTENT_KINDS, FILE_TYPES, KEY_RE, MAX_BODY, MAX_PRICE_CENTS,
+from hub.content import (CONTENT_KINDS, FILE_TYPES, KEY_RE, MAX_BODY, MAX_MERCHANT,
+                         MAX_PRICE_CENTS,
                          MAX_TITLE, ContentError, ItemInput, Targets, check_text,
                          check_timezone, checked_file_name, parse_schedule)
 from hub.content_api import library, path_key
@@ -111,6 +112,7 @@ class NewItemForm(PlacementFields):
     body = TextAreaField("Text", validators=[Optional(), Length(max=MAX_BODY)])
     price_cents = IntegerField("Price (cents)", default=0, validators=[
         Optional(), NumberRange(min=0, max=MAX_PRICE_CENTS)])
+    merchant = StringField("Merchant", validators=[Optional(), Length(max=MAX_MERCHANT)])
     file = FileField("File")
 
 
@@ -119,6 +121,7 @@ class VersionForm(FlaskForm):
     body = TextAreaField("Text", validators=[Optional(), Length(max=MAX_BODY)])
     price_cents = IntegerField("Price (cents)", validators=[
         Optional(), NumberRange(min=0, max=MAX_PRICE_CENTS)])
+    merchant = StringField("Merchant", validators=[Optional(), Length(max=MAX_MERCHANT)])
     file = FileField("Replace the file")
     drop_file = BooleanField("No file in the new version")
 
@@ -226,7 +229,8 @@ def create_content() -> ResponseReturnValue:
         text = (form.title.data, form.body.data or "", form.price_cents.data or 0)
         check_text(*text)
         file, name = _upload(form.file.data, kind)
-        item = lib.create(_actor(), key, kind, ItemInput(*text, file, name),
+        item = lib.create(_actor(), key, kind, ItemInput(*text, file, name,
+                                                         merchant=form.merchant.data or ""),
                           targets=targets, schedule=schedule)
     except ContentError as exc:
         return _library_page(form, str(exc), exc.status)
@@ -296,7 +300,8 @@ def _item_page(key: str, *, version_form: VersionForm | None = None,
     if version_form is None:
         cur = item["version"]
         version_form = VersionForm(formdata=None, title=cur["title"], body=cur["body"],
-                                   price_cents=cur["price_cents"])
+                                   price_cents=cur["price_cents"],
+                                   merchant=cur["merchant"])
     if placement_form is None:
         placement_form = PlacementFields(formdata=None)
         placement_form.fill(item)
@@ -344,7 +349,7 @@ def create_version(key: str) -> ResponseReturnValue:
         file, name = _upload(form.file.data, current["kind"])
         done = lib.revise(_actor(), key, ItemInput(
             form.title.data, form.body.data or "", price, file, name,
-            drop_file=bool(form.drop_file.data)))
+            drop_file=bool(form.drop_file.data), merchant=form.merchant.data or ""))
     except ContentError as exc:
         if exc.status == 404:
             return _library_page(error=str(exc), status=404)

@@ -80,6 +80,7 @@ class Snapshot:
                        content_versions.c.version, content_versions.c.title,
                        content_versions.c.body, content_versions.c.price_cents,
                        content_versions.c.file_sha256, content_versions.c.file_name,
+                       content_versions.c.merchant,
                        content_files.c.size, content_files.c.media_type)
                 .join(content_versions, (content_versions.c.key == content_items.c.key)
                       & (content_versions.c.version == content_items.c.current))
@@ -104,7 +105,8 @@ class Snapshot:
                 file = ManifestFile(r.file_sha256, r.size, r.media_type, r.file_name or "file")
             schedule = live_campaigns[r.campaign] if r.campaign is not None else r.schedule
             items[r.key] = ManifestItem(r.key, r.version, r.kind, r.title, r.body,
-                                        r.price_cents, file, decode_schedule(schedule))
+                                        r.price_cents, file, decode_schedule(schedule),
+                                        r.merchant)
         placed_by_campaign = {k for keys in members.values() for k in keys}
         targets: dict[tuple[str, str], list[str]] = {}
         for key, kind, value in target_rows:

@@ -49,6 +49,7 @@ class Item:
     file_sha256: str | None = None
     media_type: str | None = None
     schedule: Schedule | None = field(default=None, hash=False)
+    merchant: str = ""  # who offers it (phones may block merchants)
 
     @property
     def sha256(self) -> str:
@@ -61,7 +62,7 @@ class Item:
                    featured=item.schedule.priority > 0, version=item.version,
                    file_sha256=file.sha256 if file is not None else None,
                    media_type=file.media_type if file is not None else None,
-                   schedule=item.schedule)
+                   schedule=item.schedule, merchant=item.merchant)
 
 
 class ContentError(ValueError):
@@ -91,7 +92,8 @@ def load_library(path: Path, zone: str) -> list[Item]:
 
 
 #: Columns a manifest added to ``items``; added to a table made by an older node.
-_MANIFEST_COLUMNS = {"version": int, "file_sha256": str, "media_type": str, "schedule": str}
+_MANIFEST_COLUMNS = {"version": int, "file_sha256": str, "media_type": str, "schedule": str,
+                     "merchant": str}
 #: Zone for items without a schedule (seeded): they are active at every moment anyway.
 _NO_TZ = "UTC"
 #: How long deliveries are remembered for caps: the longest cap period (a week) and a day.
@@ -239,4 +241,5 @@ class ContentStore:
                           row["id"], exc)
                 return None
         return Item(**{**row, "featured": bool(row["featured"]),
-                       "version": row.get("version") or 0, "schedule": schedule})
+                       "version": row.get("version") or 0, "schedule": schedule,
+                       "merchant": row.get("merchant") or ""})

@@ -106,6 +106,24 @@ def test_an_edit_that_changes_nothing_is_refused(lib: ContentLibrary) -> None:
     assert [v["version"] for v in lib.versions("coffee")] == [1]
 
 
+def test_an_items_merchant_is_versioned_checked_and_goes_into_its_manifest(
+        lib: ContentLibrary) -> None:
+    from hub.manifests import Snapshot
+
+    lib.create(CLI, "ticket", "ticket", ItemInput("Show", "Tonight", 0, merchant="Hall Cinema"),
+               targets=Targets(everywhere=True))
+    assert lib.get("ticket")["version"]["merchant"] == "Hall Cinema"
+    moved = lib.revise(CLI, "ticket", ItemInput(merchant="Other Cinema"))  # a change alone
+    assert moved["current"] == 2 and moved["version"]["merchant"] == "Other Cinema"
+    assert lib.revise(CLI, "ticket", ItemInput(title="Show!"))["version"]["merchant"] == \
+        "Other Cinema"  # kept when not given
+    [item] = Snapshot.load(lib.engine).for_node("n1", None)
+    assert item.merchant == "Other Cinema"
+    for bad in ("x" * 65, "tab\there", " padded"):
+        with pytest.raises(ContentError, match="merchant"):
+            lib.revise(CLI, "ticket", ItemInput(merchant=bad))
+
+
 def test_a_key_taken_is_a_conflict(lib: ContentLibrary) -> None:
     coupon(lib)
     with pytest.raises(ContentError, match="exists already") as exc:
@@ -248,6 +266,7 @@ def test_the_sample_library_imports_and_importing_again_changes_nothing(
     assert lib.get("metro-map")["version"]["file"]["media_type"] == "application/pdf"
     assert lib.get("welcome")["targets"]["everywhere"] is True
     assert lib.get("coffee-coupon")["targets"]["zones"] == ["food-court", "lobby"]
+    assert lib.get("coffee-coupon")["version"]["merchant"] == "Bean & Leaf"
     again = import_directory(lib, REPO / "content", CLI)
     assert (again.created, again.revised, again.placed) == ([], [], [])
     assert sorted(again.unchanged) == sorted(first.created)
@@ -421,12 +440,15 @@ def funnel_events(app: Flask) -> None:
 def test_the_funnel_counts_each_stage_per_day_and_per_node(app: Flask) -> None:
     funnel_events(app)
     f = get_db(app).funnel("coffee", 20_000, 20_001)
-    assert f["totals"] == {"impression": 2, "tap": 2, "delivery": 3, "request": 1, "open": 0}
+    assert f["totals"] == {"impression": 2, "tap": 2, "delivery": 3, "request": 1, "open": 0,
+                           "refused": 0}
     assert [(d["day"], d["impression"], d["delivery"], d["tap"]) for d in f["by_day"]] == \
         [("2024-10-04", 2, 1, 1), ("2024-10-05", 0, 2, 1)]
     assert f["by_node"] == [
-        {"node_id": "n1", "impression": 2, "tap": 1, "delivery": 2, "request": 1, "open": 0},
-        {"node_id": "n2", "impression": 0, "tap": 1, "delivery": 1, "request": 0, "open": 0}]
+        {"node_id": "n1", "impression": 2, "tap": 1, "delivery": 2, "request": 1, "open": 0,
+         "refused": 0},
+        {"node_id": "n2", "impression": 0, "tap": 1, "delivery": 1, "request": 0, "open": 0,
+         "refused": 0}]
 
 
 def test_the_funnel_api_and_its_csv(app: Flask, config: HubConfig, lib: ContentLibrary) -> None:
@@ -443,8 +465,8 @@ def test_the_funnel_api_and_its_csv(app: Flask, config: HubConfig, lib: ContentL
     client, _ = signed_in_marketer(app, config)
     csv_text = client.get("/content/coffee/funnel.csv?since=2024-10-04&until=2024-10-05"
                           ).get_data(as_text=True)
-    assert csv_text.splitlines() == ["day,impression,tap,delivery,request,open",
-                                     "2024-10-04,2,1,1,0,0", "2024-10-05,0,1,2,1,0"]
+    assert csv_text.splitlines() == ["day,impression,tap,delivery,request,open,refused",
+                                     "2024-10-04,2,1,1,0,0,0", "2024-10-05,0,1,2,1,0,0"]
     page = client.get("/content/coffee?since=2024-10-04&until=2024-10-05"
                       ).get_data(as_text=True)
     assert 'data-testid="funnel-delivery">3<' in page and "<svg" in page

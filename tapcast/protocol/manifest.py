@@ -9,7 +9,7 @@ node that was away gets the latest one when it reconnects. The body is JSON:
 
     {"node_id": "n1", "tz": "Europe/Berlin", "files_url": "http://hub:8080",
      "items": [{"key": "coffee", "version": 2, "kind": "coupon", "title": "...",
-                "body": "...", "price_cents": 0,
+                "body": "...", "price_cents": 0, "merchant": "Bean & Leaf",
                 "file": {"sha256": "<64 hex>", "size": 69, "media_type": "image/png",
                          "name": "coffee.png"} | null,
                 "schedule": {...tapcast.schedule.Schedule...}}]}
@@ -64,7 +64,7 @@ class ManifestFile(msgspec.Struct, forbid_unknown_fields=True):
     name: Annotated[str, Meta(min_length=1, max_length=255)]
 
 
-class ManifestItem(msgspec.Struct, forbid_unknown_fields=True):
+class ManifestItem(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     key: Key
     version: Annotated[int, Meta(ge=1)]
     kind: Literal["article", "coupon", "media", "ticket", "goods"]
@@ -73,6 +73,9 @@ class ManifestItem(msgspec.Struct, forbid_unknown_fields=True):
     price_cents: Annotated[int, Meta(ge=0, le=100_000)]
     file: ManifestFile | None
     schedule: Schedule
+    #: who offers it; left out when none is named (omit_defaults), so a manifest without
+    #: merchants encodes as before
+    merchant: Annotated[str, Meta(max_length=64)] = ""
 
 
 class Manifest(msgspec.Struct, forbid_unknown_fields=True):
