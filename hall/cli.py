@@ -482,6 +482,111 @@ def content_import(directory: Path, config_path: Path | None) -> None:
                f"revised, {len(report.placed)} placed, {len(report.unchanged)} unchanged")
 
 
+@main.group()
+def handset() -> None:
+    """The handset: the app customers hold."""
+
+
+#: What `tapcast handset app` prints once its window is drawn and its radio is on.
+APP_READY_PREFIX = "handset app ready"
+
+
+@handset.command("app")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("var/handset"),
+              show_default=True, help="where the phone keeps its keys, inbox and rules")
+@click.option("--hub", "hub_url", default="", metavar="URL",
+              help="the hub, for signing in or registering and for display codes "
+                   "(e.g. http://127.0.0.1:8080)")
+@click.option("--ble", "ble", default=None, metavar="ADAPTER",
+              help="the phone's BLE radio: bumble:<transport>, e.g. "
+                   "bumble:tcp-client:127.0.0.1:PORT (a controller of the hall's air)")
+@click.option("--display", "displays", multiple=True, metavar="NAME=DEVICE",
+              help="a hall display to offer on the Tap screen: its name and its reader's "
+                   "nfcpy device (udp:127.0.0.1:PORT); repeat for more")
+@click.option("--credentials", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="hub-signed handset credentials (`tapcast keys handset --out DIR`) to "
+                   "install instead of signing in")
+@click.option("--exit-when-ready", is_flag=True, hidden=True,
+              help="close once ready (start-up checks and benchmarks)")
+def handset_app(data_dir: Path, hub_url: str, ble: str | None, displays: tuple[str, ...],
+                credentials: Path | None, exit_when_ready: bool) -> None:
+    """The Kivy app customers hold (a window; on a desktop, taps are simulated). Prints
+    "handset app ready in S s" once it is drawn and its radio is on."""
+    import asyncio
+    import time
+
+    started = time.monotonic()
+    from handset_app.screens import parse_display  # no Kivy yet: options first
+
+    try:
+        offered = [parse_display(text) for text in displays]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--display") from None
+    adapter_transport = None
+    if ble is not None:
+        from tapcast.radio import parse_ble_adapter
+
+        try:
+            spec = parse_ble_adapter(ble if ble.startswith(("bumble:", "bluez")) else
+                                     f"bumble:{ble}")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--ble") from None
+        if spec.kind != "bumble":
+            raise click.BadParameter("the simulated phone serves GATT with bumble: give "
+                                     "bumble:<transport>", param_hint="--ble")
+        adapter_transport = spec.target
+    asyncio.run(_run_handset_app(data_dir, hub_url, adapter_transport, offered, credentials,
+                                 exit_when_ready, started))
+
+
+async def _run_handset_app(data_dir: Path, hub_url: str, transport: str | None,
+                           displays: list, credentials: Path | None,  # type: ignore[type-arg]
+                           exit_when_ready: bool, started: float) -> None:
+    import asyncio
+    import time
+
+    from handset_app.hubclient import HubClient
+    from handset_app.phone import Phone
+    from tapcast.keys import KeyFileError, load_handset_credentials
+
+    # the hub this phone signed in with (its token), unless --hub names another one
+    hub_client = HubClient.load(data_dir)
+    if hub_url and (hub_client is None or hub_client.url != hub_url.rstrip("/")):
+        try:
+            hub_client = HubClient(hub_url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--hub") from None
+    phone = Phone(data_dir)
+    if credentials is not None:
+        try:
+            phone.install_credentials(load_handset_credentials(credentials))
+        except (KeyFileError, OSError, ValueError) as exc:
+            raise click.ClickException(f"--credentials: {exc}") from None
+    adapter = None
+    if transport is not None:
+        from tapcast.radio.bumble import HciAdapter
+
+        adapter = HciAdapter(transport, name="tapcast-app")
+    from handset_app.app import TapcastApp, run_app  # Kivy: the window opens from here
+
+    app = TapcastApp(phone, ble_adapter=adapter, displays=displays, hub_client=hub_client,
+                     hub_url=hub_client.url if hub_client is not None else hub_url)
+
+    async def announce() -> None:
+        await app.ready.wait()
+        click.echo(f"{APP_READY_PREFIX} in {time.monotonic() - started:.2f} s "
+                   f"({phone.credentials.handset_id if phone.credentials else 'not signed in'},"
+                   f" {len(displays)} display(s))")
+        if exit_when_ready:
+            app.stop()
+
+    waiter = asyncio.ensure_future(announce())
+    try:
+        await run_app(app)
+    finally:
+        waiter.cancel()
+
+
 @main.command()
 @click.option("--nodes", default=3, show_default=True, help="Simulated nodes (hall displays), each its own process.")
 @click.option("--handsets", default=5, show_default=True, help="Simulated handsets tapping.")
@@ -497,15 +602,19 @@ def content_import(directory: Path, config_path: Path | None) -> None:
 @click.option("--database", default=None, metavar="URL",
               help="The hub's database, e.g. postgresql://user@host/tapcast (migrated "
                    "first); by default a new SQLite file in the run's folder.")
+@click.option("--app", "app", is_flag=True,
+              help="Also open the handset app's window (`tapcast handset app`) as one more "
+                   "handset, with the hall's displays on its Tap screen (needs a display).")
 def demo(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
-         keep_hub: bool, workdir: Path, seed: int | None, database: str | None) -> None:
+         keep_hub: bool, workdir: Path, seed: int | None, database: str | None,
+         app: bool) -> None:
     """The whole system on one machine without radios: the virtual hall."""
     from hall.demo import DemoError, run_demo
 
     try:
         summary = run_demo(nodes=nodes, handsets=handsets, duration=duration, broker=broker,
                            hub_port=hub_port, workdir=workdir, seed=seed, keep_hub=keep_hub,
-                           database=database)
+                           database=database, app=app)
     except (DemoError, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -341,7 +341,8 @@ def _last_line(path: Path) -> str:
 
 def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
              hub_port: int, workdir: Path, seed: int | None,
-             keep_hub: bool = False, database: str | None = None) -> Summary:
+             keep_hub: bool = False, database: str | None = None,
+             app: bool = False) -> Summary:
     """Run the whole system; blocking. Returns the summary (also printed). Raises
     DemoError with one line naming the cause when it cannot run."""
     if nodes < 1 or handsets < 1:
@@ -349,12 +350,12 @@ def run_demo(*, nodes: int, handsets: int, duration: float, broker: str | None,
     workdir = Path(workdir) / time.strftime("%Y%m%d-%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_run(nodes, handsets, duration, broker, hub_port, workdir, seed, keep_hub,
-                            database))
+                            database, app))
 
 
 async def _run(nodes: int, handsets: int, duration: float, broker: str | None, hub_port: int,
                workdir: Path, seed: int | None, keep_hub: bool,
-               database: str | None = None) -> Summary:
+               database: str | None = None, app: bool = False) -> Summary:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -385,7 +386,8 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
               f"   files: {workdir}\n"
               f"{hub.imported} (see {hub.url}/content)\n"
               "Ctrl-C stops early.", flush=True)
-        await _run_hall(workdir, broker, nodes, handsets, duration, seed, summary, hub, stop)
+        await _run_hall(workdir, broker, nodes, handsets, duration, seed, summary, hub, stop,
+                        app=app)
         print(summary.render(), flush=True)
         if keep_hub and not stop.is_set():
             print(f"hub still up at {hub.url} (--keep-hub; {hub.sign_in}; API token "
@@ -405,7 +407,7 @@ async def _run(nodes: int, handsets: int, duration: float, broker: str | None, h
 
 async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, duration: float,
                     seed: int | None, summary: Summary, hub: HubProcesses,
-                    stop: asyncio.Event) -> None:
+                    stop: asyncio.Event, *, app: bool = False) -> None:
     from hall.virtual import NodeProcessError, VirtualHall
 
     from tapcast.streamkeys import STREAM_SECRET_FILE, load_stream_secret
@@ -426,12 +428,23 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
     slowest = max(n.started_in for n in hall.nodes)
     print(f"{nodes} node processes serving taps after {summary.nodes_up_s:.1f} s "
           f"(slowest {slowest:.1f} s)", flush=True)
+    window: AppWindow | None = None
+    crowd_nodes = hall.nodes
+    if app:
+        window = AppWindow(workdir / "app")
+        try:
+            print(await window.start(hall, hub.url), flush=True)
+        except DemoError:
+            await hall.stop()
+            raise
+        if len(hall.nodes) > 1:  # the app's own display: no queue of simulated phones
+            crowd_nodes = hall.nodes[1:]
     started = time.monotonic()
     tty = sys.stderr.isatty()
 
     async def customer(handset: SimulatedHandset) -> None:
         while not stop.is_set():
-            node = hall.rng.choice(hall.nodes)
+            node = hall.rng.choice(crowd_nodes)
             summary.add(await hall.tap(handset, node))
             try:  # a customer reads for a moment before the next display
                 await asyncio.wait_for(stop.wait(), hall.rng.uniform(0.3, 1.5))
@@ -470,6 +483,73 @@ async def _run_hall(workdir: Path, broker: str, nodes: int, handsets: int, durat
         await hall.drain(DRAIN_TIMEOUT)
     finally:
         summary.duration = time.monotonic() - started
+        if window is not None:
+            await window.stop()
         await hall.stop()
         summary.undelivered_events = await asyncio.to_thread(hall.outbox_depth)
         await refresh_hub_count()
+
+
+# ------------------------------------------------------------------ the app window
+
+APP_START_TIMEOUT = 30.0
+
+
+class AppWindow:
+    """`tapcast handset app` as one of the demo's handsets: its own process, with its own
+    controller on the hall's BLE air (attached over TCP as a node is), credentials the
+    hall's authority signed (the hub's own key: signing in or registering works too),
+    the hall's displays on its Tap screen and the demo's hub for display codes."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.proc: asyncio.subprocess.Process | None = None
+        self._log: Any = None
+
+    async def start(self, hall: Any, hub_url: str) -> str:
+        """Start the window; returns its ready line (DemoError when it does not come)."""
+        from tapcast.keys import write_handset_credentials
+
+        from hall.cli import APP_READY_PREFIX
+        from hall.virtual import CERT_LIFETIME
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        radio = await hall.air.serve("handset-app")
+        credentials = self.dir / "credentials"
+        write_handset_credentials(credentials, hall.authority, "handset-app",
+                                  time.time() + CERT_LIFETIME)
+        displays = [f"--display={node.node_id} ({node.zone}"
+                    + (", the app's own" if i == 0 and len(hall.nodes) > 1 else "")
+                    + f")={node.nfc_device}" for i, node in enumerate(hall.nodes)]
+        self._log = (self.dir / "app.log").open("a", encoding="utf-8")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "hall.cli", "handset", "app", "--data-dir",
+            str(self.dir / "data"), "--ble", radio, "--hub", hub_url, "--credentials",
+            str(credentials), *displays, stdout=asyncio.subprocess.PIPE, stderr=self._log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert self.proc.stdout is not None
+        try:
+            async with asyncio.timeout(APP_START_TIMEOUT):
+                async for raw in self.proc.stdout:
+                    line = raw.decode(errors="replace").strip()
+                    self._log.write(line + "\n")
+                    if line.startswith(APP_READY_PREFIX):
+                        return f"app window: {line} (log {self.dir / 'app.log'})"
+        except TimeoutError:
+            pass
+        await self.stop()
+        raise DemoError(f"the app window did not start (is there a display? DISPLAY="
+                        f"{os.environ.get('DISPLAY', '')!r}); see {self.dir / 'app.log'}: "
+                        f"{_last_line(self.dir / 'app.log')}")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None

@@ -20,13 +20,24 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("KIVY_NO_ARGS", "1")
 os.environ.setdefault("KIVY_LOG_MODE", "PYTHON")
 os.environ.setdefault("KIVY_NO_FILELOG", "1")
 os.environ.setdefault("KIVY_CLIPBOARD", "sdl2")  # not xsel/xclip, which Debian may lack
+
+
+
+class _NoCutbufferNoise(logging.Filter):
+    """Kivy's text inputs look for xclip/xsel (the X11 primary selection) and log a
+    CRITICAL with tracebacks when neither is installed; the app does not need them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Cutbuffer:")
+
+
+logging.getLogger("kivy").addFilter(_NoCutbufferNoise())
 
 from kivy.app import App  # noqa: E402 - after the environment above
 from kivy.core.window import Window  # noqa: E402
@@ -35,7 +46,7 @@ from kivy.uix.boxlayout import BoxLayout  # noqa: E402
 from kivy.uix.button import Button  # noqa: E402
 from kivy.uix.screenmanager import NoTransition  # noqa: E402
 
-from handset_app.screens import load_kv  # noqa: E402
+from handset_app.screens import Display, load_kv, parse_display  # noqa: E402,F401
 
 if TYPE_CHECKING:
     from handset_app.phone import InboxEntry, Phone, PhoneSession
@@ -45,28 +56,11 @@ log = logging.getLogger(__name__)
 
 #: Portrait, as a phone is held.
 WINDOW_SIZE = (420, 760)
+#: Why the phone refused an item (handset_app.consent's reasons), as the customer reads it.
+REFUSALS = {"merchant": "you blocked its merchant", "kind": "you do not take this kind",
+            "quiet_hours": "your quiet hours", "cap": "today's cap is reached"}
 #: Status lines the app keeps (for the window tests and a glance back).
 KEEP_LINES = 200
-
-
-@dataclass(frozen=True)
-class Display:
-    """A hall display this simulated phone can be held to: its name and its reader's
-    nfcpy device string."""
-
-    name: str
-    nfc_device: str
-
-
-def parse_display(text: str) -> Display:
-    """``NAME=udp:HOST:PORT`` or just the device string (then it is its own name)."""
-    name, sep, device = text.partition("=")
-    if not sep:
-        name, device = text, text
-    if not device.startswith(("udp:", "usb:", "tty:")):
-        raise ValueError(f"display {text!r}: give NAME=DEVICE with an nfcpy device "
-                         "(udp:HOST:PORT, usb:..., tty:...)")
-    return Display(name.strip() or device, device.strip())
 
 
 class Root(BoxLayout):
@@ -89,6 +83,7 @@ class UiListener:
 
     def on_progress(self, item_id: str, done: int, total: int) -> None:
         self.app.catalogue.progress(item_id, done, total)
+        self.app.updated.set()
 
     def on_item(self, entry: InboxEntry) -> None:
         self.app.item_arrived(entry)
@@ -96,7 +91,7 @@ class UiListener:
     def on_refused(self, item_id: str, reason: str) -> None:
         self.app.catalogue.mark(item_id, "Refused")
         self.app.refusals.append((item_id, reason))
-        self.app.report(f"refused {item_id}: {reason}")
+        self.app.report(f"refused {item_id}: {REFUSALS.get(reason, reason)}")
 
     def on_error(self, message: str) -> None:
         self.app.report_error(message)
@@ -108,8 +103,8 @@ class UiListener:
 class TapcastApp(App):
     """The app. ``phone`` is a handset_app.phone.Phone on the app's data dir;
     ``ble_adapter`` its radio (started with the app); ``displays`` the hall displays
-    offered on the Tap screen; ``hub_client`` the handset_app.hubclient client (sign
-    in, register, present a display's code) or None when no hub is configured."""
+    offered on the Tap screen; ``hub_client`` a handset_app.hubclient.HubClient (the
+    one saved in the data dir, or one for ``hub_url``), None before signing in."""
 
     title = "Tapcast"
 
@@ -125,6 +120,9 @@ class TapcastApp(App):
         self.listener = UiListener(self)
         self.session: PhoneSession | None = None
         self.ready = asyncio.Event()
+        #: set whenever the app shows something new (a status line, a session); tests
+        #: and benchmarks clear it and wait on it instead of polling frames
+        self.updated = asyncio.Event()
         self.created_at = time.monotonic()
         self.ready_at: float | None = None
         self.lines: list[str] = []
@@ -231,6 +229,7 @@ class TapcastApp(App):
         if self.root is not None:
             self.root.status_text = line
             self.root.status_is_error = error
+        self.updated.set()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` on the app's loop; a failure is shown, never lost."""
@@ -264,29 +263,38 @@ class TapcastApp(App):
         try:
             session = await self.phone.tap(nfc_device, self.listener)
         except (OSError, TimeoutError, ConnectionError, ValueError) as exc:
+            # (Phone.tap's TapError was shown already through on_error)
             self.report_error(f"tap on {name} failed: {exc}")
             return None
         self.session = session
+        self.updated.set()
         return session
 
     def start_code(self, code: str) -> asyncio.Task[Any]:
         return self.spawn(self.present_code(code))
 
     async def present_code(self, code: str) -> PhoneSession | None:
-        """The no-NFC path: the code a display shows, presented through the hub."""
+        """The no-NFC path: the code a display shows, presented through the hub
+        (handset_app.hubclient), then the BLE session as after a tap."""
+        from handset_app.hubclient import HubError
+
         if self.hub_client is None:
-            self.report_error("no hub configured: codes need the hub (--hub)")
+            self.report_error("no hub known: sign in first (codes go through the hub)")
             return None
         if self.phone.credentials is None:
             self.report_error("sign in first: a code is presented as your account")
             return None
+        if not self._phone_started:
+            self.report_error("Bluetooth is not on: the display could not reach this phone")
+            return None
         self.report(f"presenting code {code}...")
         try:
-            session = await self.hub_client.present_code(code, listener=self.listener)
-        except Exception as exc:  # noqa: BLE001 - the hub client's errors, shown as said
+            session = await self.hub_client.attach(self.phone, code, listener=self.listener)
+        except (HubError, ConnectionError, TimeoutError, ValueError) as exc:
             self.report_error(f"code {code} not accepted: {exc}")
             return None
         self.session = session
+        self.updated.set()
         return session
 
     async def attach(self, node_id: str, zone: str, session_key: bytes, *,
@@ -328,7 +336,7 @@ class TapcastApp(App):
             self.show("inbox")
 
     def item_arrived(self, entry: InboxEntry) -> None:
-        self.catalogue.mark(entry.item_id, "Received")
+        self.catalogue.mark(entry.item_id, "Received", entry.title)
         if self.screen() == "inbox":
             self.inbox.refresh()
         self.report(f"new: {entry.title}")
@@ -352,8 +360,8 @@ class TapcastApp(App):
             return
         self.item_screen.show(entry)
         self.show("item")
-        if not entry.opened:
-            self.phone.open_item(item_id)
+        if not entry.opened and self.phone.credentials is not None:
+            self.phone.open_item(item_id)  # a signed open event, sent at the next contact
 
     # ----------------------------------------------------------- the account
     def start_sign_in(self, hub_url: str, username: str, password: str, *,
@@ -362,24 +370,28 @@ class TapcastApp(App):
 
     async def sign_in(self, hub_url: str, username: str, password: str, *,
                       register: bool) -> bool:
-        if self.hub_client is None:
-            self.report_error("no hub configured: start the app with --hub URL")
-            return False
+        from handset_app.hubclient import HubClient, HubError
+
         if not username or not password:
             self.report_error("give a user name and a password")
             return False
         what = "registering" if register else "signing in"
-        self.report(f"{what} as {username}...")
         try:
-            if hub_url:
-                self.hub_client.hub_url = hub_url
-            if register:
-                await self.hub_client.register(username, password)
-            else:
-                await self.hub_client.sign_in(username, password)
-        except Exception as exc:  # noqa: BLE001 - the hub client's errors, shown as said
+            client = self.hub_client
+            if client is None or (hub_url and hub_url.rstrip("/") != client.url):
+                client = HubClient(hub_url or self.hub_url)
+        except ValueError as exc:
+            self.report_error(f"{what}: {exc}")
+            return False
+        self.report(f"{what} as {username} at {client.url}...")
+        call = client.register if register else client.sign_in
+        try:  # blocking HTTP: in a thread, the window stays live
+            await asyncio.to_thread(call, username, password, phone=self.phone)
+        except (HubError, ValueError, KeyError) as exc:
             self.report_error(f"{what} failed: {exc}")
             return False
+        self.hub_client = client
+        self.hub_url = client.url
         creds = self.phone.credentials
         self.report(f"signed in: this phone is {creds.handset_id if creds else '?'}")
         self.account.refresh()

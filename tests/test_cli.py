@@ -356,3 +356,16 @@ def test_demo_hub_port_held_by_a_listener_is_refused_with_the_fix() -> None:
         server.listen()
         with pytest.raises(DemoError, match="--hub-port 0"):
             check_hub_port(server.getsockname()[1])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--display", "lobby=/dev/nfc0"], "give NAME=DEVICE with an nfcpy device"),
+    (["--ble", "bluez"], "the simulated phone serves GATT with bumble"),
+    (["--ble", "bumble:"], "needs a bumble transport"),
+    (["--hub", "127.0.0.1:8080"], "must be http(s)://host:port"),
+])
+def test_handset_app_options_are_checked_before_a_window_opens(
+        tmp_path: Path, args: list[str], says: str) -> None:
+    result = CliRunner().invoke(main, ["handset", "app", "--data-dir", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output

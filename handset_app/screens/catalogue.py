@@ -26,7 +26,7 @@ class CatalogueRow(BoxLayout):
     item_id = StringProperty("")
     title = StringProperty("")
     detail = StringProperty("")
-    #: "Get", "Asked", "Received", "Refused" or "Failed"
+    #: "Get", "Asked", "Received", "In inbox", "Refused", "Failed" or "Tap again"
     action = StringProperty("Get")
     done = NumericProperty(0)
     total = NumericProperty(0)
@@ -68,19 +68,27 @@ class CatalogueScreen(AppScreen):
             row.title = entry.title
             row.detail = f"{entry.kind} - {price(entry.price_cents)}"
             if entry.id in inbox and row.action == "Get":
-                row.action = "Received"
+                row.action = "In inbox"
 
     def progress(self, item_id: str, done: int, total: int) -> None:
         row = self.rows.get(item_id)
         if row is not None:
             row.total, row.done = total, done
 
-    def mark(self, item_id: str, action: str) -> None:
+    def mark(self, item_id: str, action: str, title: str = "") -> None:
+        """An item's state in this session. An item the node pushed unasked gets a row
+        of its own when the catalogue does not list it (it comes before the catalogue)."""
         row = self.rows.get(item_id)
-        if row is not None:
-            row.action = action
-            if action == "Received" and row.total:
-                row.done = row.total
+        if row is None:
+            if not self.live:
+                return
+            row = CatalogueRow(item_id=item_id, title=title or item_id,
+                               detail="pushed by the display")
+            self.rows[item_id] = row
+            self.ids.rows.add_widget(row, index=len(self.ids.rows.children))
+        row.action = action
+        if action == "Received" and row.total:
+            row.done = row.total
 
     def closed(self, reason: str) -> None:
         self.live = False

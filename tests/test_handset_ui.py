@@ -1,0 +1,266 @@
+"""The app customers hold, in a real window (Kivy on Xvfb, SDL's x11 driver), tapped on
+the virtual hall's nodes: real nfcpy (udp driver) and bumble air, real Mosquitto, and
+the nodes' daemons in this process (processes=False) on the app's asyncio loop.
+
+Every test checks the widget tree (what Labels say, which screen is shown), not pixels
+alone, and saves a screenshot under test-artifacts/handset_ui/ (the path is printed;
+TAPCAST_TEST_ARTIFACTS moves it). One window for the module: Kivy has one per process
+and starting it dominates."""
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from hall.testing.mosquitto import Mosquitto
+from hall.virtual import VirtualHall
+from tests.ui_support import (Xvfb, assert_real_window, find, kivy_environment, label_texts,
+                              screenshot)
+
+pytestmark = [pytest.mark.ui, pytest.mark.slow, pytest.mark.asyncio(loop_scope="module"),
+              pytest.mark.timeout(90)]
+
+WAIT = 15.0
+
+
+# ------------------------------------------------------------------ fixtures
+
+@pytest.fixture(scope="module")
+def xdisplay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private Xvfb and Kivy's environment for a real X11 window on it."""
+    xvfb = Xvfb()
+    display = xvfb.start()
+    env = kivy_environment(display, tmp_path_factory.mktemp("kivy-home"))
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield display
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    xvfb.stop()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def hall(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+               ) -> AsyncIterator[VirtualHall]:
+    """Two nodes (lobby, food-court) serving the sample library they were seeded with."""
+    hall = VirtualHall(tmp_path_factory.mktemp("hall"), broker.url, nodes=2, handsets=1,
+                       hold_off=0.0, processes=False)
+    await hall.start()
+    yield hall
+    await hall.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def app(xdisplay: str, hall: VirtualHall, tmp_path_factory: pytest.TempPathFactory
+              ) -> AsyncIterator[Any]:
+    """The app, signed in (credentials of the hall's authority), on its own controller
+    of the hall's air, with the hall's displays on its Tap screen; one window for the
+    module."""
+    from handset_app.app import Display, TapcastApp, run_app
+    from handset_app.phone import Phone
+    from tapcast.keys import make_handset_credentials
+
+    assert hall.air is not None
+    phone = Phone(tmp_path_factory.mktemp("phone"))
+    phone.install_credentials(make_handset_credentials(hall.authority, "app-phone",
+                                                       time.time() + 3600))
+    app = TapcastApp(phone, ble_adapter=hall.air.local_adapter("app-phone"),
+                     displays=[Display(n.node_id, n.nfc_device) for n in hall.nodes])
+    task = asyncio.ensure_future(run_app(app))
+    try:
+        async with asyncio.timeout(WAIT):
+            await app.ready.wait()
+    except TimeoutError:
+        task.cancel()
+        raise AssertionError(f"the app did not get ready: {app.lines}") from None
+    yield app
+    app.stop()
+    await asyncio.wait_for(task, WAIT)
+
+
+# ------------------------------------------------------------------- helpers
+
+async def until(app: Any, condition: Callable[[], bool], what: str,
+                timeout: float = WAIT) -> None:
+    """Until ``condition`` holds, looked at each time the app shows something new (its
+    ``updated`` event). Not frame by frame: forcing a redraw every frame would starve
+    the loop the BLE exchange runs on."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                app.updated.clear()
+                if condition():
+                    break
+                await app.updated.wait()
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout:.0f} s: {what}; the app said "
+                             f"{app.lines[-8:]}") from None
+
+
+def press(widget: Any) -> None:
+    """A finger on the widget: press and release, as a touch does."""
+    widget.trigger_action(duration=0)
+
+
+def nav(app: Any, label: str) -> None:
+    from kivy.uix.button import Button
+
+    (button,) = find(app.root.ids.nav, Button, text=label)
+    press(button)
+
+
+async def tap(app: Any, display: str) -> None:
+    """Press the Tap screen's button of ``display`` and wait for the session."""
+    nav(app, "Tap")
+    assert app.screen() == "tap"
+    press(app.tap_screen.buttons[display])
+    await until(app, lambda: app.session is not None or bool(app.errors),
+                f"a session at {display}")
+    assert app.session is not None, app.errors
+
+
+async def session_over(app: Any) -> None:
+    await until(app, lambda: app.session is None, "the node's bye")
+
+
+# --------------------------------------------------------------------- tests
+
+async def test_the_app_opens_a_real_window_ready_on_the_inbox(app: Any) -> None:
+    assert_real_window()
+    assert app.screen() == "inbox"
+    assert "Nothing yet: tap a display in the hall." in label_texts(app.inbox)
+    await screenshot(app, "01-start")
+
+
+async def test_a_tap_puts_the_pushed_item_in_the_inbox_on_screen(
+        app: Any, hall: VirtualHall) -> None:
+    from handset_app.screens.inbox import InboxRow
+
+    lobby = hall.nodes[0]
+    await tap(app, lobby.node_id)
+    await until(app, lambda: "Welcome to the hall" in label_texts(app.inbox),
+                "the pushed item's title in the inbox")
+    assert app.screen() == "inbox"
+    (row,) = find(app.inbox, InboxRow, item_id="welcome")
+    assert "lobby" in row.subtitle
+    # the catalogue of the node just tapped, from its Catalogue message
+    await until(app, lambda: "cinema-ticket" in app.catalogue.rows, "the catalogue")
+    assert app.catalogue.heading == "lobby"
+    await screenshot(app, "02-tap-inbox")
+    assert not app.errors, app.errors
+
+
+async def test_a_ticket_asked_for_from_the_catalogue_shows_its_signed_code(
+        app: Any, hall: VirtualHall) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from kivy.uix.image import Image
+
+    from handset_app.screens.qr import qr_matrix
+
+    if app.session is None:
+        await tap(app, hall.nodes[0].node_id)
+        await until(app, lambda: "cinema-ticket" in app.catalogue.rows, "the catalogue")
+    nav(app, "Here")
+    row = app.catalogue.rows["cinema-ticket"]
+    press(row.ids.request)
+    await until(app, lambda: row.action == "Received", "the requested ticket")
+    await screenshot(app, "03-catalogue")
+    entry = app.phone.item("cinema-ticket")
+    assert entry is not None and entry.requested
+    nav(app, "Inbox")
+    await until(app, lambda: "Cinema: tonight 20:15" in label_texts(app.inbox), "the ticket")
+    from handset_app.screens.inbox import InboxRow
+
+    (ticket_row,) = find(app.inbox, InboxRow, item_id="cinema-ticket")
+    press(ticket_row)
+    assert app.screen() == "item"
+    (qr,) = [w for w in find(app.item_screen, Image) if hasattr(w, "ticket_code")]
+    # the code on screen is the ticket's, signed by this phone's key
+    prefix, item_id, version, holder, signature = qr.ticket_code.split(":")
+    assert (prefix, item_id, holder) == ("TAPCAST-TICKET", "cinema-ticket", "app-phone")
+    public: Ed25519PublicKey = app.phone.credentials.private_key.public_key()
+    public.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+                  qr.ticket_code.rsplit(":", 1)[0].encode())
+    # and the texture holds exactly that code's modules (dark texels where dark modules)
+    modules = qr_matrix(qr.ticket_code)
+    pixels = qr.texture.pixels
+    width = qr.texture.width
+    assert (qr.texture.width, qr.texture.height) == (len(modules[0]), len(modules))
+    for y, row_modules in enumerate(reversed(modules)):
+        for x, dark in enumerate(row_modules):
+            assert (pixels[(y * width + x) * 4] == 0) == dark
+    assert "Show this code at the entrance" in label_texts(app.item_screen)
+    # opening it queued a handset-signed open event for the next contact
+    assert app.phone.item("cinema-ticket").opened
+    assert app.phone.pending_events() >= 1
+    await screenshot(app, "04-ticket")
+    await app.leave_session()
+
+
+async def test_quiet_hours_set_in_settings_refuse_the_pushed_item_and_say_so(
+        app: Any, hall: VirtualHall) -> None:
+    now = datetime.datetime.now()
+    start = (now - datetime.timedelta(hours=1)).strftime("%H:%M")
+    end = (now + datetime.timedelta(hours=1)).strftime("%H:%M")
+    nav(app, "Settings")
+    settings = app.settings_screen
+    settings.ids.quiet_start.text, settings.ids.quiet_end.text = start, end
+    press(settings.ids.save)
+    assert app.phone.consent().quiet_start == start, app.lines[-3:]
+    await screenshot(app, "05-settings")
+    try:
+        food_court = hall.nodes[1]
+        await tap(app, food_court.node_id)
+        await until(app, lambda: bool(app.refusals), "a refusal")
+        item_id, reason = app.refusals[-1]
+        assert (item_id, reason) == ("welcome", "quiet_hours")
+        assert "refused welcome: your quiet hours" in app.lines
+        await until(app, lambda: "welcome" in app.catalogue.rows, "the catalogue")
+        assert app.catalogue.rows["welcome"].action == "Refused"
+        assert "Refused" in label_texts(app.catalogue)  # the row's button says so
+        nav(app, "Here")
+        await screenshot(app, "06-refused")
+        # not kept: the inbox still has the welcome from the lobby only
+        assert app.phone.item("welcome").zone == "lobby"
+    finally:
+        nav(app, "Settings")
+        settings.ids.quiet_start.text = settings.ids.quiet_end.text = ""
+        press(settings.ids.save)
+        assert app.phone.consent().quiet_start is None
+        await app.leave_session()
+
+
+async def test_tapcast_handset_app_opens_its_window_and_says_when_it_is_ready(
+        xdisplay: str, tmp_path: Path) -> None:
+    """The command as a person runs it (its own process, the same X server)."""
+    import subprocess
+    import sys
+
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "hall.cli", "handset", "app", "--data-dir", str(tmp_path),
+         "--display", "lobby=udp:127.0.0.1:9", "--exit-when-ready"],
+        capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.match(r"handset app ready in \d+\.\d\d s \(not signed in, 1 display\(s\)\)",
+                    result.stdout), result.stdout
+    assert "Traceback" not in result.stderr
