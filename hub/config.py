@@ -83,8 +83,10 @@ class HubMqttSection(msgspec.Struct, forbid_unknown_fields=True):
     # use_username_as_clientid (firmware_config/mosquitto.conf) uses the user name.
     # With a shared_group, ingest worker N uses "<client_id>-N" (N from 1).
     client_id: str = "tapcast-hub"
-    # Events are written in one transaction per batch of at most this many.
-    batch_size: int = 1000
+    # Events are written in one transaction per batch of at most this many (each
+    # commit waits for the disk: 4000 rather than 1000 gave the writer about 4% more
+    # under a backlog; live traffic makes small transactions either way).
+    batch_size: int = 4000
     # true (default): the ingest checks, decodes and writes events in a process of its
     # own, beside the one holding the MQTT connection, so each has a core (about 2x the
     # events per second of one process; docs/performance.md). false: in a thread of

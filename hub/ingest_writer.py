@@ -15,7 +15,8 @@ false``, and the status lane, which stays in the MQTT process) and in the proces
 (``run_writer_process``).
 
 The pipe's frames (pickled: both ends are this module, in one version):
-* MQTT side -> writer: a list of ``Raw`` messages, or None (stop after these);
+* MQTT side -> writer: a list of ``Raw`` messages as plain tuples (in Raw's field
+  order), or None (stop after these);
 * writer -> MQTT side: ``("ready", None)`` once the database is open,
   ``("outcome", Outcome)`` after each piece of work, ``("fatal", reason)`` when it
   cannot start (the database will not open), and ``("bye", None)`` once it has written

@@ -89,7 +89,7 @@ events = Table(
     UniqueConstraint("node_id", "epoch", "seq"),
     Index(None, "node_id", "pos"),  # one node's events, newest first
     Index(None, "kind", "pos"),  # one kind's events, newest first
-    Index(None, "received"),  # time filters: hub time -> storage position bounds
+    # No index on received (revision 0006): time filters search pos (hub/db.py).
 )
 
 event_counts = Table(
