@@ -214,3 +214,41 @@ def test_wrong_codes_are_404s_counted_and_rate_limited_per_account(app: Flask) -
     r = client.get("/api/v1/presence/" + "0" * 32, headers={
         "Authorization": f"Bearer {bob['token']}"})
     assert r.status_code == 404
+
+
+def test_the_apps_hub_client_registers_signs_in_again_and_keeps_its_token(
+        tmp_path: Path) -> None:
+    """handset_app/hubclient.py against a hub web over real HTTP (no broker needed)."""
+    from hall.testing.hub import hub_config, serve
+    from handset_app.hubclient import HubClient, HubError
+
+    server = serve(hub_config(tmp_path / "hub.db", "mqtt://127.0.0.1:1"), start_ingest=False)
+    try:
+        authority = server.authority
+        client = HubClient(server.url)
+        first = client.register("dora", PASSWORD)
+        Certificate.decode(first.cert).verify(first.hub_keyring, time.time(), KIND_HANDSET)
+        assert first.hub_public_key == authority.public_key_bytes
+        client.save(tmp_path / "phone")
+        assert (tmp_path / "phone" / "hub.json").stat().st_mode & 0o777 == 0o600
+        again = HubClient.load(tmp_path / "phone")
+        assert again is not None and (again.url, again.token) == (client.url, client.token)
+        old_token = client.token
+        second = client.sign_in("dora", PASSWORD)  # "reset identity": a fresh key
+        assert second.handset_id != first.handset_id and client.token != old_token
+        assert public_key_bytes(second.private_key) != public_key_bytes(first.private_key)
+        with pytest.raises(HubError) as wrong:
+            client.sign_in("dora", "not the password, sorry")
+        assert wrong.value.status == 401 and "wrong user name or password" in str(wrong.value)
+        with pytest.raises(HubError) as taken:
+            HubClient(server.url).register("dora", PASSWORD)
+        assert taken.value.status == 409
+        stale = HubClient(server.url, token=old_token)
+        with pytest.raises(HubError) as revoked:
+            stale.present_code("12345678", first)
+        assert revoked.value.status == 401
+        with pytest.raises(HubError) as away:
+            HubClient("http://127.0.0.1:1").register("erin", PASSWORD)
+        assert away.value.status == 0 and "cannot reach the hub" in str(away.value)
+    finally:
+        server.shutdown()
