@@ -218,3 +218,41 @@ async def test_a_code_reaches_open_pages_and_pages_opened_later(
     assert watched == [True, False]
     assert 'data-testid="code-digits"' in page and 'data-testid="code-qr"' in page
     assert code["qr"].startswith("data:image/svg+xml")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+async def test_the_code_is_readable_on_the_page_in_chromium(hall: tuple[Display, Hall]) -> None:
+    """What a customer without NFC reads: the digits and a QR that renders (headless
+    Chromium, as the hub page's test)."""
+    from node.presence import qr_svg
+    from playwright.async_api import async_playwright
+
+    from tests.test_hub_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing: run `make test` (it installs it)")
+    display, _ = hall
+    watching = asyncio.Event()
+    display.on_watch = watching.set
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(display.url + "/")
+            await asyncio.wait_for(watching.wait(), 10)
+            assert not await page.get_by_test_id("code").is_visible()
+            display.show_code({"code": "12345678", "uri": "tapcast:code/12345678",
+                               "qr": qr_svg("tapcast:code/12345678"), "seconds": 60.0})
+            digits = page.get_by_test_id("code-digits")
+            await digits.wait_for(state="visible", timeout=5000)
+            assert await digits.text_content() == "1234 5678"
+            qr = page.get_by_test_id("code-qr")
+            assert await qr.get_attribute("alt") == "QR code tapcast:code/12345678"
+            await page.wait_for_function(
+                "document.querySelector('[data-testid=code-qr]').naturalWidth > 0",
+                timeout=5000)
+            display.show_code(None)
+            await page.get_by_test_id("code").wait_for(state="hidden", timeout=5000)
+        finally:
+            await browser.close()
