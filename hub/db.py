@@ -990,6 +990,18 @@ class _BoundedCache(dict):  # type: ignore[type-arg]
         return value
 
 
+# _pos_bound's statements, built once: building one costs more than running it.
+# (min and max apart: SQLite reads one end of the key for each alone, but scans the
+# table for both in one statement)
+_POS_MIN = select(func.min(events.c.pos))
+_POS_MAX = select(func.max(events.c.pos))
+_PROBE_WHERE = (events.c.pos >= bindparam("first"), events.c.pos <= bindparam("last"))
+_PROBE_OLDEST = (select(events.c.pos, events.c.received).where(*_PROBE_WHERE)
+                 .order_by(events.c.pos).limit(1))
+_PROBE_NEWEST = (select(events.c.pos, events.c.received).where(*_PROBE_WHERE)
+                 .order_by(events.c.pos.desc()).limit(1))
+
+
 def _pos_bound(conn: Connection, t: float, *, after: bool) -> int | None:
     """The first ``pos`` stored after hub time ``t`` (``after``), or the last stored by
     it; None when there is none. A binary search over the primary key (about 25
@@ -998,15 +1010,15 @@ def _pos_bound(conn: Connection, t: float, *, after: bool) -> int | None:
     with ``pos`` (one writer stamps a transaction's rows with one time, in storage
     order; concurrent PostgreSQL workers interleave only within their transactions,
     which the caller's per-row check of ``received`` then trims)."""
-    lo, hi = conn.execute(select(func.min(events.c.pos), func.max(events.c.pos))).one()
+    lo = conn.execute(_POS_MIN).scalar()
     if lo is None:
         return None
-    pos, received = events.c.pos, events.c.received
+    hi = conn.execute(_POS_MAX).scalar()
 
     def probe(first: int, last: int, newest: bool) -> tuple[int, float] | None:
         """The stored row nearest ``first`` (``newest``: nearest ``last``) in the range."""
-        q = select(pos, received).where(pos >= first, pos <= last)
-        row = conn.execute(q.order_by(pos.desc() if newest else pos).limit(1)).first()
+        row = conn.execute(_PROBE_NEWEST if newest else _PROBE_OLDEST,
+                           {"first": first, "last": last}).first()
         return None if row is None else (int(row[0]), float(row[1]))
 
     found: int | None = None
