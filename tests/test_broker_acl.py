@@ -280,3 +280,45 @@ async def test_node_uplink_and_hub_ingest_work_through_the_shipped_acl(
     finally:
         await up.stop()
     assert db.count_events() == 3
+
+
+async def test_the_code_paths_messages_pass_the_shipped_acl_for_their_own_node_only(
+        ingest: tuple[Ingest, HubDB], peers: Any) -> None:
+    """A node offers a code and reads the relayed answer under its own id; the hub's
+    verdict comes back; an offer under another node's id never reaches the hub."""
+    from hub.presence import PresenceError, PresenceStore
+    from tapcast.protocol.mqtt import (PRESENCE_ANSWER, PRESENCE_OFFER, PRESENCE_RESULT,
+                                       presence_topic, stream_key)
+    from tapcast.protocol.presence import (Offer, Result, open_answer, seal_code,
+                                           seal_offer, seal_result)
+
+    running, db = ingest
+    node = peers("hall-a-1")
+    assert node.accepted()
+    assert not node.subscribe(presence_topic("hall-a-1", PRESENCE_ANSWER))[0].is_failure
+    key, other = stream_key(SECRET, "hall-a-1"), stream_key(SECRET, "hall-b-2")
+
+    def offer(node_id: str, k: bytes, offer_id: str, code: str) -> bytes:
+        return seal_offer(k, node_id, Offer(offer_id=offer_id, ttl=60.0, hello="0a",
+                                            code=seal_code(k, offer_id, code)))
+
+    # hall-a-1 speaking for hall-b-2 (with hall-b-2's key, even): the ACL drops it
+    node.publish(presence_topic("hall-b-2", PRESENCE_OFFER),
+                 offer("hall-b-2", other, "b" * 32, "22223333"))
+    node.publish(presence_topic("hall-a-1", PRESENCE_OFFER),
+                 offer("hall-a-1", key, "a" * 32, "11112222"))
+    assert await asyncio.to_thread(running.presence.wait_for, lambda c: c.offers >= 1,
+                                   TIMEOUT)
+    store = PresenceStore(db.engine)
+    with pytest.raises(PresenceError, match="no display shows"):
+        store.claim("22223333", 1, "h1")
+    store.claim("11112222", 1, "h1")
+    store.answer("a" * 32, 1, "0102")
+    topic, payload = await asyncio.to_thread(node.next_message)
+    assert open_answer(key, "hall-a-1", payload).answer == "0102"
+    node.publish(presence_topic("hall-a-1", PRESENCE_RESULT), seal_result(
+        key, "hall-a-1", Result(offer_id="a" * 32, reason="ok", confirm="ab" * 32)))
+    assert await asyncio.to_thread(running.presence.wait_for, lambda c: c.results == 1,
+                                   TIMEOUT)
+    assert store.get("a" * 32, 1).state == "confirmed"
+    assert running.presence.counters.offers == 1
