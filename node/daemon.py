@@ -26,6 +26,7 @@ from tapcast.protocol import ble
 from tapcast.protocol.mqtt import MAX_SEQ, NodeState
 from tapcast.protocol.nfc import NodeAuth
 
+from node.handset_reports import handset_report
 from node.config import NodeConfig
 from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome
 from node.outbox import Outbox
@@ -81,7 +82,7 @@ class TapRecord:
 def item_message(item: Item) -> ble.ContentItem:
     return ble.ContentItem(id=item.id, title=item.title, kind=item.kind, body=item.body,
                            sha256=item.sha256, media_url=item.media_url,
-                           version=item.version)
+                           version=item.version, merchant=item.merchant)
 
 
 #: Put at the end of a body cut to fit one BLE message.
@@ -156,7 +157,8 @@ def wlan_reachable(host: str, public_url: str) -> bool:
 
 def catalogue_message(items: list[Item]) -> ble.Catalogue:
     return ble.Catalogue(items=[ble.CatalogueEntry(id=i.id, title=i.title, kind=i.kind,
-                                                   price_cents=i.price_cents) for i in items])
+                                                   price_cents=i.price_cents,
+                                                   merchant=i.merchant) for i in items])
 
 
 class NodeDaemon:
@@ -460,7 +462,8 @@ class NodeDaemon:
         self.counters.authenticated += 1
         try:
             await self._push(session.handset_id, session.ble_address, session.ble_address_type,
-                             session.session_key, record)
+                             session.session_key, record, consent=session.consent,
+                             handset_key=session.handset_key)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # any BLE failure ends this tap, never the daemon
@@ -480,16 +483,19 @@ class NodeDaemon:
             self.on_tap(record)
 
     async def _push(self, handset_id: str, address: str, address_type: int,
-                    session_key: bytes, record: TapRecord) -> None:
-        """Featured item first (what the display shows: the customer sees it at once),
-        then the catalogue, then serve requests until bye or idle."""
+                    session_key: bytes, record: TapRecord, *, consent: int = 0xFFFF,
+                    handset_key: bytes = b"") -> None:
+        """Featured item first (what the display shows: the customer sees it at once;
+        not of a kind the handset's consent flags exclude), then the catalogue, then
+        serve requests (and the handset's refusals and open records) until bye or idle."""
         t0 = time.perf_counter()
         push = await self.push.open(address, address_type, session_key)
         log.info("push to %s (%s): connected in %.0f ms", handset_id, address,
                  (time.perf_counter() - t0) * 1e3)
         try:
             featured = next((i for i in self.store.items()
-                             if self.store.cap_allows(handset_id, i)), None)
+                             if ble.consent_allows_kind(consent, i.kind)
+                             and self.store.cap_allows(handset_id, i)), None)
             if featured is not None:
                 await self._deliver(push, handset_id, featured, record)
             await push.send(catalogue_message(self.store.items()))
@@ -501,6 +507,10 @@ class NodeDaemon:
                     break
                 if isinstance(message, ble.Bye):
                     break
+                if isinstance(message, (ble.Refused, ble.Opened)):
+                    await handset_report(push, message, handset_id, handset_key,
+                                         self._record)
+                    continue
                 if isinstance(message, ble.Request):
                     item = self.store.get(message.item_id)
                     self._record(("request", {"handset_id": handset_id,
