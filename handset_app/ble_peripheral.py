@@ -60,7 +60,8 @@ class BlePeripheral:
                  advertising_interval_ms: float = 20.0, ack_timeout: float = 2.0,
                  bind_timeout: float = 1.0,
                  on_message: Callable[[Message], None] | None = None,
-                 on_frame: Callable[[int, int], None] | None = None) -> None:
+                 on_frame: Callable[[int, int], None] | None = None,
+                 on_dropped: Callable[[str, str], None] | None = None) -> None:
         if address_type not in (PUBLIC, RANDOM):
             raise ValueError(f"address_type must be 0 (public) or 1 (random), got {address_type!r}")
         if window <= 0:
@@ -75,6 +76,8 @@ class BlePeripheral:
         self.dropped: Counter[str] = Counter()
         self.on_message = on_message
         self.on_frame = on_frame
+        #: Called with (reason, detail) for each frame dropped unread (the phone reports it).
+        self.on_dropped = on_dropped
         self.messages: asyncio.Queue[Message] = asyncio.Queue()
         self.errors: asyncio.Queue[FrameError] = asyncio.Queue()
         self.connected = asyncio.Event()
@@ -307,6 +310,11 @@ class BlePeripheral:
         request (nothing else: no state, no reply)."""
         self.dropped[reason] += 1
         log.debug("%s: dropped frame (%s): %s", self.name, reason, detail)
+        if self.on_dropped is not None:
+            try:
+                self.on_dropped(reason, detail)
+            except Exception:  # a listener's bug must not become a bumble hang
+                log.exception("%s: on_dropped failed", self.name)
         raise att.ATT_Error(ATT_FRAME_ERROR, message=f"{reason}: {detail}")
 
     async def _receive(self, connection: Connection, value: bytes) -> None:

@@ -8,7 +8,6 @@ only the customer is scripted.
 from __future__ import annotations
 
 import asyncio
-import http.client
 import logging
 import random
 import time
@@ -17,10 +16,11 @@ from typing import Any
 
 from tapcast.keys import HandsetCredentials
 from tapcast.protocol import ble
-from tapcast.protocol.nfc import HandsetCard
 
 from handset_app.ble_peripheral import BlePeripheral
-from handset_app.nfc_hce import emulate_card
+from handset_app.phone import ItemError, TapError, card_session, checked_file, fetch_wlan
+
+__all__ = ["SimulatedHandset", "TapReport", "fetch_wlan"]
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +46,6 @@ class TapReport:
         return self.authenticated is not None and bool(self.items) and not self.error
 
 
-WLAN_TIMEOUT = 10.0
-
-
-def fetch_wlan(url: str, timeout: float = WLAN_TIMEOUT, *, size: int | None = None) -> bytes:
-    """A large item's file from the node's WLAN link (what a phone on the hall's Wi-Fi
-    does). With ``size`` (the message's), reads at most one byte more than it (and
-    than MAX_WLAN_FILE) and raises ValueError unless exactly ``size`` bytes came."""
-    import urllib.request
-
-    if not url.startswith(("http://", "https://")):
-        raise ValueError(f"not an http(s) link: {url[:80]!r}")
-    limit = ble.MAX_WLAN_FILE if size is None else min(size, ble.MAX_WLAN_FILE)
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - checked above
-        data = response.read(limit + 1)
-    if size is not None and len(data) != size:
-        raise ValueError(f"the link gave {len(data)}{'+' if len(data) > limit else ''} "
-                         f"bytes, the item says {size}")
-    return data
-
-
 class SimulatedHandset:
     def __init__(self, credentials: HandsetCredentials, adapter: Any, *,
                  consent: int = 0xFFFF, window: float = 3.0,
@@ -84,26 +64,16 @@ class SimulatedHandset:
 
     async def _take_file(self, message: ble.ContentItem, report: TapReport) -> None:
         """An item's file, inside the message or from its WLAN link, kept only when its
-        bytes match the item's sha256 (else the tap's error says so)."""
-        import hashlib
-
-        if message.data is not None:
-            data, path = message.data, "ble"
-        elif message.media_url is not None and message.size:
-            try:
-                data = await asyncio.to_thread(fetch_wlan, message.media_url,
-                                               size=message.size)
-            except (OSError, ValueError, http.client.HTTPException) as exc:
-                report.error = f"item {message.id}: its file did not come over WLAN: {exc}"
-                return
-            path = "wlan"
-        else:
+        bytes match the item's sha256 (else the tap's error says so); the phone's check
+        (handset_app.phone.checked_file)."""
+        try:
+            data, via = await checked_file(message)
+        except ItemError as exc:
+            report.error = str(exc)
             return
-        if hashlib.sha256(data).hexdigest() != message.sha256:
-            report.error = f"item {message.id}: its file does not match its sha256 ({path})"
-            return
-        report.files[message.id] = data
-        report.file_paths[message.id] = path
+        if data is not None:
+            report.files[message.id] = data
+            report.file_paths[message.id] = via
 
     async def close(self) -> None:
         await self.peripheral.close()
@@ -116,17 +86,12 @@ class SimulatedHandset:
         After the catalogue arrives the customer asks for ``extra_requests`` items picked
         at random from it, or for exactly the ids in ``ask_for``. Returns when the node
         said bye, or on the first failure (report.error)."""
-        await self.peripheral.end_session()  # a new tap supersedes the last session
         report = TapReport(started=time.monotonic())
-        card = HandsetCard(self.credentials, self.peripheral.address,
-                           ble_address_type=self.peripheral.address_type, consent=self.consent)
-        messages = self.peripheral.messages
-        while not messages.empty():  # leftovers from an earlier, broken session
-            messages.get_nowait()
-        session = await asyncio.to_thread(emulate_card, nfc_device, card, nfc_timeout)
-        if session is None:
-            report.error = (f"nfc: refused the node: {card.last_rejection}" if card.last_rejection
-                            else "nfc: no session (no reader answered, or the node refused us)")
+        try:  # a new tap supersedes the last session
+            session = await card_session(self.peripheral, self.credentials, self.consent,
+                                         nfc_device, nfc_timeout)
+        except TapError as exc:
+            report.error = str(exc)
             return report
         report.authenticated = time.monotonic()
         report.node_id = session.node_id
