@@ -785,6 +785,7 @@ class _Writer:
         rows, counts, funnel = self.rows, self.counts, self.funnel
         append = rows.append
         item_ok = self.sql.item_keys
+        opens: list[tuple[str, Any]] = []
         # The loop below runs once per event and was the writer's largest share of
         # Python time: per event only what must be per event; sets and counts per stream.
         for node_id, epoch in keys:
@@ -812,6 +813,8 @@ class _Writer:
                     if kind == "auth":
                         if e.data.get("ok") is True:
                             auth_ok += 1
+                    elif kind == "open":  # counted below, once per (handset, counter)
+                        opens.append((node_id, e))
                     elif kind in _FUNNEL:
                         if kind == "tap":
                             item = "*"
@@ -839,6 +842,23 @@ class _Writer:
                 self.incident(node_id, epoch, "conflict", len(clashes),
                               f"seqs {shown}{more} arrived with other ids than the events "
                               "stored under them; the first ones stored were kept")
+        if opens:  # a handset's open record may come twice (a lost ack, two nodes)
+            from hub.schema import handset_opens
+
+            first: dict[tuple[str, int], tuple[str, int, str]] = {}
+            for node_id, e in opens:
+                h, c, item = (e.data.get(k) for k in ("handset_id", "counter", "item_id"))
+                if (type(h) is str and type(c) is int and type(item) is str
+                        and 0 < c < 2**53 and _ITEM_KEY.fullmatch(h) and _ITEM_KEY.fullmatch(item)):
+                    first.setdefault((h, c), (item, int(e.ts // 86400), node_id))
+            new = self.conn.execute(self.sql.insert(handset_opens).values([
+                {"handset_id": h, "counter": c, "item_key": first[(h, c)][0],
+                 "node_id": first[(h, c)][2], "received": received} for h, c in sorted(first)
+            ]).on_conflict_do_nothing().returning(
+                handset_opens.c.handset_id, handset_opens.c.counter)).all() if first else []
+            for h, c in new:
+                item, day, node_id = first[(h, c)]
+                funnel[(item, day, node_id, "open")] = funnel.get((item, day, node_id, "open"), 0) + 1
 
     def flush_events(self) -> None:
         """Insert the new rows and add them to the counts and the fleet's totals
