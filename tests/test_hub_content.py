@@ -451,6 +451,38 @@ def test_the_funnel_counts_each_stage_per_day_and_per_node(app: Flask) -> None:
          "refused": 0}]
 
 
+def test_an_open_counts_once_per_handset_and_counter_however_often_it_comes(
+        app: Flask) -> None:
+    """A handset's signed open record re-sent (its ack lost) or carried by two nodes is
+    stored as often as it came, counted in the funnel once; refusals are a stage."""
+    from tapcast.protocol.mqtt import Event
+
+    day = 20_000 * 86400.0 + 3600
+    seqs: dict[str, int] = {}
+
+    def batch(*events: tuple[str, str, dict]) -> None:
+        rows = []
+        for node, kind, data in events:
+            seqs[node] = seqs.get(node, 0) + 1
+            rows.append((node, Event(id=f"{node}-{seqs[node]}", seq=seqs[node], kind=kind,
+                                     ts=day, data=data)))
+        get_db(app).write_batch(rows)
+
+    def opened(handset: str, counter: object) -> dict:
+        return {"item_id": "coffee", "version": 1, "handset_id": handset, "counter": counter}
+
+    batch(("n1", "open", opened("h1", 1)), ("n1", "open", opened("h1", 1)),  # twice at once
+          ("n1", "open", opened("h2", 1)), ("n1", "open", opened("h1", "2")),  # not a counter
+          ("n1", "refused", {"item_id": "coffee", "reason": "kind", "handset_id": "h3"}))
+    batch(("n2", "open", opened("h1", 1)), ("n1", "open", opened("h1", 2)))  # again, and new
+    f = get_db(app).funnel("coffee", 20_000, 20_000)
+    assert (f["totals"]["open"], f["totals"]["refused"]) == (3, 1)
+    kept = [(r["handset_id"], r["counter"], r["node_id"]) for r in get_db(app).query(
+        "select handset_id, counter, node_id from handset_opens order by handset_id, counter")]
+    assert kept == [("h1", 1, "n1"), ("h1", 2, "n1"), ("h2", 1, "n1")]  # the first to come
+    assert get_db(app).count_events() == 7  # every delivery is in the log
+
+
 def test_the_funnel_api_and_its_csv(app: Flask, config: HubConfig, lib: ContentLibrary) -> None:
     coupon(lib)
     funnel_events(app)
