@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hall.testing.display import next_code
 from hub.db import HubDB, open_db
 from hub.presence import PresenceError, PresenceRelay, PresenceStore
 from tapcast.keys import HubAuthority, make_handset_credentials, make_node_credentials
@@ -324,21 +324,6 @@ def test_a_handset_refuses_a_hello_not_from_a_genuine_node(world: dict[str, Any]
 
 
 # ------------------------------------------------------------------ end to end
-
-
-async def next_code(stream: Any, timeout: float = 10.0) -> dict[str, Any]:
-    """The next code the display page's event stream shows."""
-    event = None
-    async with asyncio.timeout(timeout):
-        async for raw in stream.content:
-            line = raw.decode().strip()
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event == "code":
-                shown = json.loads(line[6:])
-                if shown:
-                    return shown
-    raise AssertionError("the display's stream ended")
 
 
 class Recorder:
