@@ -434,6 +434,8 @@ class NodeDaemon:
     def _on_code_verdict(self, verdict: CodeVerdict) -> None:
         """A handset answered a code through the hub (node.presence, on the loop):
         served as a tap, recorded as channel "code"."""
+        if verdict.ok:
+            self.sync.tap_started()  # background downloads wait, as for an NFC tap
         now = time.monotonic()
         self._on_outcome(TapOutcome(started=verdict.started, finished=now,
                                     reason=verdict.reason, session=verdict.session,
