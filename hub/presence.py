@@ -30,7 +30,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from tapcast.protocol.mqtt import (PRESENCE_ANSWER, PRESENCE_OFFER, PRESENCE_RESULT,
                                    ForgedError, PayloadError, presence_topic, stream_key)
@@ -200,6 +201,7 @@ class PresenceRelay:
                  interval: float = RELAY_INTERVAL) -> None:
         self.engine = engine
         self._writer = writer(engine)
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._secret = secret
         self._publish = publish
         self._clock = clock
@@ -279,13 +281,14 @@ class PresenceRelay:
         values = {"offer_id": offer.offer_id, "node_id": node_id,
                   "code_hash": code_hash(code), "hello": offer.hello, "received": now,
                   "expires": now + min(offer.ttl, MAX_OFFER_TTL), "state": "open"}
+        # A re-delivery (QoS 1), or the same offer stored by another ingest worker at
+        # the same moment: kept once.
         with self._writer.begin() as conn:
-            known = conn.execute(select(presence_offers.c.node_id).where(
-                presence_offers.c.offer_id == offer.offer_id)).first()
-            if known is not None:  # a re-delivery (QoS 1) or another worker's: once
-                return
-            conn.execute(insert(presence_offers).values(**values))
-        self._count("offers")
+            stored = conn.execute(self._insert(presence_offers).values(**values)
+                                  .on_conflict_do_nothing(index_elements=["offer_id"])
+                                  .returning(presence_offers.c.offer_id)).first()
+        if stored is not None:
+            self._count("offers")
 
     def _result(self, key: bytes, node_id: str, payload: bytes) -> None:
         result = open_result(key, node_id, payload)
