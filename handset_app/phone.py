@@ -334,13 +334,14 @@ class PhoneSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._place = phone.store.add_place(node_id, zone, phone.clock(), channel)
         self._reported: set[str] = set()
+        self._opens: asyncio.Task[None] | None = None
 
     def begin(self) -> None:
         self.peripheral.on_dropped = self._on_dropped
         self.notify("on_authenticated", self.node_id, self.zone)
         self._spawn(self._run())
         self._spawn(self._errors())
-        self._spawn(self._send_opens())
+        self._opens = self._spawn(self._send_opens())
 
     # --------------------------------------------------------------- API
     async def request(self, item_id: str) -> None:
@@ -352,6 +353,9 @@ class PhoneSession:
         """Say bye; the node answers with its own and disconnects."""
         if self._closed.is_set():
             return
+        # the open records go first: a bye first would end the session without them
+        if self._opens is not None:
+            await asyncio.wait({self._opens}, timeout=BYE_TIMEOUT)
         await self._send(ble.Bye("done"))
         try:
             await asyncio.wait_for(self._closed.wait(), BYE_TIMEOUT)
@@ -375,10 +379,11 @@ class PhoneSession:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # ----------------------------------------------------------- internals
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _finish(self, reason: str) -> None:
         if self._closed.is_set():

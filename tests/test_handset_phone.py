@@ -82,6 +82,36 @@ async def test_an_item_with_a_file_is_kept_under_its_sha256(
         await node.close("done")
 
 
+async def test_a_large_file_comes_over_the_nodes_wlan_link_with_progress(
+        pair: tuple[VirtualHall, Phone]) -> None:
+    """The node's real display server hands the file out on a signed link; the phone
+    fetches it, says how far it got, and keeps it only as long as its sha256 holds."""
+    hall, phone = pair
+    daemon = hall.nodes[0].daemon
+    assert daemon is not None and daemon.display is not None
+    data = os.urandom(3 * 64 * 1024 + 100)
+    sha = hashlib.sha256(data).hexdigest()
+    (daemon.data_dir / "files").mkdir(exist_ok=True)
+    (daemon.data_dir / "files" / sha).write_bytes(data)
+    key, rec = os.urandom(32), Recorder()
+    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
+    async with node_side(hall, phone, key) as node:
+        for item_id, announced in (("short", len(data) - 1), ("film", len(data))):
+            await node.send(ble.ContentItem(
+                id=item_id, title="Film", kind="media", body="", sha256=sha,
+                media_url=daemon.display.wlan_url(sha), size=announced,
+                media_type="video/mp4"))
+        [entry] = await rec.wait("on_item")
+        assert entry.item_id == "film" and entry.file is not None
+        assert entry.file.read_bytes() == data
+        assert any("short" in m and "WLAN" in m for (m,) in rec.of("on_error"))
+        progress = [(done, total) for item, done, total in rec.of("on_progress")
+                    if item == "film"]
+        assert progress[-1] == (len(data), len(data)) and len(progress) >= 4
+        assert [d for d, _ in progress] == sorted(d for d, _ in progress)
+        await node.close("done")
+
+
 async def test_an_open_record_goes_out_on_the_next_tap_and_is_dropped_after_the_ack(
         pair: tuple[VirtualHall, Phone]) -> None:
     hall, phone = pair

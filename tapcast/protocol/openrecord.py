@@ -56,16 +56,13 @@ class OpenRecord:
     counter: int  # the phone's own, +1 per record, never reused
 
     def signed_part(self) -> bytes:
-        out = bytearray(MAGIC + bytes([VERSION]))
-        for text in (self.handset_id, self.item_id):
-            raw = text.encode("ascii")
-            out += bytes([len(raw)]) + raw
-            if text is self.item_id:
-                out += struct.pack(">I", self.version)
-        raw = self.node_id.encode("ascii")
-        out += bytes([len(raw)]) + raw
-        out += _TAIL.pack(self.opened_at, self.counter)
-        return bytes(out)
+        def text(value: str) -> bytes:
+            raw = value.encode("ascii")
+            return bytes([len(raw)]) + raw
+
+        return (MAGIC + bytes([VERSION]) + text(self.handset_id) + text(self.item_id)
+                + struct.pack(">I", self.version) + text(self.node_id)
+                + _TAIL.pack(self.opened_at, self.counter))
 
     def sign(self, key: Ed25519PrivateKey) -> bytes:
         """The record's bytes, signed by the handset key."""
