@@ -6,7 +6,7 @@ pushes anyway is checked here against every rule before anything is kept.
 
 Rules, in order:
 1. ``merchant``: its merchant is blocked;
-2. ``kind``: its kind is not allowed;
+2. ``kind``: its kind is not allowed (or not one of the five the phone knows);
 3. ``quiet_hours``: it arrives unrequested within the quiet hours (local time, may span
    midnight);
 4. ``cap``: it arrives unrequested and the daily cap of unrequested items (local day) is
@@ -105,7 +105,8 @@ class Consent:
         for (the catalogue can say so before the customer asks), or None."""
         if merchant and merchant in self.blocked_merchants:
             return "merchant"
-        return None if self.kinds.get(kind, True) else "kind"
+        # a kind the phone does not know is none the customer consented to
+        return None if self.kinds.get(kind, False) else "kind"
 
     # ----------------------------------------------------------- storage
     def to_json(self) -> str:

@@ -62,6 +62,11 @@ def test_a_request_lifts_quiet_hours_and_the_cap_but_not_a_blocked_merchant_or_k
                            unrequested_today=0) == "quiet_hours"
 
 
+def test_a_kind_the_phone_does_not_know_is_refused() -> None:
+    assert Consent().refusal("spam", "", requested=True, local=at(12),
+                             unrequested_today=0) == "kind"
+
+
 def test_kind_consent_travels_as_flag_bits_and_the_node_reads_them() -> None:
     flags = Consent(kinds={"article": False, "ticket": False}).flags
     assert flags == ble.CONSENT_KINDS_DECLARED | 0x0002 | 0x0004 | 0x0010 == 0x8016
