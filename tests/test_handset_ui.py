@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from hall.testing.hub import HubServer
 from hall.testing.mosquitto import Mosquitto
 from hall.virtual import VirtualHall
 from tests.ui_support import (Xvfb, assert_real_window, find, kivy_environment, label_texts,
@@ -59,20 +60,40 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     mosquitto.stop()
 
 
+@pytest.fixture(scope="module")
+def hub(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    """The hub in this process (web + ingest): accounts for the app, and the relay of
+    the no-NFC code path. Cheap password hashing while it runs (a real hash costs about
+    a second here)."""
+    import hub.accounts
+    from hall.testing.hub import cheap_password_hashing, hub_config, serve
+
+    saved = hub.accounts.HASHER
+    hub.accounts.HASHER = cheap_password_hashing()
+    directory = tmp_path_factory.mktemp("hub")
+    server = serve(hub_config(directory / "hub.db", broker.url, secret_dir=directory),
+                   wait_ingest=10.0)
+    yield server
+    server.shutdown()
+    hub.accounts.HASHER = saved
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hall(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+async def hall(broker: Mosquitto, hub: HubServer, tmp_path_factory: pytest.TempPathFactory
                ) -> AsyncIterator[VirtualHall]:
-    """Two nodes (lobby, food-court) serving the sample library they were seeded with."""
+    """Two nodes (lobby, food-court) serving the sample library they were seeded with,
+    reporting to ``hub`` (its authority signs the nodes' and phones' certificates)."""
     hall = VirtualHall(tmp_path_factory.mktemp("hall"), broker.url, nodes=2, handsets=1,
-                       hold_off=0.0, processes=False)
+                       hold_off=0.0, processes=False, stream_secret=hub.stream_secret,
+                       authority=hub.authority)
     await hall.start()
     yield hall
     await hall.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def app(xdisplay: str, hall: VirtualHall, tmp_path_factory: pytest.TempPathFactory
-              ) -> AsyncIterator[Any]:
+async def app(xdisplay: str, hall: VirtualHall, hub: HubServer,
+              tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Any]:
     """The app, signed in (credentials of the hall's authority), on its own controller
     of the hall's air, with the hall's displays on its Tap screen; one window for the
     module."""
@@ -85,7 +106,8 @@ async def app(xdisplay: str, hall: VirtualHall, tmp_path_factory: pytest.TempPat
     phone.install_credentials(make_handset_credentials(hall.authority, "app-phone",
                                                        time.time() + 3600))
     app = TapcastApp(phone, ble_adapter=hall.air.local_adapter("app-phone"),
-                     displays=[Display(n.node_id, n.nfc_device) for n in hall.nodes])
+                     displays=[Display(n.node_id, n.nfc_device) for n in hall.nodes],
+                     hub_url=hub.url)
     task = asyncio.ensure_future(run_app(app))
     try:
         async with asyncio.timeout(WAIT):
@@ -133,11 +155,11 @@ async def tap(app: Any, display: str) -> None:
     """Press the Tap screen's button of ``display`` and wait for the session."""
     nav(app, "Tap")
     assert app.screen() == "tap"
-    errors = len(app.errors)
+    errors, before = len(app.errors), app.session
     press(app.tap_screen.buttons[display])
-    await until(app, lambda: app.session is not None or len(app.errors) > errors,
+    await until(app, lambda: app.session not in (None, before) or len(app.errors) > errors,
                 f"a session at {display}")
-    assert app.session is not None, app.errors[errors:]
+    assert app.session not in (None, before), app.errors[errors:]
 
 
 async def session_over(app: Any) -> None:
@@ -323,6 +345,58 @@ async def test_garbled_and_wrongly_sealed_messages_are_shown_as_errors_and_dropp
     await until(app, lambda: any(line.startswith("new: ") for line in app.lines[-4:])
                 or "In inbox" in label_texts(app.catalogue), "the next tap's items")
     await app.leave_session()
+
+async def displayed_code(display_url: str) -> str:
+    """The code the node's display shows now, read from its page's event stream."""
+    import aiohttp
+
+    from hall.testing.display import next_code
+
+    async with aiohttp.ClientSession() as http, http.get(display_url + "/events") as stream:
+        return str((await next_code(stream, WAIT))["code"])
+
+
+async def test_register_then_present_a_displays_code_without_nfc(
+        app: Any, hall: VirtualHall, hub: HubServer) -> None:
+    """The no-NFC path end to end through the screens: register with the hub (a key made
+    on the phone, a certificate from the hub), type the code the display shows, and the
+    node pushes over BLE as after a tap."""
+    old = app.phone.credentials
+    nav(app, "Account")
+    account = app.account
+    assert account.ids.hub_url.text == hub.url
+    account.ids.username.text = "carol"
+    account.ids.password.text = "a long walk by the river"
+    press(account.ids.register)
+    await until(app, lambda: any(line.startswith("signed in") for line in app.lines)
+                or any(e.startswith("registering failed") for e in app.errors),
+                "the registration")
+    creds = app.phone.credentials
+    assert creds is not None and creds.handset_id != old.handset_id, app.errors[-1:]
+    assert app.screen() == "inbox"
+    node = hall.nodes[1]
+    assert node.daemon is not None
+    await node.daemon.uplink.wait_connected(10)
+    code = await displayed_code(node.daemon.display.url)
+    nav(app, "Tap")
+    app.tap_screen.ids.code.text = code
+    before = app.session
+    press(app.tap_screen.ids.enter_code)
+    await until(app, lambda: app.session not in (None, before) or any(
+        e.startswith(f"code {code} not accepted") for e in app.errors), "the code session")
+    assert app.session not in (None, before), app.errors[-1:]
+    assert app.session.channel == "code"
+    await until(app, lambda: any(e.zone == node.zone for e in app.phone.inbox()),
+                "an item from the display that showed the code")
+    nav(app, "Inbox")
+    entry = next(e for e in app.phone.inbox() if e.zone == node.zone)
+    assert entry.title in label_texts(app.inbox)
+    await screenshot(app, "08-code-inbox")
+    await app.leave_session()
+    nav(app, "Places")
+    assert any(f"{node.zone} (node {node.node_id}, code)" in text
+               for text in label_texts(app.places))
+    await screenshot(app, "09-places")
 
 async def test_tapcast_handset_app_opens_its_window_and_says_when_it_is_ready(
         xdisplay: str, tmp_path: Path) -> None:
