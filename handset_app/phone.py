@@ -392,6 +392,10 @@ class PhoneSession:
         self._closed.set()
         if self.peripheral.on_dropped == self._on_dropped:
             self.peripheral.on_dropped = None
+        current = asyncio.current_task()
+        for task in list(self._tasks):  # nothing of this session outlives it
+            if task is not current:
+                task.cancel()
         self.notify("on_closed", reason)
 
     def _error(self, message: str) -> None:
