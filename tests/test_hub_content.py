@@ -398,7 +398,7 @@ def test_the_form_publishes_an_item_and_its_page_shows_it(
         app: Flask, config: HubConfig, lib: ContentLibrary) -> None:
     client, csrf = signed_in_marketer(app, config)
     r = client.post("/content", content_type="multipart/form-data", data=new_item_form(
-        csrf, windows="22:00-02:00", days=["4"], cap_count="1",
+        csrf, windows="22:00-02:00", days=["4"], cap_count="1", merchant="Bean & Leaf",
         file=(io.BytesIO(PNG), "coupon.png")))
     assert r.status_code == 303, r.get_data(as_text=True)[:500]
     item = lib.get("coffee")
@@ -409,6 +409,8 @@ def test_the_form_publishes_an_item_and_its_page_shows_it(
     page = client.get(r.headers["Location"]).get_data(as_text=True)
     assert "Second cup free" in page and item["version"]["file"]["sha256"] in page
     assert item["version"]["created_by"] == "mia"
+    assert item["version"]["merchant"] == "Bean & Leaf"
+    assert 'data-testid="merchant">Bean &amp; Leaf<' in page
 
 
 # ------------------------------------------------------------------ funnel
