@@ -369,6 +369,10 @@ async def test_a_code_on_the_display_gets_a_signed_in_phone_its_items_over_ble(
             http.get(daemon.display.url + "/events") as stream:
         shown = await next_code(stream)
         assert shown["uri"] == "tapcast:code/" + shown["code"]
+        # the display shows it as it offers it; a person reads it later than the hub
+        # stores it, a test must wait for that
+        relay = get_ingest(running_hub.app).presence
+        assert await asyncio.to_thread(relay.wait_for, lambda c: c.offers >= 1, 10)
         assert shown["qr"].startswith("data:image/svg+xml")
         # a wrong code is refused by the hub with its reason
         wrong = f"{(int(shown['code']) + 1) % 10**8:08d}"
@@ -391,6 +395,7 @@ async def test_a_code_on_the_display_gets_a_signed_in_phone_its_items_over_ble(
         assert reused.value.status == 409 and "used" in str(reused.value)
         fresh = await next_code(stream)
         assert fresh["code"] != shown["code"]
+        assert await asyncio.to_thread(relay.wait_for, lambda c: c.offers >= 2, 10)
         # bob, signed in, answers with alice's certificate: the node refuses it
         bob = HubClient(running_hub.url)
         await asyncio.to_thread(bob.register, "bob", "another long walk home")
