@@ -14,6 +14,7 @@ are counted the same way and limited per account (PRESENCE_LIMIT).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, TypeVar
 
 import msgspec
@@ -187,8 +188,6 @@ def get_presence(offer_id: str) -> ResponseReturnValue:
 
 
 def _check_offer_id(offer_id: str) -> None:
-    import re
-
     if not re.fullmatch(OFFER_ID_RE, offer_id):
         raise PresenceError(f"no code session {offer_id[:40]!r}: an id is 32 hex digits", 404)
 
