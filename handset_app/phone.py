@@ -19,10 +19,15 @@ Kivy app, handset_app/app.py; the simulated crowd reuses its pieces, handset_app
 
 Deviations from the shared plan's API (issue 9), all additions:
 ``Phone(..., tz=None, window=3.0)`` (the zone quiet hours and the cap's day are taken
-in; None: the phone's own), ``Phone.peripheral``, ``PhoneSession.catalogue``,
-``.items``, ``.refused``, ``.errors``, ``.closed_reason``; :meth:`Phone.tap` raises
-:class:`TapError` (after ``on_error``) when the NFC exchange gives no session.
-Consent is checked before a WLAN file is fetched (a refused item costs no download).
+in, None: the phone's own; the BLE window after a tap), ``Phone.peripheral``,
+``Phone.store`` (handset_app.phonestore.PhoneStore), ``PhoneSession.catalogue``,
+``.items``, ``.refused``, ``.errors``, ``.requested``, ``.closed``, ``.closed_reason``,
+``.stop(reason)``; a listener may implement any subset of TapListener's methods;
+:meth:`Phone.tap` raises :class:`TapError` (after ``on_error``) when the NFC exchange
+gives no session, and RuntimeError when not signed in; ``Consent.refuses_request(kind,
+merchant)`` tells the catalogue which entries a request would still see refused.
+Consent is checked before a file is fetched (a refused item costs no download), then
+the file or text against its sha256.
 """
 from __future__ import annotations
 
@@ -305,6 +310,9 @@ class Phone:
         peripheral = self._require_peripheral()
         if self._session is not None:
             await self._session.stop("a new session")
+        for queue in (peripheral.messages, peripheral.errors):
+            while not queue.empty():  # leftovers from an earlier, broken session
+                queue.get_nowait()
         session = PhoneSession(self, peripheral, node_id, zone, channel, listener)
         self._session = session
         await peripheral.open_window(session_key)
