@@ -129,6 +129,13 @@ async def checked_file(message: ble.ContentItem,
     return data, via
 
 
+def _drain(peripheral: BlePeripheral) -> None:
+    """Drop what an earlier, broken session left in the peripheral's queues."""
+    for queue in (peripheral.messages, peripheral.errors):
+        while not queue.empty():
+            queue.get_nowait()
+
+
 async def card_session(peripheral: BlePeripheral, credentials: HandsetCredentials,
                        consent: int, nfc_device: str, timeout: float) -> HandsetSession:
     """One tap's NFC exchange as the card: the previous BLE session ends first (the node
@@ -136,9 +143,7 @@ async def card_session(peripheral: BlePeripheral, credentials: HandsetCredential
     await peripheral.end_session()
     card = HandsetCard(credentials, peripheral.address,
                        ble_address_type=peripheral.address_type, consent=consent)
-    for queue in (peripheral.messages, peripheral.errors):
-        while not queue.empty():  # leftovers from an earlier, broken session
-            queue.get_nowait()
+    _drain(peripheral)
     session = await asyncio.to_thread(emulate_card, nfc_device, card, timeout)
     if session is None:
         raise TapError(f"nfc: refused the node: {card.last_rejection}" if card.last_rejection
@@ -310,9 +315,7 @@ class Phone:
         peripheral = self._require_peripheral()
         if self._session is not None:
             await self._session.stop("a new session")
-        for queue in (peripheral.messages, peripheral.errors):
-            while not queue.empty():  # leftovers from an earlier, broken session
-                queue.get_nowait()
+        _drain(peripheral)
         session = PhoneSession(self, peripheral, node_id, zone, channel, listener)
         self._session = session
         await peripheral.open_window(session_key)
