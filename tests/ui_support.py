@@ -9,66 +9,17 @@ window at all (tests check :func:`assert_real_window` too)."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hall.testing.xvfb import Xvfb
+
+__all__ = ["ARTIFACTS", "Xvfb", "assert_real_window", "find", "kivy_environment",
+           "label_texts", "screenshot", "walk"]
+
 ARTIFACTS = Path(os.environ.get("TAPCAST_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parents[1] / "test-artifacts"))
-XVFB_START_TIMEOUT = 15.0
-
-
-class Xvfb:
-    """An X server on a display number it picks itself (-displayfd): nothing to guess,
-    no clash with another test run's server on the same machine."""
-
-    def __init__(self, screen: str = "1024x768x24") -> None:
-        self.screen = screen
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.display = ""
-
-    def start(self) -> str:
-        xvfb = shutil.which("Xvfb")
-        if xvfb is None:
-            raise RuntimeError("Xvfb is not installed: `make test` installs it (Debian's "
-                               "xvfb), or apt-get install xvfb")
-        read, write = os.pipe()
-        try:
-            self.proc = subprocess.Popen(
-                [xvfb, "-displayfd", str(write), "-screen", "0", self.screen,
-                 "-nolisten", "tcp", "-noreset"],
-                pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        finally:
-            os.close(write)
-        number = b""
-        deadline = time.monotonic() + XVFB_START_TIMEOUT
-        with os.fdopen(read, "rb") as pipe:
-            while not number.endswith(b"\n") and time.monotonic() < deadline:
-                chunk = pipe.read(1)  # Xvfb writes "N\n" once it accepts connections
-                if not chunk:
-                    break
-                number += chunk
-        if not number.strip().isdigit():
-            err = b""
-            if self.proc.poll() is not None and self.proc.stderr is not None:
-                err = self.proc.stderr.read()
-            self.stop()
-            raise RuntimeError(f"Xvfb did not start: {err.decode(errors='replace')[-500:]}")
-        self.display = f":{int(number)}"
-        return self.display
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
 
 
 def kivy_environment(display: str, kivy_home: Path) -> dict[str, str]:
