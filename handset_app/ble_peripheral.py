@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: ATT application error code (0x80-0x9F are application errors) for a bad frame.
 ATT_FRAME_ERROR = 0x80
+#: Longest wait for our own disconnection to complete (see BlePeripheral._disconnect).
+DISCONNECT_TIMEOUT = 1.0
 
 
 class BlePeripheral:
@@ -246,12 +248,21 @@ class BlePeripheral:
         self._drop_unbound_links()
         self._spawn(self._stop_advertising_locked())
 
-    @staticmethod
-    async def _disconnect(connection: Connection) -> None:
+    async def _disconnect(self, connection: Connection) -> None:
+        """Disconnect, bounded: when the peer ends the link at the same moment, the
+        virtual controller may never report our own disconnection complete (bumble then
+        waits forever, and so would the next tap's open_window). After
+        DISCONNECT_TIMEOUT the link is taken as gone."""
         try:
-            await connection.disconnect()
+            async with asyncio.timeout(DISCONNECT_TIMEOUT):  # no extra task: same timing
+                await connection.disconnect()
         except (core.BaseBumbleError, hci.HCI_Error) as exc:  # already gone
             log.debug("disconnect: %r", exc)
+        except TimeoutError:
+            log.info("%s: no disconnection complete within %.1f s; taking the link as gone",
+                     self.name, DISCONNECT_TIMEOUT)
+            if connection in self._links:
+                self._on_disconnection(connection)
 
     def _on_disconnection(self, connection: Connection) -> None:
         self._links.discard(connection)
@@ -295,8 +306,8 @@ class BlePeripheral:
     # ------------------------------------------------------------------- receive
     async def _on_rx_write(self, connection: Connection, value: bytes) -> None:
         # Never let anything but ATT_Error reach bumble (see module docstring).
-        if connection in self._dead:
-            return  # the link was dropped: this never arrived
+        if connection in self._dead or connection not in self._links:
+            return  # the link was dropped (or is gone already): this never arrived
         try:
             await self._receive(connection, bytes(value))
         except att.ATT_Error:
