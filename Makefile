@@ -77,7 +77,7 @@ bench-deps:
 	  echo "installing Debian's mosquitto-clients for the benchmarks"; \
 	  $(APT) update -q && $(APT) install -y -q mosquitto-clients; }
 
-bench: $(STAMP) system-deps bench-deps
+bench: $(STAMP) system-deps ui-deps bench-deps
 	$(BIN)/python -m benchmarks.run $(ARGS)
 
 # The parser fuzzer's long run: the properties `make test` runs with 200 examples each

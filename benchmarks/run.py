@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import (bench_content, bench_fleet, bench_ingest, bench_load, bench_tap,
-                        bench_views)
+from benchmarks import (bench_content, bench_fleet, bench_handset, bench_ingest, bench_load,
+                        bench_tap, bench_views)
 from benchmarks.common import save, table, warnings_only
 
 
@@ -24,6 +24,7 @@ def main() -> None:
     results += bench_fleet.main(["--quick"] if quick else [])
     results += bench_views.main(["--quick"] if quick else [])
     results += bench_content.main(["--quick"] if quick else [])
+    results += bench_handset.main(["--quick"] if quick else [])
     path = save(results, "latest")
     print(table(results))
     print(f"\n(raw results: {path})")

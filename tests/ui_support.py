@@ -13,28 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from hall.testing.xvfb import Xvfb
+from hall.testing.xvfb import Xvfb, kivy_environment
 
 __all__ = ["ARTIFACTS", "Xvfb", "assert_real_window", "find", "kivy_environment",
            "label_texts", "screenshot", "walk"]
 
 ARTIFACTS = Path(os.environ.get("TAPCAST_TEST_ARTIFACTS",
                                 Path(__file__).resolve().parents[1] / "test-artifacts"))
-
-
-def kivy_environment(display: str, kivy_home: Path) -> dict[str, str]:
-    """What Kivy needs to open a real window on ``display`` inside pytest (the
-    DESIGN's "Kivy" paragraph)."""
-    return {
-        "DISPLAY": display,
-        "SDL_VIDEODRIVER": "x11",
-        "KIVY_NO_ARGS": "1",  # pytest's arguments are not Kivy's
-        "KIVY_LOG_MODE": "PYTHON",  # else Kivy takes the root logger
-        "KIVY_NO_FILELOG": "1",
-        "KIVY_CLIPBOARD": "sdl2",
-        "KIVY_HOME": str(kivy_home),  # its config.ini, not in ~/.kivy
-        "KIVY_AUDIO": "ffpyplayer,sdl2",
-    }
 
 
 def assert_real_window() -> None:

@@ -7,8 +7,9 @@ import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
-__all__ = ["Xvfb"]
+__all__ = ["Xvfb", "kivy_environment"]
 
 XVFB_START_TIMEOUT = 15.0
 
@@ -68,3 +69,18 @@ class Xvfb:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def kivy_environment(display: str, kivy_home: Path) -> dict[str, str]:
+    """What Kivy needs to open a real window on ``display`` in a test or a benchmark
+    (the DESIGN's "Kivy" paragraph)."""
+    return {
+        "DISPLAY": display,
+        "SDL_VIDEODRIVER": "x11",
+        "KIVY_NO_ARGS": "1",  # the caller's arguments are not Kivy's
+        "KIVY_LOG_MODE": "PYTHON",  # else Kivy takes the root logger
+        "KIVY_NO_FILELOG": "1",
+        "KIVY_CLIPBOARD": "sdl2",
+        "KIVY_HOME": str(kivy_home),  # its config.ini, not in ~/.kivy
+        "KIVY_AUDIO": "ffpyplayer,sdl2",
+    }
