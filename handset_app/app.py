@@ -110,7 +110,7 @@ class TapcastApp(App):
 
     def __init__(self, phone: Phone, *, ble_adapter: Any = None,
                  displays: Sequence[Display] = (), hub_client: Any = None,
-                 hub_url: str = "", **kwargs: Any) -> None:
+                 hub_url: str = "", radio_ready: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.phone = phone
         self.ble_adapter = ble_adapter
@@ -131,7 +131,9 @@ class TapcastApp(App):
         #: called with each InboxEntry once it is on screen (benchmarks, tests)
         self.item_shown: list[Callable[[InboxEntry], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._phone_started = False
+        #: the phone's radio is on (Phone.start with ble_adapter, or set up by the caller:
+        #: ``radio_ready`` on Android, where the GATT server is not bumble's)
+        self._phone_started = radio_ready
 
     # ---------------------------------------------------------------- building
     def build(self) -> Root:
