@@ -196,6 +196,8 @@ class TapcastApp(App):
 
     def show(self, name: str) -> None:
         screens = self.root.ids.screens
+        if screens.current == "item" and name != "item":
+            self.item_screen.stop_media()  # now, not after the screen change's frame
         if screens.current == name:
             screens.current_screen.refresh()
         else:

@@ -175,6 +175,121 @@ async def test_the_app_opens_a_real_window_ready_on_the_inbox(app: Any) -> None:
     await screenshot(app, "01-start")
 
 
+def png(width: int, height: int) -> bytes:
+    """A PNG of a gradient (what a media item's image is)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    rows = b"".join(b"\0" + b"".join(bytes((x * 4 % 256, y * 4 % 256, 160))
+                                       for x in range(width))
+                    for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
+
+
+def wav(seconds: float) -> bytes:
+    """A WAV of a 440 Hz tone."""
+    import io
+    import math
+    import struct
+    import wave
+
+    rate = 22050
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * i / rate)))
+                               for i in range(int(rate * seconds))))
+    return out.getvalue()
+
+
+def mp4(path: Path, frames: int = 20) -> bytes:
+    """An MPEG-4 video of ``frames`` frames at 10 per second, written with FFmpeg (the
+    ffpyplayer wheel Kivy's Video plays with)."""
+    from ffpyplayer.pic import Image as Picture
+    from ffpyplayer.writer import MediaWriter
+
+    width, height = 64, 48
+    writer = MediaWriter(str(path), [{"pix_fmt_in": "rgb24", "pix_fmt_out": "yuv420p",
+                                      "width_in": width, "height_in": height,
+                                      "codec": "mpeg4", "frame_rate": (10, 1)}])
+    for i in range(frames):
+        frame = bytes(((i * 12) % 256, 90, 200)) * (width * height)
+        writer.write_frame(img=Picture(plane_buffers=[frame], pix_fmt="rgb24",
+                                       size=(width, height)), pts=i / 10, stream=0)
+    writer.close()
+    return path.read_bytes()
+
+
+async def test_an_image_plays_audio_and_video_items_with_kivys_own_widgets(
+        app: Any, tmp_path: Path) -> None:
+    """Media items kept on the phone (as Phone stores what a node sent: the file under
+    its sha256), opened from the inbox: Kivy's Image shows the picture, SoundLoader
+    plays the sound, Video plays the film."""
+    import hashlib
+
+    from kivy.uix.button import Button
+    from kivy.uix.image import Image
+    from kivy.uix.video import Video
+
+    from handset_app.phone import InboxEntry
+    from handset_app.screens.inbox import InboxRow
+
+    files = {"hall-photo": ("Hall photo", "image/png", png(64, 64)),
+             "jingle": ("Hall jingle", "audio/wav", wav(1.0)),
+             "tour": ("Hall tour", "video/mp4", mp4(tmp_path / "tour.mp4"))}
+    store = app.phone.store
+    for item_id, (title, media_type, data) in files.items():
+        kept = store.keep_file(hashlib.sha256(data).hexdigest(), data)
+        store.add_item(InboxEntry(item_id, 1, "media", title, f"{title}, kept on the phone",
+                                  media_type, kept, "Hall", "node-1", "lobby", time.time(),
+                                  True, False))
+    nav(app, "Inbox")
+    assert {"Hall photo", "Hall jingle", "Hall tour"} <= set(label_texts(app.inbox))
+
+    def open_row(item_id: str) -> None:
+        nav(app, "Inbox")
+        (row,) = find(app.inbox, InboxRow, item_id=item_id)
+        press(row)
+        assert app.screen() == "item" and app.item_screen.item_id == item_id
+
+    open_row("hall-photo")
+    (picture,) = [w for w in find(app.item_screen, Image) if not isinstance(w, Video)]
+    assert Path(picture.source) == app.phone.item("hall-photo").file
+    assert picture.texture is not None and tuple(picture.texture.size) == (64, 64)
+    await screenshot(app, "02a-image")
+
+    open_row("jingle")
+    (play,) = find(app.item_screen, Button, text="Play")
+    press(play)
+    assert app.item_screen.sound is not None and app.item_screen.sound.state == "play"
+    assert play.text == "Stop"
+    press(play)
+    assert app.item_screen.sound.state == "stop"
+
+    open_row("tour")
+    (video,) = find(app.item_screen, Video)
+    (play,) = find(app.item_screen, Button, text="Play")
+    press(play)
+    assert video.state == "play"
+
+    async def playing() -> None:  # the video's own frames: nothing else to wait on
+        while not (video.loaded and video.position > 0):
+            await app.next_frame()
+
+    await asyncio.wait_for(playing(), WAIT)
+    assert video.texture is not None and tuple(video.texture.size) == (64, 48)
+    await screenshot(app, "02b-video")
+    nav(app, "Inbox")  # leaving the item stops the player
+    assert app.item_screen.video is None
+
 async def test_a_tap_puts_the_pushed_item_in_the_inbox_on_screen(
         app: Any, hall: VirtualHall) -> None:
     from handset_app.screens.inbox import InboxRow

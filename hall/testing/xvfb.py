@@ -83,4 +83,7 @@ def kivy_environment(display: str, kivy_home: Path) -> dict[str, str]:
         "KIVY_CLIPBOARD": "sdl2",
         "KIVY_HOME": str(kivy_home),  # its config.ini, not in ~/.kivy
         "KIVY_AUDIO": "ffpyplayer,sdl2",
+        # no sound card under Xvfb: SDL's dummy audio driver plays to nowhere, so audio
+        # and video play (and time) as they would on a phone
+        "SDL_AUDIODRIVER": "dummy",
     }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import mimetypes
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kivy.core.audio import SoundLoader
@@ -29,6 +31,10 @@ log = logging.getLogger(__name__)
 
 KIND_NAMES = {"article": "Article", "coupon": "Coupon", "media": "Media",
               "ticket": "E-ticket", "goods": "Digital good"}
+#: Extensions of media types Python's mimetypes does not know under these names.
+MEDIA_EXTENSIONS = {"audio/wav": ".wav", "audio/wave": ".wav", "audio/mpeg": ".mp3",
+                    "audio/ogg": ".ogg", "audio/mp4": ".m4a", "video/mp4": ".mp4",
+                    "video/webm": ".webm"}
 #: What a ticket's code starts with (docs/handset_app.md, "E-tickets").
 TICKET_PREFIX = "TAPCAST-TICKET"
 
@@ -43,6 +49,23 @@ def ticket_code(entry: InboxEntry, credentials: HandsetCredentials | None) -> st
         return body
     signature = credentials.private_key.sign(body.encode())
     return body + ":" + base64.urlsafe_b64encode(signature).decode().rstrip("=")
+
+
+def playable_path(entry: InboxEntry, cache: Path) -> Path:
+    """The item's file under a name with its type's extension: Kivy's SoundLoader picks
+    its player by extension, and the phone keeps files under their sha256 alone. A
+    symlink in the app's cache, made once."""
+    assert entry.file is not None
+    ext = MEDIA_EXTENSIONS.get(entry.media_type or "") or \
+        mimetypes.guess_extension(entry.media_type or "") or ""
+    if not ext or entry.file.suffix == ext:
+        return entry.file
+    link = cache / (entry.file.name + ext)
+    if not link.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)  # a dangling link from deleted data
+        link.symlink_to(entry.file.resolve())
+    return link
 
 
 def describe(entry: InboxEntry) -> str:
@@ -118,6 +141,10 @@ class ItemScreen(AppScreen):
         elif media:
             content.add_widget(Factory.WrapLabel(text=f"({media} file not on this phone)"))
 
+    @property
+    def cache(self) -> Path:
+        return Path(self.tapcast.phone.data_dir) / "app-cache"
+
     def _add_ticket(self, entry: InboxEntry) -> None:
         code = ticket_code(entry, self.tapcast.phone.credentials)
         qr = Image(texture=qr_texture(code), fit_mode="contain", size_hint_y=None,
@@ -129,7 +156,8 @@ class ItemScreen(AppScreen):
 
     def _add_video(self, entry: InboxEntry) -> None:
         assert entry.file is not None
-        self.video = Video(source=str(entry.file), state="stop", fit_mode="contain",
+        self.video = Video(source=str(playable_path(entry, self.cache)), state="stop",
+                           fit_mode="contain",
                            size_hint_y=None, height=dp(300), options={"eos": "stop"})
         button = Button(text="Play", size_hint_y=None, height=dp(40))
 
@@ -149,7 +177,7 @@ class ItemScreen(AppScreen):
 
         def toggle(_button: Button) -> None:
             if self.sound is None:
-                self.sound = SoundLoader.load(str(entry.file))
+                self.sound = SoundLoader.load(str(playable_path(entry, self.cache)))
                 if self.sound is None:
                     self.tapcast.report_error(f"{entry.title}: this phone cannot play "
                                               f"{entry.media_type}")
