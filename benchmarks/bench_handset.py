@@ -9,12 +9,13 @@ frame. Runs alternate, so both see the same machine. Target (issue 9): under 2 s
 Tap to item visible. The demo's load, as benchmarks.bench_load runs it (the hub's web
 and ingest processes, one process per node, a crowd of simulated handsets tapping every
 display but the first and reading 0.3-1.5 s between taps), with this process hosting
-the air and the crowd, as the demo's does. Product: the app in this process, signed in,
-on its own controller of the air, tapping the first display from its Tap screen; a
-sample runs from the tap to the first item of that tap drawn in the inbox (the frame
-after the phone's on_item has been flipped). Floor: the bare tap of
-handset_app/sim.py's SimulatedHandset at the same display, tap to first item opened,
-alternating with the app's taps. Target (issue 9): p99 under 400 ms.
+the air and the crowd, as the demo's does. Product: the app in a process of its own,
+as `tapcast demo --app` runs it, signed in, on its own controller of the air (over
+TCP), tapping the first display (the crowd leaves it free); a sample runs from the tap
+to the first item of that tap drawn in the inbox (the frame after the phone's on_item
+has been flipped). Floor: the bare tap of handset_app/sim.py's SimulatedHandset in the
+same process on a controller of its own, at the same display, tap to first item
+opened, alternating with the app's taps. Target (issue 9): p99 under 400 ms.
 """
 from __future__ import annotations
 
@@ -111,15 +112,16 @@ def measure_start(runs: int, env: dict[str, str], workdir: Path) -> list[Result]
 
 async def measure_taps(taps: int, nodes: int, handsets: int, workdir: Path,
                        seed: int | None) -> list[Result]:
-    """App taps and floor taps, alternating, at the first display while the crowd taps
-    the others."""
+    """The demo's load in this process (the air, the crowd; nodes and hub as processes),
+    and the app with its floor handset in a process of their own on the same air, as
+    `tapcast demo --app` runs it (:func:`child_taps`)."""
+    import json
+
     from hall.demo import HubProcesses
     from hall.testing.mosquitto import Mosquitto, free_port
     from hall.virtual import VirtualHall
-    from handset_app.app import Display, TapcastApp, run_app
-    from handset_app.phone import Phone
     from handset_app.sim import SimulatedHandset
-    from tapcast.keys import HUB_KEY_FILE, HubAuthority, make_handset_credentials
+    from tapcast.keys import HUB_KEY_FILE, HubAuthority, write_handset_credentials
     from tapcast.streamkeys import STREAM_SECRET_FILE, load_stream_secret, write_stream_secret
 
     rng = random.Random(seed)
@@ -127,9 +129,6 @@ async def measure_taps(taps: int, nodes: int, handsets: int, workdir: Path,
     write_stream_secret(authority_dir)
     HubAuthority.generate().save(authority_dir)
     stop = asyncio.Event()
-    app_ms: list[float] = []
-    floor_ms: list[float] = []
-    failures: dict[str, int] = {}
     crowd_taps = 0
     with Mosquitto(workdir / "broker") as broker:
         hub = HubProcesses(workdir, broker.url, free_port(), authority_dir / STREAM_SECRET_FILE,
@@ -144,17 +143,10 @@ async def measure_taps(taps: int, nodes: int, handsets: int, workdir: Path,
             node = hall.nodes[0]
             crowd_nodes = hall.nodes[1:] or hall.nodes
             expires = time.time() + 3600
-            phone = Phone(workdir / "app-phone")
-            phone.install_credentials(make_handset_credentials(hall.authority, "app-phone",
-                                                               expires))
-            app = TapcastApp(phone, ble_adapter=hall.air.local_adapter("app-phone"),
-                             displays=[Display(node.node_id, node.nfc_device)])
-            app_task = asyncio.ensure_future(run_app(app))
-            await asyncio.wait_for(app.ready.wait(), 30)
-            floor = SimulatedHandset(make_handset_credentials(hall.authority, "floor-phone",
-                                                              expires),
-                                     hall.air.local_adapter("floor-phone"))
-            await floor.start()
+            for name in ("app-phone", "floor-phone"):
+                write_handset_credentials(workdir / name, hall.authority, name, expires)
+            app_radio = await hall.air.serve("app-phone")
+            floor_radio = await hall.air.serve("floor-phone")
 
             async def customer(handset: SimulatedHandset) -> None:
                 nonlocal crowd_taps
@@ -167,56 +159,23 @@ async def measure_taps(taps: int, nodes: int, handsets: int, workdir: Path,
                         pass
 
             crowd = [asyncio.ensure_future(customer(h)) for h in hall.handsets]
-            shown: asyncio.Queue[float] = asyncio.Queue()
-            app.item_shown.append(lambda entry: shown.put_nowait(time.monotonic()))
-
-            async def app_tap() -> float | None:
-                async with node.lock:
-                    wait = node.free_at - time.monotonic()
-                    if wait > 0:
-                        await asyncio.sleep(wait)  # the reader's hold-off, as hall.tap
-                    while not shown.empty():
-                        shown.get_nowait()
-                    started = time.monotonic()
-                    try:
-                        session = await app.tap(node.nfc_device)
-                        if session is None:
-                            raise RuntimeError(app.errors[-1] if app.errors else "no session")
-                        at = await asyncio.wait_for(shown.get(), TAP_TIMEOUT)
-                        await asyncio.wait_for(app.leave_session(), TAP_TIMEOUT)
-                        return at - started
-                    except (RuntimeError, TimeoutError) as exc:
-                        key = f"app: {exc}"[:80]
-                        failures[key] = failures.get(key, 0) + 1
-                        return None
-                    finally:
-                        node.free_at = time.monotonic() + hall.hold_off
-
-            progress = Progress("tap -> item visible", taps)
-            for i in range(2 * taps):
-                if i % 2 == 0:
-                    took = await app_tap()
-                    if took is not None:
-                        app_ms.append(took * MS)
-                    progress.step()
-                else:
-                    report = await hall.tap(floor, node, extra_requests=0)
-                    if report.first_item_at is not None and not report.error:
-                        floor_ms.append((report.first_item_at - report.started) * MS)
-                    else:
-                        key = f"floor: {report.error}"[:80]
-                        failures[key] = failures.get(key, 0) + 1
-                await asyncio.sleep(rng.uniform(0.3, 1.5))  # a customer reads, as the crowd
-            progress.close()
+            out = workdir / "child.json"
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "benchmarks.bench_handset", "--child", str(workdir),
+                "--nfc", node.nfc_device, "--app-ble", app_radio, "--floor-ble", floor_radio,
+                "--taps", str(taps), "--hold-off", str(hall.hold_off),
+                *(["--seed", str(seed)] if seed is not None else []), "--out", str(out))
+            code = await child.wait()
             stop.set()
             await asyncio.gather(*crowd, return_exceptions=True)
-            app.stop()
-            await asyncio.wait_for(app_task, 30)
-            await floor.close()
+            if code != 0:
+                raise RuntimeError(f"the app's process exited with code {code}")
+            found = json.loads(out.read_text())
         finally:
             stop.set()
             await hall.stop()
             await hub.stop()
+    app_ms, floor_ms, failures = found["app_ms"], found["floor_ms"], found["failures"]
     if len(app_ms) < 2 or len(floor_ms) < 2:
         raise RuntimeError(f"too few taps measured (app {len(app_ms)}, floor "
                            f"{len(floor_ms)}): {failures}")
@@ -233,6 +192,71 @@ async def measure_taps(taps: int, nodes: int, handsets: int, workdir: Path,
         rows.append(Result(f"app tap -> item visible {load} p{q}", "ms",
                            percentile(app_ms, q), percentile(floor_ms, q), target, stats))
     return rows
+
+
+async def child_taps(workdir: Path, nfc: str, app_ble: str, floor_ble: str, taps: int,
+                     hold_off: float, seed: int | None) -> dict[str, Any]:
+    """The app's process: the app (its window on the benchmark's Xvfb) and the floor's
+    SimulatedHandset, each on its own controller of the hall's air, tapping the app's
+    display in turn, a customer's reading pause between taps."""
+    from handset_app.app import Display, TapcastApp, run_app
+    from handset_app.phone import Phone
+    from handset_app.sim import SimulatedHandset
+    from tapcast.keys import load_handset_credentials
+    from tapcast.radio.bumble import HciAdapter
+
+    rng = random.Random(seed)
+    app_ms: list[float] = []
+    floor_ms: list[float] = []
+    failures: dict[str, int] = {}
+
+    def failed(key: str) -> None:
+        failures[key[:80]] = failures.get(key[:80], 0) + 1
+
+    phone = Phone(workdir / "app-data")
+    phone.install_credentials(load_handset_credentials(workdir / "app-phone"))
+    app = TapcastApp(phone, ble_adapter=HciAdapter(app_ble.removeprefix("bumble:"),
+                                                   name="app-phone"),
+                     displays=[Display("node-1", nfc)])
+    app_task = asyncio.ensure_future(run_app(app))
+    await asyncio.wait_for(app.ready.wait(), 30)
+    floor = SimulatedHandset(load_handset_credentials(workdir / "floor-phone"),
+                             HciAdapter(floor_ble.removeprefix("bumble:"), name="floor-phone"))
+    await floor.start()
+    shown: asyncio.Queue[float] = asyncio.Queue()
+    app.item_shown.append(lambda entry: shown.put_nowait(time.monotonic()))
+    progress = Progress("tap -> item visible", taps)
+    try:
+        for i in range(2 * taps):
+            if i % 2 == 0:
+                while not shown.empty():
+                    shown.get_nowait()
+                errors = len(app.errors)
+                started = time.monotonic()
+                session = await app.tap(nfc)
+                try:
+                    if session is None:
+                        raise RuntimeError("no session: " + " / ".join(app.errors[errors:]))
+                    app_ms.append((await asyncio.wait_for(shown.get(), TAP_TIMEOUT)
+                                   - started) * MS)
+                    await asyncio.wait_for(app.leave_session(), TAP_TIMEOUT)
+                except (RuntimeError, TimeoutError) as exc:
+                    failed(f"app: {type(exc).__name__}: {exc}")
+                progress.step()
+            else:
+                report = await floor.tap(nfc, extra_requests=0)
+                if report.first_item_at is not None and not report.error:
+                    floor_ms.append((report.first_item_at - report.started) * MS)
+                else:
+                    failed(f"floor: {report.error}")
+            # the reader's hold-off, then a customer reads, as the crowd does
+            await asyncio.sleep(max(hold_off, rng.uniform(0.3, 1.5)))
+        progress.close()
+    finally:
+        app.stop()
+        await asyncio.wait_for(app_task, 30)
+        await floor.close()
+    return {"app_ms": app_ms, "floor_ms": floor_ms, "failures": failures}
 
 
 def measure(runs: int, taps: int, nodes: int, handsets: int, seed: int | None) -> list[Result]:
@@ -254,6 +278,23 @@ def render(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def child_main(argv: list[str]) -> None:
+    """``--child WORKDIR ...``: the app's process of :func:`measure_taps`."""
+    import json
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", type=Path, required=True)
+    for option in ("--nfc", "--app-ble", "--floor-ble", "--out"):
+        parser.add_argument(option, required=True)
+    parser.add_argument("--taps", type=int, required=True)
+    parser.add_argument("--hold-off", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    found = asyncio.run(child_taps(args.child, args.nfc, args.app_ble, args.floor_ble,
+                                   args.taps, args.hold_off, args.seed))
+    Path(args.out).write_text(json.dumps(found))
+
+
 def main(argv: list[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="app starts (and bare starts)")
@@ -270,6 +311,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
 
 
 if __name__ == "__main__":
-    from benchmarks.common import run_and_report
+    if "--child" in sys.argv:
+        from benchmarks.common import warnings_only
 
-    run_and_report(main, render, raw=True)
+        warnings_only()
+        child_main(sys.argv[1:])
+    else:
+        from benchmarks.common import run_and_report
+
+        run_and_report(main, render, raw=True)
