@@ -18,7 +18,13 @@ Two halves share the ``presence_offers`` table:
 
 Hostile input: a payload that does not open under the node's key is counted
 (``forged``) and dropped; one that does not decode, or an offer whose code does not
-open, is counted (``malformed``) and dropped. Nothing of either is stored.
+open, is counted (``malformed``) and dropped. Nothing of either is stored. Anyone on
+the broker can publish on the presence topics, so what waits for the relay's thread is
+bounded (MAX_QUEUED payloads of at most MAX_PRESENCE_PAYLOAD bytes; the rest counted
+``dropped``), and the table is looked at every RELAY_INTERVAL, not per message. A
+node's own key (a stolen Pi) could seal offers without end: each node may store
+OFFERS_PER_MINUTE a minute (a burst as large), the rest are counted ``flood``, so the
+table holds at most that rate times an offer's lifetime plus KEEP_AFTER_EXPIRY per node.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from hub.schema import presence_offers
 log = logging.getLogger(__name__)
 
 __all__ = ["PresenceStore", "PresenceRelay", "PresenceError", "Claim", "RELAY_INTERVAL",
-           "KEEP_AFTER_EXPIRY"]
+           "KEEP_AFTER_EXPIRY", "MAX_QUEUED", "MAX_PRESENCE_PAYLOAD", "OFFERS_PER_MINUTE"]
 
 #: Seconds between the relay's looks for answers to send.
 RELAY_INTERVAL = 0.02
@@ -58,6 +64,13 @@ CLEANUP_EVERY = 60.0
 #: An offer may live at most this long on the hub, whatever the node says.
 MAX_OFFER_TTL = 300.0
 DONE = ("confirmed", "refused")
+#: Payloads waiting for the relay's thread, at most (more are dropped and counted).
+MAX_QUEUED = 1000
+#: The largest presence payload taken (an offer is under 2.5 KiB, a result under 1 KiB).
+MAX_PRESENCE_PAYLOAD = 8 * 1024
+#: Offers stored per node a minute, at most (and as many at once): a node makes one a
+#: period (60 s) and one for each code used.
+OFFERS_PER_MINUTE = 30
 #: An answered session still waits this long past its code's expiry for the node's
 #: verdict (the node takes answers a little past it too) before it shows as expired.
 ANSWER_GRACE = 10.0
@@ -168,10 +181,12 @@ class PresenceStore:
             if row.expires <= now:
                 raise PresenceError("this code has expired: present the display's new "
                                     "code", 409)
-            conn.execute(update(presence_offers).where(
+            done = conn.execute(update(presence_offers).where(
                 presence_offers.c.offer_id == offer_id,
                 presence_offers.c.state == "claimed").values(
                 state="answered", answer=answer_hex, answered_at=now))
+            if done.rowcount != 1:  # another request answered it since we read it
+                raise PresenceError("this code session is answered: answer once", 409)
             row = self._mine(conn, offer_id, user_id)
         return _claim(row, now)
 
@@ -187,8 +202,10 @@ class RelayCounters:
     relayed: int = 0  # answers sent to nodes
     results: int = 0  # verdicts stored
     forged: int = 0  # payloads whose tag did not verify: dropped
-    malformed: int = 0  # authentic payloads that did not decode: dropped
+    malformed: int = 0  # authentic payloads that did not decode (or too big): dropped
     late: int = 0  # verdicts for sessions not waiting for one: ignored
+    dropped: int = 0  # payloads that found the relay's queue full: dropped
+    flood: int = 0  # authentic offers past the node's rate (OFFERS_PER_MINUTE): dropped
 
 
 class PresenceRelay:
@@ -207,7 +224,10 @@ class PresenceRelay:
         self._clock = clock
         self.interval = interval
         self.counters = RelayCounters()
-        self._queue: queue.SimpleQueue[tuple[str, str, bytes] | None] = queue.SimpleQueue()
+        self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(MAX_QUEUED)
+        #: node id -> (offers it may still store, when that was counted)
+        self._allowance: dict[str, tuple[float, float]] = {}
+        self._last_relay = 0.0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._last_cleanup = 0.0
@@ -220,13 +240,27 @@ class PresenceRelay:
     def stop(self, timeout: float = 5.0) -> None:
         if self._thread is None:
             return
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=timeout)  # while full, the thread empties it
+        except queue.Full:
+            log.warning("hub presence relay did not take its stop in %.0f s", timeout)
         self._thread.join(timeout)
         self._thread = None
 
     def submit(self, leaf: str, node_id: str, payload: bytes) -> None:
-        """From paho's thread: queue, nothing slow."""
-        self._queue.put((leaf, node_id, bytes(payload)))
+        """From paho's thread: queue, nothing slow (and nothing unbounded: a payload too
+        big, or one that finds the queue full, is counted and dropped)."""
+        if len(payload) > MAX_PRESENCE_PAYLOAD:
+            self._count("malformed")
+            self._ratelog.warn("big", "dropped a presence %s of %d bytes for %s (at most "
+                               "%d)", leaf, len(payload), node_id, MAX_PRESENCE_PAYLOAD)
+            return
+        try:
+            self._queue.put_nowait((leaf, node_id, bytes(payload)))
+        except queue.Full:
+            self._count("dropped")
+            self._ratelog.warn("full", "the presence relay's queue is full: dropped a %s "
+                               "for %s", leaf, node_id)
 
     def wait_for(self, predicate: Callable[[RelayCounters], bool], timeout: float) -> bool:
         with self._cond:
@@ -248,7 +282,9 @@ class PresenceRelay:
                     return
                 if item:
                     self.handle(*item)
-                self.relay()
+                if time.monotonic() - self._last_relay >= self.interval:
+                    self._last_relay = time.monotonic()
+                    self.relay()
                 now = self._clock()
                 if now - self._last_cleanup > CLEANUP_EVERY:
                     self._last_cleanup = now
@@ -278,6 +314,11 @@ class PresenceRelay:
         offer = open_offer(key, node_id, payload)
         code = open_code(key, offer.offer_id, offer.code)
         now = self._clock()
+        if not self._allow(node_id, now):
+            self._count("flood")
+            self._ratelog.warn("flood", "dropped an offer from %s: more than %d a minute",
+                               node_id, OFFERS_PER_MINUTE)
+            return
         values = {"offer_id": offer.offer_id, "node_id": node_id,
                   "code_hash": code_hash(code), "hello": offer.hello, "received": now,
                   "expires": now + min(offer.ttl, MAX_OFFER_TTL), "state": "open"}
@@ -289,6 +330,17 @@ class PresenceRelay:
                                   .returning(presence_offers.c.offer_id)).first()
         if stored is not None:
             self._count("offers")
+
+    def _allow(self, node_id: str, now: float) -> bool:
+        """Take one from the node's allowance of offers (OFFERS_PER_MINUTE a minute)."""
+        left, then = self._allowance.get(node_id, (float(OFFERS_PER_MINUTE), now))
+        left = min(float(OFFERS_PER_MINUTE),
+                   left + max(0.0, now - then) * OFFERS_PER_MINUTE / 60.0)
+        if left < 1.0:
+            self._allowance[node_id] = (left, now)
+            return False
+        self._allowance[node_id] = (left - 1.0, now)
+        return True
 
     def _result(self, key: bytes, node_id: str, payload: bytes) -> None:
         result = open_result(key, node_id, payload)
@@ -334,7 +386,9 @@ class PresenceRelay:
         return sent
 
     def cleanup(self, now: float) -> int:
-        """Delete rows whose offer expired more than KEEP_AFTER_EXPIRY ago."""
+        """Delete rows whose offer expired more than KEEP_AFTER_EXPIRY ago (and forget
+        the allowances of nodes quiet for a minute: they are full again)."""
+        self._allowance = {k: v for k, v in self._allowance.items() if now - v[1] < 60.0}
         with self._writer.begin() as conn:
             return conn.execute(delete(presence_offers).where(
                 presence_offers.c.expires < now - KEEP_AFTER_EXPIRY)).rowcount
