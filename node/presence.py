@@ -13,7 +13,12 @@ its HELLO takes an answer until then plus ANSWER_GRACE, by the monotonic clock.
 An answer the hub relays is checked exactly as an NFC answer (NodeHandshake.
 check_answer_data: decryption, handset certificate offline with the node's best time
 and revocation list, signature over the transcript); its offer is removed first, so an
-offer is answered once (a replayed or second answer finds no offer: "unknown_offer").
+offer is answered once. Only the first answer for an offer this node made (in the last
+``period + grace + ANSWER_GRACE + REMEMBER`` seconds) gets a verdict; an answer for an
+offer already judged or never made here (a replay of the hub's sealed relay by anyone on
+the broker, a QoS 1 copy, an offer from before a restart) is counted (``replayed``) and
+dropped: no event, no result, so a replay loop cannot fill the outbox. An answer for an
+offer that expired or was pushed out by newer ones is "unknown_offer", once.
 The certificate must also be the handset of the account that claimed the code (the hub
 names it in the relayed message): "wrong_handset" otherwise. The verdict goes back to
 the hub (with the CONFIRM MAC when ok) and to the daemon, which records the tap as
@@ -30,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tapcast.protocol.mqtt import (PRESENCE_ANSWER, PRESENCE_OFFER, PRESENCE_RESULT,
-                                   PayloadError, presence_topic)
+                                   ForgedError, PayloadError, presence_topic)
 from tapcast.protocol.nfc import NodeAuth, NodeHandshake, NodeSession, NodeVerdict
 from tapcast.protocol.presence import (Offer, Result, code_uri, new_code, open_answer,
                                        seal_code, seal_offer, seal_result)
@@ -44,6 +49,10 @@ __all__ = ["CodePresence", "CodeVerdict", "qr_svg", "ANSWER_GRACE"]
 ANSWER_GRACE = 10.0
 #: Live offers kept at most (the newest; older ones are dropped).
 MAX_LIVE = 4
+#: Seconds an offer id is remembered past its answer deadline (a late relay gets
+#: "unknown_offer" once), and how many ids at most.
+REMEMBER = 60.0
+MAX_REMEMBERED = 256
 
 
 def qr_svg(text: str) -> str:
@@ -103,11 +112,14 @@ class CodePresence:
         self.grace = grace
         self._monotonic = monotonic
         self.live: dict[str, _Live] = {}
+        #: offer ids made here and not judged yet -> forget at (monotonic)
+        self._unjudged: dict[str, float] = {}
         self.current: str | None = None  # the offer id on screen
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.forged = 0  # relayed answers whose tag did not verify: dropped
-        self.malformed = 0
+        self.malformed = 0  # sealed by the hub's side, but not a RelayedAnswer: dropped
+        self.replayed = 0  # relayed answers for offers judged already or not ours: dropped
         self._ratelog = RateLimitedLog(log)
 
     def start(self) -> None:
@@ -143,6 +155,8 @@ class CodePresence:
         now = self._monotonic()
         for offer_id in [k for k, v in self.live.items() if v.until + ANSWER_GRACE < now]:
             del self.live[offer_id]
+        for offer_id in [k for k, v in self._unjudged.items() if v < now]:
+            del self._unjudged[offer_id]
         current = self.live.get(self.current) if self.current else None
         if not self._watched() or not self.uplink.connected:
             if self.current is not None:
@@ -164,9 +178,13 @@ class CodePresence:
         if not self.uplink.publish(presence_topic(self.node_id, PRESENCE_OFFER),
                                    seal_offer(self._key, self.node_id, offer)):
             return 1.0  # the hub is away just now: no code it cannot know
-        self.live[offer_id] = _Live(code, handshake, self._monotonic() + ttl)
+        until = self._monotonic() + ttl
+        self.live[offer_id] = _Live(code, handshake, until)
         while len(self.live) > MAX_LIVE:
             del self.live[next(iter(self.live))]
+        self._unjudged[offer_id] = until + ANSWER_GRACE + REMEMBER
+        while len(self._unjudged) > MAX_REMEMBERED:
+            del self._unjudged[next(iter(self._unjudged))]
         self.current = offer_id
         uri = code_uri(code)
         self._show({"code": code, "uri": uri, "qr": qr_svg(uri),
@@ -180,10 +198,20 @@ class CodePresence:
         """A relayed answer (on the loop): judged, reported to the hub and the daemon."""
         try:
             relayed = open_answer(self._key, self.node_id, payload)
-        except PayloadError as exc:
+        except ForgedError as exc:
             self.forged += 1
-            self._ratelog.warn("answer", "dropped a presence answer that is not the hub's "
-                               "or is malformed: %s", exc)
+            self._ratelog.warn("answer", "dropped a presence answer that is not the hub's: "
+                               "%s", exc)
+            return
+        except PayloadError as exc:
+            self.malformed += 1
+            self._ratelog.warn("malformed", "dropped a malformed presence answer: %s", exc)
+            return
+        if self._unjudged.pop(relayed.offer_id, None) is None:
+            self.replayed += 1
+            self.live.pop(relayed.offer_id, None)
+            self._ratelog.warn("replayed", "dropped a presence answer for offer %s: judged "
+                               "already, or not this node's", relayed.offer_id)
             return
         verdict = self.judge(relayed.offer_id, relayed.handset_id, relayed.answer)
         result = Result(offer_id=relayed.offer_id, reason=verdict.reason,

@@ -270,9 +270,13 @@ def test_a_good_answer_is_confirmed_with_the_nfc_key_schedule(world: dict[str, A
     assert verdict.ok and verdict.session.handset_id == "halice"
     assert verdict.session.session_key == session.session_key
     assert verdict.session.consent == 3
-    # the offer is used: the same answer again, or any other, finds nothing
-    again = relay(presence, uplink, offer_id, "halice", pending.answer)
-    assert again.reason == "unknown_offer" and again.confirm == ""
+    # the offer is used: the same answer again (a replay on the broker) is dropped,
+    # with no verdict, no event and no result (tests/test_presence_hostile.py)
+    published = len(uplink.published)
+    presence.on_answer(seal_answer(KEY, NODE, RelayedAnswer(
+        offer_id=offer_id, handset_id="halice", answer=pending.answer.hex())))
+    assert len(uplink.published) == published and len(verdicts) == 1
+    assert presence.replayed == 1 and offer_id not in presence.live
     # and the display moved on to a new code at once
     assert presence.current is None
 
