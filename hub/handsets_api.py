@@ -6,16 +6,19 @@ is hub/handsets_openapi.py.
 Registering and signing in are public (no credential yet), exempt from the page's CSRF
 check (no session, no cookie set: the answer carries the credential), and rate limited
 as the staff sign-in is: failed sign-ins per remote address and per user name
-(hub.auth.LOGIN_LIMIT), registrations per remote address (REGISTER_LIMIT). Failures are
+(hub.auth.LOGIN_LIMIT), registrations per remote address (REGISTER_LIMIT); successful
+sign-ins per user name too (ISSUE_LIMIT: each is a handset row and a token). Bodies are
+read up to MAX_BODY bytes only (413 beyond). Failures are
 counted with the hub's refused credentials (/api/v1/stats). Presenting a code needs
 ``presence:use`` (a customer's token has nothing else); wrong, expired or used codes
-are counted the same way and limited per account (PRESENCE_LIMIT).
+are counted the same way and limited per account (PRESENCE_LIMIT) and per remote
+address (PRESENCE_ADDRESS_LIMIT).
 """
 from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from flask import Blueprint, Flask, current_app, g, jsonify, request
@@ -37,6 +40,16 @@ bp = Blueprint("handsets_api", __name__, url_prefix="/api/v1")
 REGISTER_LIMIT = "20 per hour"
 #: Failed code presentations (wrong, expired, used) per account.
 PRESENCE_LIMIT = "10 per minute"
+#: ... and per remote address, whatever the account: one address may register twenty
+#: accounts an hour, and the per-account limit alone would let it guess ten codes a
+#: minute with each (generous, for a hall's customers behind one NAT).
+PRESENCE_ADDRESS_LIMIT = "60 per minute"
+#: Successful sign-ins (each a new handset row, certificate and token) per user name.
+ISSUE_LIMIT = "10 per hour"
+#: The largest body these routes read (theirs are a few KiB at most). The app-wide bound
+#: is the content upload's ([hub] max_file_mb); a public route must not read, and parse
+#: for its per-user-name limit, that much for anyone who asks.
+MAX_BODY = 16 * 1024
 _HANDSETS = "tapcast.handsets"
 _PRESENCE = "tapcast.presence"
 OFFER_ID_RE = r"[0-9a-f]{32}"
@@ -62,9 +75,23 @@ class AnswerRequest(msgspec.Struct, forbid_unknown_fields=True):
     answer: Annotated[str, msgspec.Meta(min_length=2, max_length=4096)]
 
 
+def _raw_body() -> bytes:
+    """The request's body, read once and at most MAX_BODY bytes; AccountError 413 when
+    it is longer."""
+    if "tapcast_handset_body" not in g:
+        data: bytes | None = None
+        if (request.content_length or 0) <= MAX_BODY:
+            data = request.stream.read(MAX_BODY + 1)
+        g.tapcast_handset_body = data if data is not None and len(data) <= MAX_BODY else None
+    if g.tapcast_handset_body is None:
+        raise AccountError(f"body over {MAX_BODY} bytes (these routes take a small JSON "
+                           "object)", 413)
+    return g.tapcast_handset_body  # type: ignore[no-any-return]
+
+
 def _body(kind: type[S]) -> S:
     try:
-        return msgspec.json.decode(request.get_data(cache=False), type=kind)
+        return msgspec.json.decode(_raw_body(), type=kind)
     except msgspec.DecodeError as exc:
         raise AccountError(f"body: {exc} (send a JSON object)") from None
 
@@ -205,16 +232,28 @@ def _presence_failed(response: object) -> bool:
 
 def _username_key() -> str:
     try:
-        name = msgspec.json.decode(request.get_data(cache=True)).get("username", "")
-    except (msgspec.DecodeError, AttributeError):
+        name = msgspec.json.decode(_raw_body()).get("username", "")
+    except (msgspec.DecodeError, AttributeError, AccountError):
         name = ""
     return "handset-user:" + (name if isinstance(name, str) else "").strip().lower()[:64]
+
+
+def _issued(response: Any) -> bool:
+    return getattr(response, "status_code", 0) == 200
+
+
+def _issue_key() -> str:
+    return "handset-issue:" + _username_key()
 
 
 def _account_key() -> str:
     principal = current_principal()
     user = getattr(principal, "user", None)
     return f"presence:{user.id if user is not None else request.remote_addr}"
+
+
+def _address_key() -> str:
+    return f"presence-address:{request.remote_addr}"
 
 
 def init_app(app: Flask) -> None:
@@ -224,6 +263,9 @@ def init_app(app: Flask) -> None:
     views = app.view_functions
     views["handsets_api.register"] = lim.limit(REGISTER_LIMIT)(register)
     views["handsets_api.sign_in"] = lim.limit(LOGIN_LIMIT, deduct_when=_login_failed)(
-        lim.limit(LOGIN_LIMIT, key_func=_username_key, deduct_when=_login_failed)(sign_in))
+        lim.limit(LOGIN_LIMIT, key_func=_username_key, deduct_when=_login_failed)(
+            lim.limit(ISSUE_LIMIT, key_func=_issue_key, deduct_when=_issued)(sign_in)))
     views["handsets_api.present_code"] = lim.limit(
-        PRESENCE_LIMIT, key_func=_account_key, deduct_when=_presence_failed)(present_code)
+        PRESENCE_ADDRESS_LIMIT, key_func=_address_key, deduct_when=_presence_failed)(
+        lim.limit(PRESENCE_LIMIT, key_func=_account_key, deduct_when=_presence_failed)(
+            present_code))

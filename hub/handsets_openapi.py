@@ -29,10 +29,12 @@ def handset_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
                 "a user name that is not one, not an Ed25519 key)")
     limited = error("too many attempts: wait, then try again (sign-in: 5 failures a "
                     "minute per address and per user name; registering: 20 an hour per "
-                    "address; codes: 10 failures a minute per account)")
+                    "address; 10 sign-ins an hour per user name; codes: 10 failures a "
+                    "minute per account and 60 per address)")
     no_key = error("this hub has no signing key ([hub] signing_key), so it cannot issue "
                    "handset certificates")
-    public = {"400": bad, "429": limited, "503": no_key}
+    too_big = error("a body over 16 KiB (hub/handsets_api.py MAX_BODY)")
+    public = {"400": bad, "413": too_big, "429": limited, "503": no_key}
     offer_param = {"name": "offer_id", "in": "path", "required": True, "schema": _OFFER_ID}
     missing = error("no such code session of this account")
     return {
@@ -61,7 +63,7 @@ def handset_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
             "operationId": "presentCode",
             "requestBody": _json_body("CodeRequest"),
             "responses": {"201": ok("CodeSession", "Created"), **guarded,
-                          "400": bad,
+                          "400": bad, "413": too_big,
                           "404": error("no display shows this code now (wrong or "
                                        "expired)"),
                           "409": error("the code was used already, or this account has "
@@ -74,7 +76,7 @@ def handset_paths(guarded: dict[str, Any], error: Callable[[str], dict[str, Any]
             "parameters": [offer_param],
             "requestBody": _json_body("AnswerRequest"),
             "responses": {"202": ok("CodeSession", "Accepted: relayed to the node"),
-                          **guarded, "400": bad, "404": missing,
+                          **guarded, "400": bad, "404": missing, "413": too_big,
                           "409": error("answered already, or the code expired")}}},
         "/api/v1/presence/{offer_id}": {"get": {
             "summary": "How a code session goes: the node's verdict, and its CONFIRM MAC "
