@@ -23,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -76,6 +77,24 @@ class CodeSession:
     handset_id: str
 
 
+#: The largest answer read from the hub (its answers are a few KiB).
+MAX_ANSWER = 256 * 1024
+_OFFER_ID = re.compile(r"[0-9a-f]{32}")
+_CONFIRM = re.compile(r"[0-9a-f]{64}")
+
+
+def _garbled(what: str) -> HubError:
+    return HubError(502, f"the hub answered with {what}: is this address a Tapcast hub?")
+
+
+def _field(answer: Any, name: str) -> str:
+    """``answer[name]``, a string; HubError (502) otherwise."""
+    value = answer.get(name) if isinstance(answer, dict) else None
+    if not isinstance(value, str):
+        raise _garbled(f"no {name!r} string in its answer")
+    return value
+
+
 class HubClient:
     """One hub, at ``url`` (``http://host:port``), with the app's token once signed in."""
 
@@ -123,13 +142,21 @@ class HubClient:
                                          headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"{}")
+                raw = response.read(MAX_ANSWER + 1)
+            if len(raw) > MAX_ANSWER:
+                raise _garbled(f"an answer over {MAX_ANSWER} bytes")
+            answer = json.loads(raw or b"{}")
+            if not isinstance(answer, dict):
+                raise _garbled("JSON that is not an object")
+            return answer
+        except ValueError:  # not JSON (UnicodeDecodeError and JSONDecodeError are too)
+            raise _garbled("an answer that is not JSON") from None
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read()).get("error") or exc.reason
+                message = json.loads(exc.read(MAX_ANSWER)).get("error") or exc.reason
             except (ValueError, AttributeError):
                 message = str(exc.reason)
-            raise HubError(exc.code, str(message)) from None
+            raise HubError(exc.code, str(message)[:500]) from None
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise HubError(0, f"cannot reach the hub at {self.url}: "
                               f"{getattr(exc, 'reason', exc)}") from None
@@ -154,10 +181,15 @@ class HubClient:
         answer = self._call("POST", path, {"username": username, "password": password,
                                            "public_key": public_key_bytes(key).hex()},
                             auth=False)
-        keys = tuple(bytes.fromhex(k) for k in answer["hub_public_keys"])
-        creds = HandsetCredentials(answer["handset_id"], key,
-                                   bytes.fromhex(answer["certificate"]), keys[0], keys[1:])
-        self.token = answer["token"]
+        try:
+            keys = tuple(bytes.fromhex(k) for k in answer["hub_public_keys"])
+            creds = HandsetCredentials(_field(answer, "handset_id"), key,
+                                       bytes.fromhex(_field(answer, "certificate")),
+                                       keys[0], keys[1:])
+            token = _field(answer, "token")
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise _garbled("no handset certificate, hub keys and token") from None
+        self.token = token
         if phone is not None:
             phone.install_credentials(creds)
             self.save(phone.data_dir)
@@ -182,9 +214,11 @@ class HubClient:
             if isinstance(exc, CodeRefused) or exc.status in (0, 401, 403):
                 raise
             raise CodeRefused(exc.status, str(exc)) from None
-        offer_id = claim["id"]
+        offer_id, hello = _field(claim, "id"), _field(claim, "hello")
+        if not _OFFER_ID.fullmatch(offer_id):
+            raise _garbled(f"a code session id {offer_id[:40]!r}")
         try:
-            pending = answer_hello(credentials, bytes.fromhex(claim["hello"]),
+            pending = answer_hello(credentials, bytes.fromhex(hello),
                                    ble_address=parse_ble_address(ble_address),
                                    ble_address_type=ble_address_type, consent=consent,
                                    now=time.time())
@@ -196,16 +230,20 @@ class HubClient:
         deadline = time.monotonic() + timeout
         while True:
             state = self._call("GET", f"/api/v1/presence/{offer_id}")
-            if state["state"] in ("confirmed", "refused", "expired"):
+            if _field(state, "state") in ("confirmed", "refused", "expired"):
                 break
             if time.monotonic() > deadline:
                 raise CodeRefused(0, f"the display did not answer within {timeout:.0f} s: "
                                      "try its next code", "timeout")
             time.sleep(poll)
         if state["state"] != "confirmed":
-            reason = state.get("reason") or state["state"]
+            reason = state.get("reason")
+            reason = reason[:40] if isinstance(reason, str) and reason else state["state"]
             raise CodeRefused(0, f"the display refused this phone ({reason})", reason)
-        session = pending.confirm(bytes.fromhex(state.get("confirm") or ""))
+        confirm = _field(state, "confirm")
+        if not _CONFIRM.fullmatch(confirm):
+            raise _garbled("a confirmation that is not 64 hex digits")
+        session = pending.confirm(bytes.fromhex(confirm))
         if session is None:
             raise CodeRefused(0, "the confirmation is not the node's: nothing is trusted",
                               "bad_confirm")
