@@ -50,7 +50,7 @@ from tapcast.protocol.openrecord import OpenRecord
 from handset_app.ble_peripheral import BlePeripheral
 from handset_app.consent import Consent, day_start, local_time
 from handset_app.nfc_hce import emulate_card
-from handset_app.phonestore import InboxEntry, PhoneStore, Place
+from handset_app.phonestore import DB_FILE, InboxEntry, PhoneStore, Place
 
 __all__ = ["Phone", "PhoneSession", "InboxEntry", "Place", "Consent", "TapListener",
            "TapError", "ItemError", "fetch_wlan", "checked_file", "card_session"]
@@ -58,12 +58,19 @@ __all__ = ["Phone", "PhoneSession", "InboxEntry", "Place", "Consent", "TapListen
 log = logging.getLogger(__name__)
 
 IDENTITY_DIR = "identity"
+#: The hub account the identity came from (handset_app.hubclient.HUB_FILE): part of the
+#: identity, which delete_local_data keeps; everything else in the data dir goes.
+ACCOUNT_FILE = "hub.json"
 WLAN_TIMEOUT = 10.0
 WLAN_CHUNK = 64 * 1024
 #: How long a session waits for the node's bye after the phone said its own.
 BYE_TIMEOUT = 3.0
 #: How often a session looks whether its link is gone for good (window closed, no link).
 LINK_CHECK = 0.25
+#: Unrequested items one session keeps at most, whatever the consent: a node pushes its
+#: featured item unrequested and the rest on request; more is a node filling the phone
+#: (refused as ``cap``).
+MAX_UNREQUESTED_PER_SESSION = 3
 
 
 class TapError(ConnectionError):
@@ -213,25 +220,33 @@ class Phone:
 
     def reset_identity(self) -> None:
         """Forget the credentials and keys (a new pseudonymous identity comes with the
-        next sign-in). Open records signed by the old key are dropped: no node would
-        take them from the new identity."""
-        shutil.rmtree(self.data_dir / IDENTITY_DIR, ignore_errors=True)
+        next sign-in). Open records signed by the old key are dropped (no node would
+        take them from the new identity) and the counter starts again (its next value
+        would link the new identity to the old one). OSError when the key files could
+        not be removed."""
         self.credentials = None
-        self.store.clear_opens()
+        try:
+            shutil.rmtree(self.data_dir / IDENTITY_DIR)
+        except FileNotFoundError:
+            pass
+        self.store.new_identity()
 
     def delete_local_data(self) -> None:
-        """Delete the inbox, its files, the places, the consent and the queued open
-        records; the identity stays (reset_identity forgets that), and so does the open
-        counter: the hub counts an open once per (handset, counter), so a counter is
-        never used twice by one identity."""
-        counter = self.store.get_meta("open_counter")
-        self.store.close()
-        for name in ("phone.db", "phone.db-wal", "phone.db-shm"):
-            (self.data_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(self.store.files_dir, ignore_errors=True)
-        self.store = PhoneStore(self.data_dir)
-        if counter is not None:
-            self.store.set_meta("open_counter", counter)
+        """Delete the inbox, its files, the places, the consent, the queued open
+        records and whatever a front end keeps beside them in the data dir; the
+        identity stays (and the hub account it came from: reset_identity forgets the
+        identity), and so does the open counter:
+        the hub counts an open once per (handset, counter), so a counter is never used
+        twice by one identity (kept in the same database, never anywhere else)."""
+        self.store.delete_all()
+        keep = (IDENTITY_DIR, ACCOUNT_FILE, self.store.files_dir.name)
+        for path in self.data_dir.iterdir():
+            if path.name in keep or path.name.startswith(DB_FILE):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- local
     def inbox(self) -> list[InboxEntry]:
@@ -346,6 +361,8 @@ class PhoneSession:
         self._place = phone.store.add_place(node_id, zone, phone.clock(), channel)
         self._reported: set[str] = set()
         self._opens: asyncio.Task[None] | None = None
+        self._sent_opens: set[int] = set()  # counters sent: the only ones an ack may drop
+        self._unrequested = 0  # unrequested items this session took or tried to
 
     def begin(self) -> None:
         self.peripheral.on_dropped = self._on_dropped
@@ -444,6 +461,7 @@ class PhoneSession:
             return
         pending = self.phone.store.pending_opens(ble.MAX_OPEN_RECORDS)
         if pending:
+            self._sent_opens.update(counter for counter, _ in pending)
             await self._send(ble.Opened([record for _, record in pending]))
 
     async def _run(self) -> None:
@@ -469,7 +487,10 @@ class PhoneSession:
             self.catalogue = list(message.items)
             self.notify("on_catalogue", self.catalogue)
         elif isinstance(message, ble.OpenedAck):
-            self.phone.store.drop_opens(list(message.counters))
+            # only records sent in this session: a node cannot make the phone forget others
+            done = self._sent_opens.intersection(message.counters)
+            self._sent_opens -= done
+            self.phone.store.drop_opens(sorted(done))
             for counter, reason in message.refused.items():
                 log.warning("node %s refused open record %d: %s", self.node_id, counter, reason)
         elif isinstance(message, ble.Ack) and not message.ok:
@@ -487,6 +508,10 @@ class PhoneSession:
         reason = phone.consent().refusal(
             message.kind, message.merchant, requested=requested, local=local,
             unrequested_today=phone.store.unrequested_since(day_start(local)))
+        if reason is None and not requested:  # taken, or tried (a download costs too)
+            self._unrequested += 1
+            if self._unrequested > MAX_UNREQUESTED_PER_SESSION:
+                reason = "cap"
         if reason is not None:
             self.refused.append((message.id, reason))
             self.notify("on_refused", message.id, reason)

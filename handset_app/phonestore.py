@@ -80,24 +80,51 @@ class PhoneStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._sweep()
 
     def close(self) -> None:
         self.db.close()
 
     # ------------------------------------------------------------------ files
     def keep_file(self, sha256: str, data: bytes) -> Path:
-        """Write checked bytes under their sha256 (atomically: a crash leaves no half file)."""
+        """Write checked bytes under their sha256 (atomically: a crash leaves no half file;
+        flushed before the rename, so a power cut cannot leave an empty one under the
+        name either)."""
         path = self.files_dir / sha256
         if not path.exists():
             tmp = path.with_suffix(".part")
-            tmp.write_bytes(data)
+            with open(tmp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
             os.replace(tmp, path)
         return path
 
+    def _referenced(self) -> set[str]:
+        return {sha for (sha,) in self.db.execute(
+            "SELECT file_sha256 FROM inbox WHERE file_sha256 IS NOT NULL")}
+
+    def _sweep(self) -> None:
+        """Remove files no inbox entry names: a ``.part`` left by a crash mid-write, a
+        file written just before a crash kept its entry from being stored."""
+        keep = self._referenced()
+        for path in self.files_dir.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def _drop_file(self, sha256: str | None) -> None:
+        """Remove a file once no inbox entry names it (an entry replaced by a new one)."""
+        if sha256 and sha256 not in self._referenced():
+            (self.files_dir / sha256).unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ inbox
     def add_item(self, entry: InboxEntry) -> None:
+        """Keep ``entry``; an entry with its id is replaced, and its file goes with it
+        unless another entry names it."""
         with self.db:
             self.db.execute("BEGIN")
+            row = self.db.execute("SELECT file_sha256 FROM inbox WHERE item_id = ?",
+                                  (entry.item_id,)).fetchone()
             self.db.execute(
                 "INSERT OR REPLACE INTO inbox VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (entry.item_id, entry.version, entry.kind, entry.title, entry.body,
@@ -105,6 +132,8 @@ class PhoneStore:
                  entry.node_id, entry.zone, entry.received, int(entry.requested),
                  int(entry.opened)))
             self.db.execute("INSERT INTO kept VALUES (?, ?)", (entry.received, int(entry.requested)))
+        if row is not None:
+            self._drop_file(row[0])
 
     def _entry(self, row: tuple) -> InboxEntry:  # type: ignore[type-arg]
         (item_id, version, kind, title, body, media_type, sha, merchant, node_id, zone,
@@ -186,8 +215,28 @@ class PhoneStore:
     def pending_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM pending_opens").fetchone()[0])
 
-    def clear_opens(self) -> None:
-        self.db.execute("DELETE FROM pending_opens")
+    def new_identity(self) -> None:
+        """Drop the queued records and start the counter again: the hub counts per
+        (handset, counter), so a new identity may start at 1, and must (the next counter
+        of the old one would link the two)."""
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute("DELETE FROM pending_opens")
+            self.db.execute("DELETE FROM meta WHERE key = 'open_counter'")
+
+    def delete_all(self) -> None:
+        """Everything but the open counter (the identity keeps it: a counter is never
+        used twice by one identity), in one transaction (a kill at any moment leaves all
+        or nothing), then the freed pages rewritten (VACUUM) and the log emptied, so the
+        deleted rows are not left in the file; then the files."""
+        with self.db:
+            self.db.execute("BEGIN")
+            for table in ("inbox", "places", "kept", "pending_opens"):
+                self.db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+            self.db.execute("DELETE FROM meta WHERE key != 'open_counter'")
+        self.db.execute("VACUUM")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._sweep()
 
     # ------------------------------------------------------------------- meta
     def get_meta(self, key: str) -> str | None:

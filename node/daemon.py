@@ -26,7 +26,7 @@ from tapcast.protocol import ble
 from tapcast.protocol.mqtt import MAX_SEQ, NodeState
 from tapcast.protocol.nfc import NodeAuth
 
-from node.handset_reports import handset_report
+from node.handset_reports import SessionReports, handset_report
 from node.config import NodeConfig
 from node.nfc_reader import NfcReader, ReaderStatus, TapOutcome
 from node.outbox import Outbox
@@ -494,6 +494,7 @@ class NodeDaemon:
         push = await self.push.open(address, address_type, session_key)
         log.info("push to %s (%s): connected in %.0f ms", handset_id, address,
                  (time.perf_counter() - t0) * 1e3)
+        reports = SessionReports(record.delivered)
         try:
             featured = next((i for i in self.store.items()
                              if ble.consent_allows_kind(consent, i.kind)
@@ -511,7 +512,7 @@ class NodeDaemon:
                     break
                 if isinstance(message, (ble.Refused, ble.Opened)):
                     await handset_report(push, message, handset_id, handset_key,
-                                         self._record)
+                                         self._record, reports)
                     continue
                 if isinstance(message, ble.Request):
                     item = self.store.get(message.item_id)

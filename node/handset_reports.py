@@ -9,11 +9,18 @@ session authenticated; ``open_refused`` {handset_id, counter, reason} for each t
 does not (forged, another handset's, malformed). The node acknowledges the records it
 dealt with (OpenedAck) only after their events are committed, so a phone drops nothing
 the hub may not get.
+
+What one session's handset can put into the outbox is bounded (``SessionReports``): a
+refusal per item the node delivered in this session (a refusal of anything else, or a
+second one, is dropped), and at most MAX_OPEN_RECORDS open records (an event per
+counter; more waits, unacknowledged, for a later contact).
 """
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from tapcast.protocol import ble
@@ -24,15 +31,37 @@ log = logging.getLogger(__name__)
 Event = tuple[str, dict[str, Any]]
 
 
+@dataclass
+class SessionReports:
+    """What the handset of one session may still report. ``delivered``: the item ids
+    delivered in the session so far (the daemon's TapRecord.delivered, shared)."""
+
+    delivered: list[str]
+    refused: Counter[str] = field(default_factory=Counter)
+    counters: set[int] = field(default_factory=set)  # open records taken (or refused)
+    records_left: int = ble.MAX_OPEN_RECORDS
+
+    def may_refuse(self, item_id: str) -> bool:
+        """A refusal per delivery of the item in this session."""
+        if self.refused[item_id] >= self.delivered.count(item_id):
+            return False
+        self.refused[item_id] += 1
+        return True
+
+
 async def handset_report(push: Any, message: ble.Refused | ble.Opened, handset_id: str,
-                         handset_key: bytes,
-                         record: Callable[..., None]) -> None:
+                         handset_key: bytes, record: Callable[..., None],
+                         session: SessionReports) -> None:
     """Record ``message`` with ``record(*events)`` (the daemon's outbox writer) and, for
     Opened, answer OpenedAck over ``push``. Without the handset's key (a session that
     did not carry it) open records are left with the phone for a later contact."""
     if isinstance(message, ble.Refused):
+        if not session.may_refuse(message.item_id):
+            log.info("refusal of %.64r from %s dropped: not delivered in this session "
+                     "(or refused already)", message.item_id, handset_id)
+            return
         reason = message.reason if message.reason in ble.REFUSAL_REASONS else "other"
-        record(("refused", {"item_id": message.item_id[:64], "version": message.version,
+        record(("refused", {"item_id": message.item_id, "version": message.version,
                             "reason": reason, "handset_id": handset_id}))
         return
     if not handset_key:
@@ -42,7 +71,9 @@ async def handset_report(push: Any, message: ble.Refused | ble.Opened, handset_i
     events: list[Event] = []
     done: list[int] = []
     refused: dict[int, str] = {}
-    for data in message.records[:ble.MAX_OPEN_RECORDS]:
+    taken = message.records[:min(ble.MAX_OPEN_RECORDS, session.records_left)]
+    session.records_left -= len(taken)
+    for data in taken:
         try:
             rec = verify(data, handset_id, handset_key)
         except OpenRecordError as exc:
@@ -54,10 +85,13 @@ async def handset_report(push: Any, message: ble.Refused | ble.Opened, handset_i
                 refused[counter] = exc.reason
                 done.append(counter)
             continue
+        done.append(rec.counter)
+        if rec.counter in session.counters:  # repeated in this session: recorded already
+            continue
+        session.counters.add(rec.counter)
         events.append(("open", {"item_id": rec.item_id, "version": rec.version,
                                 "handset_id": handset_id, "counter": rec.counter,
                                 "received_at": rec.node_id, "opened_at": rec.opened_at}))
-        done.append(rec.counter)
     if events:
         record(*events)  # committed to the outbox before the phone may drop anything
     await push.send(ble.OpenedAck(done, refused))
