@@ -132,5 +132,12 @@ def local_time(at: float, tz: str | None) -> datetime:
 
 
 def day_start(local: datetime) -> float:
-    """Unix time of the local midnight that began ``local``'s day."""
-    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    """Unix time of the local midnight that began ``local``'s day. The phone's own zone
+    (local_time with tz None) comes as a fixed offset, the one of ``local``'s moment:
+    midnight is then taken by the system's rules for the zone (naive local time), or a
+    day that changed to or from summer time would begin an hour off."""
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if not isinstance(local.tzinfo, ZoneInfo) and \
+            local.utcoffset() == local.astimezone().utcoffset():  # the system's zone
+        midnight = midnight.replace(tzinfo=None)  # timestamp() by the system's zone rules
+    return midnight.timestamp()

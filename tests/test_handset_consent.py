@@ -178,3 +178,48 @@ async def test_a_refusal_reaches_the_hub_and_its_funnel(
     today = int(time.time() // 86400)
     totals = db.funnel("coffee-coupon", today - 1, today + 1)["totals"]
     assert totals["refused"] == 1 and totals["request"] == 1
+
+
+# ------------------------------------------------- the phone's own zone (review)
+
+@pytest.mark.parametrize("tz", [None, "Europe/Berlin"])
+@pytest.mark.parametrize(("at_utc", "midnight_utc"), [
+    # 2026-03-29, clocks 02:00 CET -> 03:00 CEST: the day began at 23:00 UTC the day before
+    ("2026-03-29T08:00", "2026-03-28T23:00"),
+    # 2026-10-25, clocks 03:00 CEST -> 02:00 CET: the day began at 22:00 UTC the day before
+    ("2026-10-25T20:00", "2026-10-24T22:00"),
+    ("2026-10-25T00:30", "2026-10-24T22:00"),  # 01:30 CEST, or 02:30 CEST
+])
+def test_the_caps_day_begins_at_local_midnight_across_dst_in_the_phones_own_zone(
+        monkeypatch: pytest.MonkeyPatch, tz: str | None, at_utc: str, midnight_utc: str) -> None:
+    """tz None is the phone's own zone (the app's default): its day must begin at the
+    local midnight of that date, not at the offset of the moment asked about."""
+    from handset_app.consent import day_start, local_time
+
+    def utc(text: str) -> float:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        assert day_start(local_time(utc(at_utc), tz)) == utc(midnight_utc)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_quiet_hours_across_midnight_hold_on_the_dst_night_in_the_phones_own_zone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from handset_app.consent import local_time
+
+    consent = Consent(quiet_start="22:00", quiet_end="07:00")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        for hhmm, quiet in (("2026-03-28T20:59", False), ("2026-03-28T21:00", True),
+                            ("2026-03-29T04:59", True), ("2026-03-29T05:00", False)):
+            at = datetime.fromisoformat(hhmm).replace(tzinfo=timezone.utc).timestamp()
+            assert consent.in_quiet_hours(local_time(at, None)) is quiet, hhmm
+    finally:
+        monkeypatch.undo()
+        time.tzset()
