@@ -121,6 +121,11 @@ class Handsets:
         token, value = self.accounts.create_token(
             actor, user.username, f"handset-{handset_id}", TOKEN_SCOPE, expires_at=expires)
         with self._writer.begin() as conn:
+            # The account's row first: it locks the row (PostgreSQL), so two issues for
+            # one account at once take turns, and the second sees the first's handset
+            # as one to replace (else both stayed current, one token never revoked).
+            conn.execute(update(users).where(users.c.id == user.id)
+                         .values(handset_id=handset_id))
             old = conn.execute(select(handsets.c.handset_id, handsets.c.token_id).where(
                 handsets.c.user_id == user.id, handsets.c.replaced_at.is_(None))).all()
             conn.execute(update(handsets).where(handsets.c.user_id == user.id,
@@ -129,8 +134,6 @@ class Handsets:
             conn.execute(insert(handsets).values(
                 handset_id=handset_id, user_id=user.id, public_key=public_key.hex(),
                 issued_at=now, expires_at=expires, token_id=token.id))
-            conn.execute(update(users).where(users.c.id == user.id)
-                         .values(handset_id=handset_id))
             audit(conn, actor, "handset.issue", "user", user.username,
                   {"handset_id": user.handset_id},
                   {"handset_id": handset_id, "expires_at": expires,

@@ -405,3 +405,64 @@ def test_the_node_survives_any_answer_the_hub_relays(world: dict[str, Any]) -> N
     presence.on_answer(b"")
     assert (presence.malformed, presence.forged) == (1, 2)
     assert len(verdicts) == len(bodies)
+
+
+def test_two_sign_ins_at_once_leave_one_handset_and_one_live_token(
+        web: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sign-ins of one account at the same moment (two web workers): each marks the
+    handsets it sees replaced, but one that commits while the other waits must not be
+    missed, or the account keeps two current handsets and a token never revoked."""
+    import threading
+
+    import hub.handsets
+    from hub.accounts import Actor
+    from hub.handsets_api import handsets
+    from tests.test_hub_handsets import PASSWORD, new_key, register
+
+    client = web.test_client()
+    register(client, "dave")
+    with web.app_context():
+        store = handsets(web)
+    if store.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises the writers")
+    insert = hub.handsets.insert
+    first_in = threading.Event()
+
+    def slow_insert(*args: Any, **kwargs: Any) -> Any:
+        # the first sign-in holds its transaction open after marking the old handset
+        # replaced, before it writes the account row
+        if not first_in.is_set():
+            first_in.set()
+            time.sleep(0.5)
+        return insert(*args, **kwargs)
+
+    monkeypatch.setattr(hub.handsets, "insert", slow_insert)
+    issued: list[Any] = []
+
+    def sign_in() -> None:
+        issued.append(store.sign_in(Actor(None, "test", "api", None), "dave", PASSWORD,
+                                    bytes.fromhex(new_key()[1])))
+
+    one = threading.Thread(target=sign_in)
+    one.start()
+    assert first_in.wait(5)
+    two = threading.Thread(target=sign_in)
+    two.start()
+    one.join(10)
+    two.join(10)
+    assert len(issued) == 2
+    from sqlalchemy import select
+
+    from hub.schema import handsets as table
+    from hub.schema import users
+
+    with store.engine.connect() as conn:
+        current = conn.execute(select(table.c.handset_id).where(
+            table.c.replaced_at.is_(None))).scalars().all()
+        mine = conn.execute(select(users.c.handset_id).where(
+            users.c.username == "dave")).scalar()
+    assert current == [mine], (current, mine)
+    live = [i for i in issued if client.get(
+        "/api/v1/presence/" + "0" * 32,
+        headers={"Authorization": f"Bearer {i.token}"}).status_code != 401]
+    assert [i.handset_id for i in live] == [mine]
