@@ -466,3 +466,70 @@ def test_two_sign_ins_at_once_leave_one_handset_and_one_live_token(
         "/api/v1/presence/" + "0" * 32,
         headers={"Authorization": f"Bearer {i.token}"}).status_code != 401]
     assert [i.handset_id for i in live] == [mine]
+
+
+def test_two_claims_of_one_code_at_once_give_it_to_one_account(
+        db: HubDB, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two web workers claim one code at the same moment: both read it open; the update
+    that finds it no longer open is a 409 (PostgreSQL; SQLite serialises writers)."""
+    import threading
+
+    import hub.presence
+
+    if db.engine.dialect.name == "sqlite":
+        pytest.skip("SQLite serialises the writers")
+    clock = Clock()
+    PresenceRelay(db.engine, SECRET, lambda t, p: None, clock=clock).handle(
+        PRESENCE_OFFER, NODE, offer_payload("12345678", "a" * 32))
+    update = hub.presence.update
+    first_in, second_done = threading.Event(), threading.Event()
+
+    def slow_update(*args: Any, **kwargs: Any) -> Any:
+        if not first_in.is_set():  # the first read it open, then waits
+            first_in.set()
+            second_done.wait(5)
+        return update(*args, **kwargs)
+
+    monkeypatch.setattr(hub.presence, "update", slow_update)
+    outcomes: dict[int, Any] = {}
+
+    def claim(user: int) -> None:
+        try:
+            outcomes[user] = PresenceStore(db.engine, clock=clock).claim(
+                "12345678", user, f"h{user}").state
+        except PresenceError as exc:
+            outcomes[user] = exc.status
+        finally:
+            if user == 2:
+                second_done.set()
+
+    one = threading.Thread(target=claim, args=(1,))
+    one.start()
+    assert first_in.wait(5)
+    claim(2)
+    one.join(10)
+    assert outcomes == {1: 409, 2: "claimed"}
+
+
+def test_the_phone_survives_any_hello_and_confirmation(world: dict[str, Any]) -> None:
+    """What the hub gives the phone (the node's HELLO, the CONFIRM MAC) is untrusted:
+    garbled, truncated or bit-flipped, it is refused with the exceptions hubclient
+    handles, and a wrong MAC gives no session."""
+    import random
+
+    from tapcast.protocol.nfc import HelloRejected, ProtocolError
+
+    rng = random.Random(3)
+    presence, uplink, _ = node_presence(world)
+    hello = bytes.fromhex(hub_view(uplink)[2])
+    hellos = [rng.randbytes(rng.randrange(0, 600)) for _ in range(100)]
+    hellos += [hello[:n] for n in range(0, len(hello), 7)]
+    hellos += [hello[:i] + bytes([hello[i] ^ 0x10]) + hello[i + 1:]
+               for i in range(0, len(hello), 5)]
+    hellos += [hello + b"\x00", hello + rng.randbytes(300)]
+    for bad in hellos:
+        with pytest.raises((HelloRejected, ProtocolError, ValueError)):
+            answer(world["alice"], bad.hex())
+    pending = answer(world["alice"], hello.hex())
+    for mac in (b"", b"\x00" * 32, b"\x00" * 31, rng.randbytes(64)):
+        assert pending.confirm(mac) is None
