@@ -851,11 +851,17 @@ class _Writer:
                 if (type(h) is str and type(c) is int and type(item) is str
                         and 0 < c < 2**53 and _ITEM_KEY.fullmatch(h) and _ITEM_KEY.fullmatch(item)):
                     first.setdefault((h, c), (item, int(e.ts // 86400), node_id))
-            new = self.conn.execute(self.sql.insert(handset_opens).values([
-                {"handset_id": h, "counter": c, "item_key": first[(h, c)][0],
-                 "node_id": first[(h, c)][2], "received": received} for h, c in sorted(first)
-            ]).on_conflict_do_nothing().returning(
-                handset_opens.c.handset_id, handset_opens.c.counter)).all() if first else []
+            # sorted: lock order between workers; a statement per 1,000 rows: a multi-row
+            # VALUES binds 5 parameters a row, and a database takes at most 32766
+            # (SQLite) or 65535 (PostgreSQL) in one statement
+            keys_ = sorted(first)
+            new = [row for at in range(0, len(keys_), 1000)
+                   for row in self.conn.execute(self.sql.insert(handset_opens).values([
+                       {"handset_id": h, "counter": c, "item_key": first[(h, c)][0],
+                        "node_id": first[(h, c)][2], "received": received}
+                       for h, c in keys_[at:at + 1000]
+                   ]).on_conflict_do_nothing().returning(
+                       handset_opens.c.handset_id, handset_opens.c.counter))]
             for h, c in new:
                 item, day, node_id = first[(h, c)]
                 funnel[(item, day, node_id, "open")] = funnel.get((item, day, node_id, "open"), 0) + 1
