@@ -533,3 +533,29 @@ def test_the_phone_survives_any_hello_and_confirmation(world: dict[str, Any]) ->
     pending = answer(world["alice"], hello.hex())
     for mac in (b"", b"\x00" * 32, b"\x00" * 31, rng.randbytes(64)):
         assert pending.confirm(mac) is None
+
+
+def test_a_node_cannot_report_a_verdict_on_another_nodes_session(db: HubDB) -> None:
+    """node-2 seals with its own key, on its own topic, a result for node-1's offer (its
+    id is on the broker in clear): the hub ignores it (late), node-1's session waits."""
+    from tapcast.protocol.presence import Result, seal_result
+
+    clock = Clock()
+    sent: list[Any] = []
+    relay = PresenceRelay(db.engine, SECRET, lambda t, p: sent.append(t), clock=clock)
+    store = PresenceStore(db.engine, clock=clock)
+    relay.handle(PRESENCE_OFFER, NODE, offer_payload("12345678", "a" * 32))
+    store.claim("12345678", 7, "h7")
+    store.answer("a" * 32, 7, "0102")
+    assert relay.relay() == 1 and sent == [presence_topic(NODE, "presence/answer")]
+    other = stream_key(SECRET, "node-2")
+    relay.handle(PRESENCE_RESULT, "node-2", seal_result(other, "node-2", Result(
+        offer_id="a" * 32, reason="ok", confirm="cc" * 32)))
+    assert relay.counters.late == 1 and relay.counters.results == 0
+    assert store.get("a" * 32, 7).state == "relayed"
+    # nor an offer: node-2 offering node-1's offer id stores nothing new
+    relay.handle(PRESENCE_OFFER, "node-2", seal_offer(other, "node-2", Offer(
+        offer_id="a" * 32, code=seal_code(other, "a" * 32, "87654321"), ttl=60.0,
+        hello="00")))
+    with pytest.raises(PresenceError):
+        store.claim("87654321", 8, "h8")
