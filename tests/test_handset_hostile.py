@@ -222,3 +222,50 @@ def test_the_counter_survives_delete_local_data_even_when_killed_in_the_middle(
         assert phone.store.get_meta("open_counter") == "41"
     finally:
         phone.store.close()
+
+
+def test_a_kill_while_a_file_is_written_leaves_no_half_file_and_no_orphan(
+        tmp_path: Path) -> None:
+    """kill -9 after the bytes went to the temporary name (before the rename), and
+    after the rename before the inbox entry: the next start finds neither."""
+    import subprocess
+    import sys
+    import textwrap
+
+    for where in ("replace", "add_item"):
+        script = textwrap.dedent(f"""
+            import os, signal
+            from pathlib import Path
+            from handset_app.phonestore import PhoneStore
+            store = PhoneStore(Path({str(tmp_path)!r}))
+            if {where!r} == "replace":
+                os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+            store.keep_file("{'ab' * 32}", b"x" * 100_000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """)
+        subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[1],
+                       check=False)
+        assert list((tmp_path / "files").iterdir()), where  # something was left ...
+        from handset_app.phonestore import PhoneStore
+        PhoneStore(tmp_path).close()
+        assert list((tmp_path / "files").iterdir()) == [], where  # ... and is gone
+
+
+async def test_node_chosen_ids_titles_and_types_never_name_a_file(
+        pair: tuple[VirtualHall, Phone]) -> None:
+    hall, phone = pair
+    key, rec = os.urandom(32), Recorder()
+    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
+    nasty = "../../" + "\x00\n\x1b[2J/etc/passwd" + "x" * 3000
+    async with node_side(hall, phone, key) as node:
+        data = os.urandom(300)
+        await node.send(ble.ContentItem(
+            id=nasty, title=nasty, kind="media", body=nasty, merchant=nasty,
+            sha256=hashlib.sha256(data).hexdigest(), media_type="../" + nasty, size=300,
+            data=data))
+        [entry] = await rec.wait("on_item")
+        await node.close("done")
+    assert entry.file == phone.store.files_dir / hashlib.sha256(data).hexdigest()
+    assert [p.name for p in phone.store.files_dir.iterdir()] == [entry.file.name]
+    assert [p for p in phone.data_dir.parent.rglob("*passwd*")] == []
+    assert phone.item(nasty) == entry  # kept as text, offline, as it came
