@@ -513,6 +513,33 @@ async def test_register_then_present_a_displays_code_without_nfc(
                for text in label_texts(app.places))
     await screenshot(app, "09-places")
 
+async def test_settings_reset_the_identity_and_delete_everything_kept(
+        app: Any, hall: VirtualHall) -> None:
+    settings = app.settings_screen
+    nav(app, "Settings")
+    assert app.phone.credentials is not None and app.phone.inbox()
+    press(settings.ids.reset_identity)  # the first press only asks to confirm
+    assert app.phone.credentials is not None
+    assert settings.reset_label.endswith("(press again to confirm)")
+    press(settings.ids.reset_identity)
+    assert app.phone.credentials is None
+    assert app.screen() == "account"
+    assert "Not signed in: sign in or register to receive content." in label_texts(app.account)
+    assert app.phone.inbox(), "resetting the identity keeps the inbox"
+    nav(app, "Settings")
+    press(settings.ids.delete_data)
+    press(settings.ids.delete_data)
+    assert app.phone.inbox() == [] and app.phone.places() == []
+    nav(app, "Inbox")
+    assert "Nothing yet: tap a display in the hall." in label_texts(app.inbox)
+    await screenshot(app, "10-deleted")
+    # a phone without an identity does not answer a display
+    errors = len(app.errors)
+    nav(app, "Tap")
+    press(app.tap_screen.buttons[hall.nodes[0].node_id])
+    await until(app, lambda: len(app.errors) > errors, "the refusal to tap")
+    assert app.errors[-1].startswith("sign in first")
+
 async def test_tapcast_handset_app_opens_its_window_and_says_when_it_is_ready(
         xdisplay: str, tmp_path: Path) -> None:
     """The command as a person runs it (its own process, the same X server)."""
@@ -527,3 +554,23 @@ async def test_tapcast_handset_app_opens_its_window_and_says_when_it_is_ready(
     assert re.match(r"handset app ready in \d+\.\d\d s \(not signed in, 1 display\(s\)\)",
                     result.stdout), result.stdout
     assert "Traceback" not in result.stderr
+
+
+async def test_demo_app_opens_one_app_window_among_the_handsets(
+        xdisplay: str, tmp_path: Path) -> None:
+    """`tapcast demo --app`: the app's own process on the hall's air, ready, and the demo
+    still ends ok."""
+    import subprocess
+    import sys
+
+    result = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "hall.cli", "demo", "--app", "--nodes", "2",
+                         "--handsets", "2", "--duration", "4", "--hub-port", "0",
+                         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, env={**os.environ})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"^app window: handset app ready in \d+\.\d\d s \(handset-app, "
+                     r"2 display\(s\)\)", result.stdout, re.M), result.stdout
+    assert "result: ok" in result.stdout
+    (log,) = tmp_path.glob("*/app/app.log")
+    assert "Traceback" not in log.read_text()
