@@ -3,6 +3,7 @@ a test await the one it needs (no sleeps), and a phone in a small virtual hall."
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -117,6 +118,17 @@ async def node_side(hall: VirtualHall, phone: Phone, key: bytes
                                  backend_kwargs={"hci_adapter": radio}, connect_timeout=2.0)
     finally:
         await radio.close()
+
+
+@asynccontextmanager
+async def attached(hall: VirtualHall, phone: Phone
+                   ) -> AsyncIterator[tuple[PushSession, Recorder]]:
+    """A code-path session of ``phone`` (a fresh key, node "node-x" in "lobby") and the
+    node's end of it (node_side), with the phone's listener."""
+    key, rec = os.urandom(32), Recorder()
+    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
+    async with node_side(hall, phone, key) as node:
+        yield node, rec
 
 
 @pytest.fixture

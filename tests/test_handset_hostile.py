@@ -17,7 +17,7 @@ from hall.virtual import HallNode, VirtualHall
 from handset_app.phone import Phone
 from tapcast.protocol import ble
 from tapcast.protocol.openrecord import OpenRecord
-from tests.phone_support import Recorder, node_side, pair, tap
+from tests.phone_support import Recorder, attached, pair, tap
 
 __all__ = ["pair"]  # the fixture
 
@@ -45,9 +45,7 @@ async def test_a_node_cannot_make_the_phone_drop_open_records_it_was_never_sent(
     hall, phone = pair
     for counter in range(1, ble.MAX_OPEN_RECORDS + 2):
         phone.store.add_pending_record(counter, b"record %d" % counter)
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         opened = await asyncio.wait_for(node.receive(), 5)
         assert isinstance(opened, ble.Opened) and len(opened.records) == ble.MAX_OPEN_RECORDS
         await node.send(ble.OpenedAck(list(range(1, 10_000))))
@@ -61,9 +59,7 @@ async def test_an_item_sent_again_with_other_bytes_leaves_one_file_not_a_pile(
     """The inbox keeps one entry per item id; the files of the entries it replaced must
     go too, or a node re-sending one id with fresh bytes fills the phone's storage."""
     hall, phone = pair
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         for n in range(3):
             await node.send(media("map", os.urandom(2000)))
             await rec.wait("on_item", lambda e, n=n: len(rec.of("on_item")) > n)
@@ -79,9 +75,7 @@ async def test_a_node_pushes_one_unrequested_item_a_session_not_a_flood(
     keeps pushing unrequested items (with no cap set) is refused after a few a session
     instead of filling the phone."""
     hall, phone = pair
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         for n in range(10):
             await node.send(media(f"spam-{n}", os.urandom(1000)))
         await rec.wait("on_refused", lambda item, _r: item == "spam-9")
@@ -167,9 +161,7 @@ async def test_delete_local_data_leaves_nothing_of_the_items_on_disk(
         pair: tuple[VirtualHall, Phone]) -> None:
     hall, phone = pair
     secret = b"SECRET-ARTICLE-" + os.urandom(8).hex().encode()
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         body = secret.decode()
         await node.send(ble.ContentItem(id="secret", title="Secret", kind="article",
                                         body=body, sha256=hashlib.sha256(secret).hexdigest()))
@@ -254,10 +246,8 @@ def test_a_kill_while_a_file_is_written_leaves_no_half_file_and_no_orphan(
 async def test_node_chosen_ids_titles_and_types_never_name_a_file(
         pair: tuple[VirtualHall, Phone]) -> None:
     hall, phone = pair
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
     nasty = "../../" + "\x00\n\x1b[2J/etc/passwd" + "x" * 3000
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         data = os.urandom(300)
         await node.send(ble.ContentItem(
             id=nasty, title=nasty, kind="media", body=nasty, merchant=nasty,

@@ -18,7 +18,7 @@ from handset_app.phone import Phone
 from node.ble_push import PushError
 from tapcast.protocol import ble
 from tapcast.protocol.openrecord import OpenRecord
-from tests.phone_support import Recorder, hall_and_phone, node_side, pair, tap
+from tests.phone_support import Recorder, attached, hall_and_phone, node_side, pair, tap
 
 __all__ = ["pair"]  # the fixture
 
@@ -68,9 +68,7 @@ async def test_a_fresh_phone_on_the_same_data_dir_shows_inbox_and_places_offline
 async def test_an_item_with_a_file_is_kept_under_its_sha256(
         pair: tuple[VirtualHall, Phone]) -> None:
     hall, phone = pair
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         data = os.urandom(5000)
         sha = hashlib.sha256(data).hexdigest()
         await node.send(ble.ContentItem(id="map", title="Map", kind="media", body="", sha256=sha,
@@ -93,9 +91,7 @@ async def test_a_large_file_comes_over_the_nodes_wlan_link_with_progress(
     sha = hashlib.sha256(data).hexdigest()
     (daemon.data_dir / "files").mkdir(exist_ok=True)
     (daemon.data_dir / "files" / sha).write_bytes(data)
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         for item_id, announced in (("short", len(data) - 1), ("film", len(data))):
             await node.send(ble.ContentItem(
                 id=item_id, title="Film", kind="media", body="", sha256=sha,
@@ -179,9 +175,7 @@ async def test_garbled_and_wrongly_keyed_frames_are_reported_and_dropped_without
 async def test_an_item_whose_text_does_not_match_its_sha256_is_not_kept(
         pair: tuple[VirtualHall, Phone]) -> None:
     hall, phone = pair
-    key, rec = os.urandom(32), Recorder()
-    await phone.attach("node-x", "lobby", key, channel="code", listener=rec)
-    async with node_side(hall, phone, key) as node:
+    async with attached(hall, phone) as (node, rec):
         await node.send(ble.ContentItem(id="bent", title="Bent", kind="article", body="a",
                                         sha256=hashlib.sha256(b"b").hexdigest()))
         await rec.wait("on_error", lambda m: "sha256" in m)

@@ -5,12 +5,14 @@ any event and never fails the writer's transaction; many opens in one transactio
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from hub.db import HubDB
 from tapcast.protocol.mqtt import Event
+from tests.test_hub_db import db
+
+__all__ = ["db"]  # the fixture
 
 DAY = 20_000
 TS = DAY * 86400.0 + 100
@@ -25,13 +27,6 @@ def open_ev(seq: int, counter: object, handset: object = "h-1", item: object = "
 
 def opens(db: HubDB, item: str = "coffee") -> int:
     return db.funnel(item, DAY, DAY)["totals"]["open"]
-
-
-@pytest.fixture
-def db(hub_database: str) -> Iterator[HubDB]:
-    store = HubDB(hub_database)
-    yield store
-    store.close()
 
 
 def test_an_open_counts_once_per_handset_and_counter_across_batches_and_nodes(db: HubDB) -> None:
