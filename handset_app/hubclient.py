@@ -143,14 +143,6 @@ class HubClient:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 raw = response.read(MAX_ANSWER + 1)
-            if len(raw) > MAX_ANSWER:
-                raise _garbled(f"an answer over {MAX_ANSWER} bytes")
-            answer = json.loads(raw or b"{}")
-            if not isinstance(answer, dict):
-                raise _garbled("JSON that is not an object")
-            return answer
-        except ValueError:  # not JSON (UnicodeDecodeError and JSONDecodeError are too)
-            raise _garbled("an answer that is not JSON") from None
         except urllib.error.HTTPError as exc:
             try:
                 message = json.loads(exc.read(MAX_ANSWER)).get("error") or exc.reason
@@ -160,6 +152,15 @@ class HubClient:
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             raise HubError(0, f"cannot reach the hub at {self.url}: "
                               f"{getattr(exc, 'reason', exc)}") from None
+        if len(raw) > MAX_ANSWER:
+            raise _garbled(f"an answer over {MAX_ANSWER} bytes")
+        try:
+            answer = json.loads(raw or b"{}")
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise _garbled("an answer that is not JSON") from None
+        if not isinstance(answer, dict):
+            raise _garbled("JSON that is not an object")
+        return answer
 
     # ------------------------------------------------------------ accounts
 

@@ -559,3 +559,35 @@ def test_a_node_cannot_report_a_verdict_on_another_nodes_session(db: HubDB) -> N
         hello="00")))
     with pytest.raises(PresenceError):
         store.claim("87654321", 8, "h8")
+
+
+@pytest.mark.parametrize("body", [b"<html>not json</html>", b"[1, 2]", b"\xff\xfe",
+                                  b"{" + b" " * (300 * 1024) + b"}"])
+def test_the_apps_client_reads_a_garbled_or_huge_answer_as_a_hub_error(body: bytes) -> None:
+    """Over real HTTP: whatever answers at the hub's address (a captive portal, a
+    proxy) gives a HubError 502, and the client reads no more than MAX_ANSWER."""
+    import http.server
+    import threading
+
+    from handset_app.hubclient import HubClient, HubError
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = HubClient(f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(HubError) as garbled:
+            client.register("erin", "a long walk by the river")
+        assert garbled.value.status == 502
+    finally:
+        server.shutdown()
+        server.server_close()
