@@ -41,8 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from tapcast.keys import HandsetCredentials, KeyFileError, load_handset_credentials, \
-    save_handset_credentials
+from tapcast.keys import HandsetCredentials, KeyFileError, check_id, \
+    load_handset_credentials, save_handset_credentials
 from tapcast.protocol import ble
 from tapcast.protocol.nfc import HandsetCard, HandsetSession
 from tapcast.protocol.openrecord import OpenRecord
@@ -279,7 +279,10 @@ class Phone:
             return OpenRecord(creds.handset_id, entry.item_id, entry.version, entry.node_id,
                               opened_at, counter).sign(creds.private_key)
 
-        self.store.queue_open(record)
+        try:
+            self.store.queue_open(record)
+        except ValueError as exc:  # an entry no record can name (kept before the check)
+            log.warning("no open record for %.80r: %s", item_id, exc)
         self.store.mark_opened(item_id)
 
     def pending_events(self) -> int:
@@ -502,6 +505,13 @@ class PhoneSession:
 
     async def _take(self, message: ble.ContentItem) -> None:
         phone = self.phone
+        try:  # what an open record names it by (an id, a uint32), or it could never be
+            check_id(message.id, "item id")
+            if not 0 <= message.version < 2**32:
+                raise ValueError(f"item version {message.version} is not a uint32")
+        except ValueError as exc:
+            self._error(f"dropped an item the phone could not name: {exc}"[:300])
+            return
         requested = message.id in self.requested
         now = phone.clock()
         local = local_time(now, phone.tz)

@@ -243,14 +243,14 @@ def test_a_kill_while_a_file_is_written_leaves_no_half_file_and_no_orphan(
         assert list((tmp_path / "files").iterdir()) == [], where  # ... and is gone
 
 
-async def test_node_chosen_ids_titles_and_types_never_name_a_file(
+async def test_node_chosen_titles_merchants_and_types_never_name_a_file(
         pair: tuple[VirtualHall, Phone]) -> None:
     hall, phone = pair
     nasty = "../../" + "\x00\n\x1b[2J/etc/passwd" + "x" * 3000
     async with attached(hall, phone) as (node, rec):
         data = os.urandom(300)
         await node.send(ble.ContentItem(
-            id=nasty, title=nasty, kind="media", body=nasty, merchant=nasty,
+            id="nasty", title=nasty, kind="media", body=nasty, merchant=nasty,
             sha256=hashlib.sha256(data).hexdigest(), media_type="../" + nasty, size=300,
             data=data))
         [entry] = await rec.wait("on_item")
@@ -258,4 +258,40 @@ async def test_node_chosen_ids_titles_and_types_never_name_a_file(
     assert entry.file == phone.store.files_dir / hashlib.sha256(data).hexdigest()
     assert [p.name for p in phone.store.files_dir.iterdir()] == [entry.file.name]
     assert [p for p in phone.data_dir.parent.rglob("*passwd*")] == []
-    assert phone.item(nasty) == entry  # kept as text, offline, as it came
+    assert phone.item("nasty") == entry and entry.title == nasty  # text, kept as it came
+
+
+async def test_an_item_that_could_never_be_opened_is_not_kept(
+        pair: tuple[VirtualHall, Phone]) -> None:
+    """An open record names the item by id and version (an id of letters, digits, '_'
+    and '-', a uint32): an item without such an id or version would sit in the inbox
+    and make open_item raise (in the app: from a touch on the inbox)."""
+    hall, phone = pair
+    body = "text"
+    sha = hashlib.sha256(body.encode()).hexdigest()
+    async with attached(hall, phone) as (node, rec):
+        for item_id, version in (("a b", 1), ("x" * 65, 1), ("fine", -1), ("fine", 2**32),
+                                 ("fine", 3)):
+            await node.send(ble.ContentItem(id=item_id, title="T", kind="article", body=body,
+                                            sha256=sha, version=version))
+        await rec.wait("on_item")
+        await node.close("done")
+    assert [(e.item_id, e.version) for e in phone.inbox()] == [("fine", 3)]
+    assert len(rec.of("on_error")) >= 4
+
+
+def test_open_item_of_an_entry_no_record_can_name_does_not_raise(tmp_path: Path) -> None:
+    """Entries kept before the check (or by an older version of the app)."""
+    from handset_app.phonestore import InboxEntry
+    from tapcast.keys import HubAuthority, make_handset_credentials
+
+    phone = Phone(tmp_path)
+    try:
+        phone.install_credentials(make_handset_credentials(HubAuthority.generate(), "phone-1",
+                                                           time.time() + 3600))
+        phone.store.add_item(InboxEntry("a b", 1, "article", "T", "", None, None, "",
+                                        "node-1", "z", 1.0, False, False))
+        phone.open_item("a b")
+        assert phone.item("a b").opened and phone.pending_events() == 0
+    finally:
+        phone.store.close()
