@@ -173,6 +173,9 @@ async def test_delete_local_data_leaves_nothing_of_the_items_on_disk(
     cache.mkdir()
     (cache / "pic.png").write_bytes(b"x")
     (phone.data_dir / "hub.json").write_text("{}")  # the account: the identity's, kept
+    phone.store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # an inbox of some age
+    phone.store.db.execute("PRAGMA secure_delete = OFF")  # SQLite's default (Debian's: ON)
+    assert secret in (phone.data_dir / "phone.db").read_bytes()
     phone.delete_local_data()
     assert phone.inbox() == [] and phone.pending_events() == 0
     assert (phone.data_dir / "hub.json").exists()
