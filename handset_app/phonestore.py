@@ -109,7 +109,7 @@ class PhoneStore:
         file written just before a crash kept its entry from being stored."""
         keep = self._referenced()
         for path in self.files_dir.iterdir():
-            if path.name not in keep:
+            if path.name not in keep and not path.is_dir():
                 path.unlink(missing_ok=True)
 
     def _drop_file(self, sha256: str | None) -> None:

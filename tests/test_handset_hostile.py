@@ -244,6 +244,8 @@ def test_a_kill_while_a_file_is_written_leaves_no_half_file_and_no_orphan(
         from handset_app.phonestore import PhoneStore
         PhoneStore(tmp_path).close()
         assert list((tmp_path / "files").iterdir()) == [], where  # ... and is gone
+    (tmp_path / "files" / "a-folder").mkdir()  # not ours to remove, and no reason to fail
+    PhoneStore(tmp_path).close()
 
 
 async def test_node_chosen_titles_merchants_and_types_never_name_a_file(
