@@ -3,6 +3,7 @@ alone, then on real stacks (nfcpy udp tap, bumble air, node daemon and its outbo
 a refusal's way to the hub (real Mosquitto and ingest)."""
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,7 +16,7 @@ from hall.virtual import HallNode, VirtualHall
 from handset_app.consent import Consent
 from handset_app.phone import Phone
 from tapcast.protocol import ble
-from tests.phone_support import hall_and_phone, pair, tap
+from tests.phone_support import attached, hall_and_phone, pair, tap
 
 __all__ = ["pair"]  # the fixture
 
@@ -223,3 +224,29 @@ def test_quiet_hours_across_midnight_hold_on_the_dst_night_in_the_phones_own_zon
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+async def test_the_cap_holds_to_the_last_second_of_the_day_and_frees_at_midnight(
+        pair: tuple[VirtualHall, Phone]) -> None:
+    """The phone's own count (kept items, by the phone's clock) at the day's boundary:
+    cap 1, one item at 23:59:59 takes it, another then is refused, one at 00:00:00 of
+    the next day is kept."""
+    hall, phone = pair
+    phone.set_consent(Consent(daily_cap=1))
+    now = [at(23, 59).timestamp() + 59]
+    phone.clock = lambda: now[0]
+
+    def item(item_id: str) -> ble.ContentItem:
+        return ble.ContentItem(id=item_id, title=item_id, kind="article", body=item_id,
+                               sha256=hashlib.sha256(item_id.encode()).hexdigest())
+
+    async with attached(hall, phone) as (node, rec):
+        await node.send(item("late"))
+        await rec.wait("on_item", lambda e: e.item_id == "late")
+        await node.send(item("later"))
+        await rec.wait("on_refused", lambda i, r: i == "later" and r == "cap")
+        now[0] += 1  # 00:00:00, 1 December
+        await node.send(item("next-day"))
+        await rec.wait("on_item", lambda e: e.item_id == "next-day")
+        await node.close("done")
+    assert sorted(e.item_id for e in phone.inbox()) == ["late", "next-day"]
