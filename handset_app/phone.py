@@ -513,6 +513,7 @@ class PhoneSession:
             self._error(f"dropped an item the phone could not name: {exc}"[:300])
             return
         requested = message.id in self.requested
+        self.requested.discard(message.id)  # one item a request, kept or not: ask again
         now = phone.clock()
         local = local_time(now, phone.tz)
         reason = phone.consent().refusal(
@@ -539,6 +540,5 @@ class PhoneSession:
                            self.node_id, self.zone, now, requested, False)
         phone.store.add_item(entry)
         phone.store.count_place_item(self._place)
-        self.requested.discard(message.id)
         self.items.append(entry)
         self.notify("on_item", entry)

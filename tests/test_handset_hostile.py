@@ -300,3 +300,25 @@ def test_open_item_of_an_entry_no_record_can_name_does_not_raise(tmp_path: Path)
         assert phone.item("a b").opened and phone.pending_events() == 0
     finally:
         phone.store.close()
+
+
+async def test_one_request_lets_one_item_through_even_when_it_fails_its_check(
+        pair: tuple[VirtualHall, Phone]) -> None:
+    """A request consents to one item; a node answering it with bytes that fail their
+    check must not keep the request open for as many tries (each maybe a 200 MiB
+    download) as it likes, past quiet hours and the cap."""
+    hall, phone = pair
+    from handset_app.consent import Consent
+
+    phone.set_consent(Consent(daily_cap=0))
+    async with attached(hall, phone) as (node, rec):
+        await phone._session.request("x")  # type: ignore[union-attr]
+        body = "the real thing"
+        await node.send(ble.ContentItem(id="x", title="X", kind="article", body=body,
+                                        sha256=hashlib.sha256(b"other").hexdigest()))
+        await rec.wait("on_error", lambda m: "sha256" in m)
+        await node.send(ble.ContentItem(id="x", title="X", kind="article", body=body,
+                                        sha256=hashlib.sha256(body.encode()).hexdigest()))
+        await rec.wait(("on_item", "on_refused"))
+        await node.close("done")
+    assert rec.of("on_refused") == [("x", "cap")] and phone.inbox() == []
