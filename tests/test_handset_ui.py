@@ -70,9 +70,16 @@ def hub(broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
     saved = hub.accounts.HASHER
     hub.accounts.HASHER = cheap_password_hashing()
+    from hall.virtual import LIBRARY
+    from hub.accounts import Actor
+    from hub.content import import_directory
+    from hub.content_api import library
+
     directory = tmp_path_factory.mktemp("hub")
     server = serve(hub_config(directory / "hub.db", broker.url, secret_dir=directory),
-                   wait_ingest=10.0)
+                   wait_ingest=10.0, publish_manifests=True)
+    # the sample library, as the demo's hub has it: the nodes sync it as signed manifests
+    import_directory(library(server.app), LIBRARY.parent, Actor.cli())
     yield server
     server.shutdown()
     hub.accounts.HASHER = saved
@@ -87,6 +94,10 @@ async def hall(broker: Mosquitto, hub: HubServer, tmp_path_factory: pytest.TempP
                        hold_off=0.0, processes=False, stream_secret=hub.stream_secret,
                        authority=hub.authority)
     await hall.start()
+    for node in hall.nodes:  # running the hub's signed manifest, not only the seed
+        assert node.daemon is not None
+        await node.daemon.sync.wait_for(lambda d=node.daemon: d.store.content_serial() > 0,
+                                        WAIT)
     yield hall
     await hall.stop()
 
@@ -354,6 +365,42 @@ async def test_a_ticket_asked_for_from_the_catalogue_shows_its_signed_code(
     await screenshot(app, "04-ticket")
     await app.leave_session()
 
+
+async def test_a_large_item_asked_for_shows_its_progress_and_arrives(
+        app: Any, hall: VirtualHall, hub: HubServer) -> None:
+    """A media item too large for the BLE message: the node sends a link on its WLAN
+    server, the phone fetches it with progress, and the catalogue's row shows it."""
+    import io
+
+    from hub.accounts import Actor
+    from hub.content import ItemInput, Targets
+    from hub.content_api import library
+
+    big = png(64, 64)
+    big += bytes(1_500_000)  # past the BLE message: over the node's WLAN link
+    lib = library(hub.app)
+    stored = lib.store_file(io.BytesIO(big), "media")
+    lib.create(Actor.cli(), "hall-map", "media", ItemInput("Hall map", "", 0, stored, "map.png"),
+               targets=Targets(everywhere=True))
+    lobby = hall.nodes[0]
+    assert lobby.daemon is not None
+    await lobby.daemon.sync.wait_for(
+        lambda: any(i.id == "hall-map" for i in lobby.daemon.store.items()), 30)
+    await tap(app, lobby.node_id)
+    await until(app, lambda: "hall-map" in app.catalogue.rows, "the catalogue")
+    nav(app, "Here")
+    row = app.catalogue.rows["hall-map"]
+    seen: list[tuple[int, int]] = []
+    row.bind(done=lambda r, done: seen.append((done, r.total)))
+    press(row.ids.request)
+    await until(app, lambda: row.action in ("Received", "Failed"), "the large item", 30)
+    assert row.action == "Received", app.errors[-2:]
+    assert row.total == len(big) and row.done == len(big)
+    assert len(seen) > 2 and seen[0][0] < len(big), seen  # it moved, chunk by chunk
+    assert row.ids.progress.value == row.ids.progress.max == len(big)
+    await screenshot(app, "05a-progress")
+    assert app.phone.item("hall-map").file.read_bytes() == big
+    await app.leave_session()
 
 async def test_quiet_hours_set_in_settings_refuse_the_pushed_item_and_say_so(
         app: Any, hall: VirtualHall) -> None:
