@@ -159,11 +159,9 @@ class TapcastApp(App):
         for screen in (self.inbox, self.item_screen, self.catalogue, self.places,
                        self.settings_screen, self.tap_screen, self.account):
             screens.add_widget(screen)
+        # Tap: the simulation's displays, and a display's code (no NFC) everywhere
         nav = [("Inbox", "inbox"), ("Here", "catalogue"), ("Places", "places"),
-               ("Settings", "settings")]
-        if self.displays or self.hub_client is not None:
-            nav.append(("Tap", "tap"))
-        nav.append(("Account", "account"))
+               ("Settings", "settings"), ("Tap", "tap"), ("Account", "account")]
         for label, name in nav:
             button = Button(text=label)
             button.bind(on_release=lambda _b, n=name: self.show(n))

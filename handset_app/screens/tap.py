@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from kivy.properties import BooleanProperty
 from kivy.uix.button import Button
 
 from handset_app.screens.base import AppScreen
 
 
 class TapScreen(AppScreen):
+    has_displays = BooleanProperty(False)
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.buttons: dict[str, Button] = {}
@@ -24,6 +27,7 @@ class TapScreen(AppScreen):
             button.bind(on_release=lambda _b, d=display: self.tapcast.start_tap(d.nfc_device))
             self.buttons[display.name] = button
             box.add_widget(button)
+        self.has_displays = bool(displays)
 
     def enter_code(self) -> None:
         code = self.ids.code.text.strip()
