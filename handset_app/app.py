@@ -40,6 +40,7 @@ class _NoCutbufferNoise(logging.Filter):
 logging.getLogger("kivy").addFilter(_NoCutbufferNoise())
 
 from kivy.app import App  # noqa: E402 - after the environment above
+from kivy.base import ExceptionHandler, ExceptionManager  # noqa: E402
 from kivy.core.window import Window  # noqa: E402
 from kivy.properties import BooleanProperty, StringProperty  # noqa: E402
 from kivy.uix.boxlayout import BoxLayout  # noqa: E402
@@ -61,6 +62,21 @@ REFUSALS = {"merchant": "you blocked its merchant", "kind": "you do not take thi
             "quiet_hours": "your quiet hours", "cap": "today's cap is reached"}
 #: Status lines the app keeps (for the window tests and a glance back).
 KEEP_LINES = 200
+
+
+class _ShowErrors(ExceptionHandler):
+    """A bug behind a button must not close the customer's app: Kivy hands every
+    exception from its callbacks here; it is logged, shown, and the app goes on."""
+
+    def __init__(self, app: TapcastApp) -> None:
+        self.app = app
+
+    def handle_exception(self, inst: BaseException) -> int:
+        if isinstance(inst, (KeyboardInterrupt, SystemExit)):
+            return int(ExceptionManager.RAISE)
+        log.error("app: unexpected error", exc_info=inst)
+        self.app.report_error(f"something went wrong: {type(inst).__name__}: {inst}")
+        return int(ExceptionManager.PASS)
 
 
 class Root(BoxLayout):
@@ -138,6 +154,8 @@ class TapcastApp(App):
     # ---------------------------------------------------------------- building
     def build(self) -> Root:
         load_kv()
+        self._errors_handler = _ShowErrors(self)
+        ExceptionManager.add_handler(self._errors_handler)
         from handset_app.screens.account import SignInScreen
         from handset_app.screens.catalogue import CatalogueScreen
         from handset_app.screens.inbox import InboxScreen, ItemScreen
@@ -369,7 +387,10 @@ class TapcastApp(App):
         self.item_screen.show(entry)
         self.show("item")
         if not entry.opened and self.phone.credentials is not None:
-            self.phone.open_item(item_id)  # a signed open event, sent at the next contact
+            try:  # a signed open event, sent at the next contact
+                self.phone.open_item(item_id)
+            except (KeyError, RuntimeError, ValueError, OSError) as exc:
+                self.report_error(f"could not record that you opened it: {exc}")
 
     # ----------------------------------------------------------- the account
     def start_sign_in(self, hub_url: str, username: str, password: str, *,
@@ -407,13 +428,21 @@ class TapcastApp(App):
         return True
 
     def reset_identity(self) -> None:
-        self.phone.reset_identity()
+        try:
+            self.phone.reset_identity()
+        except OSError as exc:
+            self.report_error(f"the identity could not be reset: {exc}")
+            return
         self.session = None
         self.report("identity reset: sign in again for a new pseudonymous id")
         self.show("account")
 
     def delete_local_data(self) -> None:
-        self.phone.delete_local_data()
+        try:
+            self.phone.delete_local_data()
+        except OSError as exc:
+            self.report_error(f"the data could not be deleted: {exc}")
+            return
         self.session = None
         self.inbox.refresh()
         self.report("everything this app kept is deleted")
@@ -422,6 +451,9 @@ class TapcastApp(App):
     # --------------------------------------------------------------- closing
     async def shutdown(self) -> None:
         """After the window closed: stop what runs and close the phone's radio."""
+        handler = getattr(self, "_errors_handler", None)
+        if handler is not None and handler in ExceptionManager.handlers:
+            ExceptionManager.remove_handler(handler)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

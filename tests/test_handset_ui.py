@@ -508,6 +508,23 @@ async def test_garbled_and_wrongly_sealed_messages_are_shown_as_errors_and_dropp
                 or "In inbox" in label_texts(app.catalogue), "the next tap's items")
     await app.leave_session()
 
+async def test_an_exception_in_a_kivy_callback_is_shown_and_the_app_goes_on(app: Any) -> None:
+    """Kivy closes an app whose callback raises, unless a handler says otherwise: the
+    app's handler shows it instead (a bug behind a button must not lose the window)."""
+    from kivy.clock import Clock
+
+    errors = len(app.errors)
+
+    def broken(_dt: float) -> None:
+        raise ZeroDivisionError("a bug behind a button")
+
+    Clock.schedule_once(broken, 0)
+    await until(app, lambda: len(app.errors) > errors, "the error on screen")
+    assert app.errors[-1] == ("something went wrong: ZeroDivisionError: a bug behind a "
+                              "button")
+    await app.next_frame()  # still drawing
+    assert app.root.status_is_error
+
 async def displayed_code(display_url: str) -> str:
     """The code the node's display shows now, read from its page's event stream."""
     import aiohttp

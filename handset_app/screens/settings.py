@@ -89,6 +89,9 @@ class SettingsScreen(AppScreen):
                              "or neither")
             return
         cap_text = self.ids.daily_cap.text.strip()
+        if cap_text and not cap_text.isdigit():
+            app.report_error("the daily cap is a whole number of items (or empty: no cap)")
+            return
         consent = dataclasses.replace(
             app.phone.consent(),
             kinds={kind: box.active for kind, box in self.kind_boxes.items()},
