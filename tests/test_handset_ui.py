@@ -126,6 +126,7 @@ async def app(xdisplay: str, hall: VirtualHall, hub: HubServer,
     except TimeoutError:
         task.cancel()
         raise AssertionError(f"the app did not get ready: {app.lines}") from None
+    assert_real_window()  # every test of the module sees a real X11 window
     yield app
     app.stop()
     await asyncio.wait_for(task, WAIT)
