@@ -604,6 +604,19 @@ async def test_settings_reset_the_identity_and_delete_everything_kept(
     press(app.tap_screen.buttons[hall.nodes[0].node_id])
     await until(app, lambda: len(app.errors) > errors, "the refusal to tap")
     assert app.errors[-1].startswith("sign in first")
+    # signing in again (the account registered above) gives a new pseudonymous id
+    if app.hub_client is not None and app.hub_client.token:  # registered above
+        earlier = [line for line in app.lines if line.startswith("signed in")]
+        nav(app, "Account")
+        app.account.ids.username.text = "carol"
+        app.account.ids.password.text = "a long walk by the river"
+        press(app.account.ids.sign_in)
+        await until(app, lambda: app.phone.credentials is not None or any(
+            e.startswith("signing in failed") for e in app.errors[errors:]), "the sign-in")
+        assert app.phone.credentials is not None, app.errors[-1:]
+        assert f"signed in: this phone is {app.phone.credentials.handset_id}" in app.lines
+        assert all(app.phone.credentials.handset_id not in line for line in earlier)
+        assert app.screen() == "inbox"
 
 async def test_tapcast_handset_app_opens_its_window_and_says_when_it_is_ready(
         xdisplay: str, tmp_path: Path) -> None:
