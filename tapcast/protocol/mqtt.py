@@ -251,18 +251,18 @@ def open_sealed(key: bytes, context: bytes, topic: str, payload: bytes | bytearr
     """The body of a sealed payload; ForgedError when the tag does not verify."""
     if len(payload) > MAX_PAYLOAD:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD}")
-    payload = bytes(payload)
+    if type(payload) is not bytes:
+        payload = bytes(payload)
     if not payload.startswith(TAG_PREFIX) or payload[_SEALED_HEAD - 1:_SEALED_HEAD] != b".":
         raise ForgedError("not sealed (expected t1.<32 hex digits>.<json>)")
     tag_hex = payload[len(TAG_PREFIX):_SEALED_HEAD - 1]
-    if not _TAG_HEX.fullmatch(tag_hex):
-        # Lowercase only, as seal() writes it: bytes.fromhex would also take uppercase,
-        # and a re-cased copy of an authentic payload would then open as a new payload
-        # (a replayed quarantined batch stored again).
-        raise ForgedError("not sealed (the tag is not 32 lowercase hex digits)")
-    tag = bytes.fromhex(tag_hex.decode("ascii"))
     body = payload[_SEALED_HEAD:]
-    if not hmac.compare_digest(tag, _tag(key, context, topic, body)):
+    # Compared as the lowercase hex seal() writes: an uppercase copy of an authentic
+    # payload must not open (it would be a new payload: a replayed quarantined batch
+    # stored again), and no parse of the hex is needed.
+    if not hmac.compare_digest(tag_hex, _tag(key, context, topic, body).hex().encode()):
+        if not _TAG_HEX.fullmatch(tag_hex):
+            raise ForgedError("not sealed (the tag is not 32 lowercase hex digits)")
         raise ForgedError("tag does not verify (not from this node's key holder, or altered)")
     return body
 
