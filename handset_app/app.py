@@ -308,12 +308,6 @@ class TapcastApp(App):
             self.report_error("Bluetooth is not on: the display could not reach this phone")
             return None
         self.report(f"presenting code {code}...")
-        peripheral = self.phone.peripheral
-        if peripheral is not None:
-            # A new session begins, as at a tap (Phone.tap does this before NFC): the
-            # last one's advertising and link go first, or a radio still advertising
-            # the old token would never advertise the new one.
-            await peripheral.end_session()
         try:
             session = await self.hub_client.attach(self.phone, code, listener=self.listener)
         except (HubError, ConnectionError, TimeoutError, ValueError) as exc:

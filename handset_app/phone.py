@@ -333,6 +333,11 @@ class Phone:
         peripheral = self._require_peripheral()
         if self._session is not None:
             await self._session.stop("a new session")
+        if channel != "nfc":
+            # As a tap does before its NFC exchange: the last session's advertising and
+            # link go first, or a radio still advertising the old token never
+            # advertises the new one (the node then finds no handset).
+            await peripheral.end_session()
         _drain(peripheral)
         session = PhoneSession(self, peripheral, node_id, zone, channel, listener)
         self._session = session
