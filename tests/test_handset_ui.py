@@ -536,6 +536,26 @@ async def displayed_code(display_url: str) -> str:
         return str((await next_code(stream, WAIT))["code"])
 
 
+def offer_stored(hub: HubServer, code: str, timeout: float = WAIT) -> bool:
+    """Whether the hub holds the offer for ``code`` within ``timeout`` (looked at each
+    time its relay stores an offer)."""
+    from sqlalchemy import select
+
+    from hub import get_db, get_ingest
+    from hub.schema import presence_offers
+    from tapcast.protocol.presence import code_hash
+
+    relay = get_ingest(hub.app).presence
+    query = select(presence_offers.c.offer_id).where(
+        presence_offers.c.code_hash == code_hash(code))
+
+    def stored(counters: object) -> bool:
+        with get_db(hub.app).engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
+    return relay.wait_for(stored, timeout)
+
+
 async def test_register_then_present_a_displays_code_without_nfc(
         app: Any, hall: VirtualHall, hub: HubServer) -> None:
     """The no-NFC path end to end through the screens: register with the hub (a key made
@@ -558,6 +578,9 @@ async def test_register_then_present_a_displays_code_without_nfc(
     assert node.daemon is not None
     await node.daemon.uplink.wait_connected(10)
     code = await displayed_code(node.daemon.display.url)
+    # The display shows a code as its node offers it; a person reads it later than the
+    # hub stores the offer, a test must wait for that.
+    assert await asyncio.to_thread(offer_stored, hub, code), f"the hub never got {code}"
     nav(app, "Tap")
     app.tap_screen.ids.code.text = code
     before = app.session
