@@ -447,8 +447,9 @@ class _Statements:
 
     def __init__(self, dialect: str) -> None:
         self.dialect = dialect
-        #: funnel item keys seen, valid or not (a regex per event cost the writer 2%)
-        self.item_keys = _BoundedCache(10_000)
+        #: whether a funnel item key is one (a regex per event cost the writer 2%);
+        #: bounded, since item keys come from nodes
+        self.item_key_ok = functools.lru_cache(maxsize=10_000)(_item_key_ok)
         self.insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         self.create_streams_pg = text(
             "INSERT INTO streams (node_id, epoch, first_seen) "
@@ -784,7 +785,7 @@ class _Writer:
         received = self.received
         rows, counts, funnel = self.rows, self.counts, self.funnel
         append = rows.append
-        item_ok = self.sql.item_keys
+        item_ok = self.sql.item_key_ok
         opens: list[tuple[str, Any]] = []
         # The loop below runs once per event and was the writer's largest share of
         # Python time: per event only what must be per event; sets and counts per stream.
@@ -822,11 +823,7 @@ class _Writer:
                             item = e.data.get("item_id")
                             if type(item) is not str:
                                 continue
-                            valid = item_ok.get(item)
-                            if valid is None:
-                                valid = item_ok.remember(
-                                    item, _ITEM_KEY.fullmatch(item) is not None)
-                            if not valid:
+                            if not item_ok(item):
                                 continue
                         at = (item, int(e.ts // 86400), node_id, kind)
                         funnel[at] = funnel.get(at, 0) + 1
@@ -1001,21 +998,6 @@ class _Writer:
         self.sql.many(self.conn, "mirror", extra)  # rows this transaction has locked
 
 
-class _BoundedCache(dict):  # type: ignore[type-arg]
-    """A dict that forgets everything when it holds ``size`` entries: item keys come
-    from nodes, so their number is not ours to bound."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def remember(self, key: str, value: bool) -> bool:
-        if len(self) >= self.size:
-            self.clear()
-        self[key] = value
-        return value
-
-
 # _pos_bound's statements, built once: building one costs more than running it.
 # (min and max apart: SQLite reads one end of the key for each alone, but scans the
 # table for both in one statement)
@@ -1086,6 +1068,11 @@ def _day_text(day: int) -> str:
 #: Event kinds that are funnel stages (their data.item_id names the item; taps: "*").
 _FUNNEL = frozenset(FUNNEL_STAGES)
 _ITEM_KEY = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _item_key_ok(item: str) -> bool:
+    return _ITEM_KEY.fullmatch(item) is not None
+
 _INSERT_EVENTS_SQLITE = (f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "
                          f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))})")
 

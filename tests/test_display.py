@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from unittest import mock
@@ -15,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from hall.testing.display import frames
 from node.display import Display, DisplayItem
 
 ITEMS = [DisplayItem("welcome", "Welcome", "article", "Hello"),
@@ -40,17 +40,6 @@ async def hall(tmp_path: Path) -> AsyncIterator[tuple[Display, Hall]]:
     await display.start()
     yield display, state
     await display.stop()
-
-
-async def frames(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, object]]:
-    """Server-sent events as (event, data)."""
-    event = ""
-    async for raw in response.content:
-        line = raw.decode().rstrip("\n")
-        if line.startswith("event: "):
-            event = line[7:]
-        elif line.startswith("data: "):
-            yield event, json.loads(line[6:])
 
 
 async def next_event(stream: AsyncIterator[tuple[str, object]], kind: str) -> object:
